@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Set up and run flask-plurality from a fresh clone, with nothing but Python 3.11+.
+
+    python3 dev.py demo     # create .venv, install, start the sample app (no credentials)
+    python3 dev.py test     # create .venv, install, run the whole test suite
+    python3 dev.py lint     # ruff, mypy --strict, and the docs build (warnings are errors)
+    python3 dev.py bench    # the benchmark table
+
+Every command first makes sure .venv exists and holds this checkout's dependencies;
+extra arguments go to the underlying tool (``python3 dev.py test -k login``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+
+
+def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
+    return subprocess.call([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def setup() -> None:
+    """Create the venv and install the package with its dev extras, once per pyproject change."""
+    if sys.version_info < (3, 11):
+        sys.exit("flask-plurality needs Python 3.11 or newer")
+    if not PY.exists():
+        print("creating .venv ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    stamp = VENV / ".installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    print("installing flask-plurality[dev] into .venv ...", flush=True)
+    pip = [PY, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    if _run(*pip, "-e", ".[dev]") != 0:
+        sys.exit("pip install failed")
+    stamp.write_text(digest)
+
+
+def main(argv: list[str]) -> int:
+    command, rest = (argv[0], argv[1:]) if argv else ("help", [])
+    if command not in ("demo", "test", "lint", "bench"):
+        print(__doc__)
+        return 0 if command in ("help", "-h", "--help") else 2
+    setup()
+    if command == "demo":
+        return _run(PY, "-m", "examples.app", *rest)
+    if command == "test":
+        return _run(PY, "-m", "pytest", *rest)
+    if command == "bench":
+        return _run(PY, "-m", "benchmarks", *rest)
+    status = _run(PY, "-m", "ruff", "check", ".")
+    status |= _run(PY, "-m", "mypy", "--strict", "flask_plurality")
+    if (ROOT / "docs" / "conf.py").exists():
+        status |= _run(PY, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,32 @@
+"""Trust Plurality Network logins in a Flask backend, with server-side sessions."""
+
+from . import signals
+from .decorators import current_profile, plurality_required
+from .exceptions import (
+    ConfigurationError,
+    CredentialsRejected,
+    InvalidToken,
+    PluralityError,
+    SessionStoreUnavailable,
+    UpstreamUnavailable,
+)
+from .extension import Plurality, get_extension
+from .profile import AnonymousProfile, Profile
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnonymousProfile",
+    "ConfigurationError",
+    "CredentialsRejected",
+    "InvalidToken",
+    "Plurality",
+    "PluralityError",
+    "Profile",
+    "SessionStoreUnavailable",
+    "UpstreamUnavailable",
+    "current_profile",
+    "get_extension",
+    "plurality_required",
+    "signals",
+]

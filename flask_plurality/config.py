@@ -1,0 +1,181 @@
+"""Every config key, its default, and the one accessor that reads them.
+
+Defaults live only in :data:`DEFAULTS`; ``init_app`` ``setdefault``\\s them and the
+rest of the package reads them through :data:`config`, so no module repeats a default.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from flask import current_app
+
+#: Every key the extension reads, with its default. The README's config table and
+#: the docs are checked against this mapping by the test suite.
+DEFAULTS: Final[dict[str, Any]] = {
+    "PLURALITY_CLIENT_ID": None,
+    "PLURALITY_CLIENT_SECRET": None,
+    "PLURALITY_API_URL": "https://app.plurality.network/api",
+    "PLURALITY_VALIDATE_METHOD": "auto",
+    "PLURALITY_TIMEOUT": 5.0,
+    "PLURALITY_URL_PREFIX": "/plurality",
+    "PLURALITY_REVALIDATE": None,
+    "PLURALITY_ON_UPSTREAM_ERROR": "deny",
+    "PLURALITY_GRACE_PERIOD": 300,
+    "PLURALITY_LOGIN_URL": None,
+    "PLURALITY_TRUSTED_ORIGINS": [],
+    "PLURALITY_FAKE": False,
+    # Added keys (documented in README.rst's config table).
+    "PLURALITY_KEY_PREFIX": "plurality:",
+    "PLURALITY_MAX_TOKEN_LENGTH": 4096,
+    "PLURALITY_LOGIN_MAX_FAILURES": 10,
+    "PLURALITY_LOGIN_FAILURE_WINDOW": 300,
+    "PLURALITY_BREAKER_THRESHOLD": 5,
+    "PLURALITY_BREAKER_COOLDOWN": 30,
+    "PLURALITY_REVOCATION_CHECK": True,
+    "PLURALITY_VERIFY_TLS": True,
+}
+
+_METHODS: Final = ("AUTO", "POST", "GET")
+_POLICIES: Final = ("deny", "allow")
+
+
+def _interval(value: Any, key: str) -> int | None:
+    """Normalise a revalidation setting: None/False never, True/0 always, N seconds."""
+    from .exceptions import ConfigurationError
+
+    if value is None or value is False:
+        return None
+    if value is True:
+        return 0
+    try:
+        seconds = int(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{key} must be None, a bool or seconds, not {value!r}") from None
+    if seconds < 0:
+        raise ConfigurationError(f"{key} must not be negative")
+    return seconds
+
+
+def _origins(value: Any) -> list[str]:
+    """A list, or a comma/space separated string as an environment variable gives."""
+    if isinstance(value, str):
+        return value.replace(",", " ").split()
+    return list(value)
+
+
+class _Config:
+    """Typed, read-only view of the current app's ``PLURALITY_*`` keys."""
+
+    @staticmethod
+    def _get(key: str) -> Any:
+        return current_app.config[key]
+
+    @property
+    def client_id(self) -> str:
+        return str(self._get("PLURALITY_CLIENT_ID"))
+
+    @property
+    def client_secret(self) -> str:
+        return str(self._get("PLURALITY_CLIENT_SECRET"))
+
+    @property
+    def api_url(self) -> str:
+        return str(self._get("PLURALITY_API_URL")).rstrip("/")
+
+    @property
+    def validate_method(self) -> str:
+        return str(self._get("PLURALITY_VALIDATE_METHOD")).upper()
+
+    @property
+    def timeout(self) -> float:
+        return float(self._get("PLURALITY_TIMEOUT"))
+
+    @property
+    def url_prefix(self) -> str:
+        return str(self._get("PLURALITY_URL_PREFIX"))
+
+    @property
+    def revalidate(self) -> int | None:
+        return _interval(self._get("PLURALITY_REVALIDATE"), "PLURALITY_REVALIDATE")
+
+    @property
+    def on_upstream_error(self) -> str:
+        return str(self._get("PLURALITY_ON_UPSTREAM_ERROR")).lower()
+
+    @property
+    def grace_period(self) -> int:
+        return int(self._get("PLURALITY_GRACE_PERIOD"))
+
+    @property
+    def login_url(self) -> str | None:
+        value = self._get("PLURALITY_LOGIN_URL")
+        return str(value) if value else None
+
+    @property
+    def trusted_origins(self) -> frozenset[str]:
+        return frozenset(o.rstrip("/").lower() for o in _origins(self._get("PLURALITY_TRUSTED_ORIGINS")))
+
+    @property
+    def fake(self) -> bool | str:
+        value = self._get("PLURALITY_FAKE")
+        return value if value == "force" else bool(value)
+
+    @property
+    def key_prefix(self) -> str:
+        return str(self._get("PLURALITY_KEY_PREFIX"))
+
+    @property
+    def max_token_length(self) -> int:
+        return int(self._get("PLURALITY_MAX_TOKEN_LENGTH"))
+
+    @property
+    def login_max_failures(self) -> int:
+        return int(self._get("PLURALITY_LOGIN_MAX_FAILURES"))
+
+    @property
+    def login_failure_window(self) -> int:
+        return int(self._get("PLURALITY_LOGIN_FAILURE_WINDOW"))
+
+    @property
+    def breaker_threshold(self) -> int:
+        return int(self._get("PLURALITY_BREAKER_THRESHOLD"))
+
+    @property
+    def breaker_cooldown(self) -> float:
+        return float(self._get("PLURALITY_BREAKER_COOLDOWN"))
+
+    @property
+    def revocation_check(self) -> bool:
+        return bool(self._get("PLURALITY_REVOCATION_CHECK"))
+
+    @property
+    def verify_tls(self) -> bool:
+        return bool(self._get("PLURALITY_VERIFY_TLS"))
+
+
+#: The accessor; use inside an app context.
+config: Final = _Config()
+
+
+def check_values(app_config: dict[str, Any]) -> None:
+    """Refuse settings that would fail later, at a confusing moment, at ``init_app``."""
+    from .exceptions import ConfigurationError
+
+    method = str(app_config["PLURALITY_VALIDATE_METHOD"]).upper()
+    if method not in _METHODS:
+        raise ConfigurationError(f"PLURALITY_VALIDATE_METHOD must be one of auto, POST, GET; not {method!r}")
+    policy = str(app_config["PLURALITY_ON_UPSTREAM_ERROR"]).lower()
+    if policy not in _POLICIES:
+        raise ConfigurationError(f"PLURALITY_ON_UPSTREAM_ERROR must be 'deny' or 'allow'; not {policy!r}")
+    _interval(app_config["PLURALITY_REVALIDATE"], "PLURALITY_REVALIDATE")
+    origins = app_config["PLURALITY_TRUSTED_ORIGINS"]
+    if not isinstance(origins, str | list | tuple | set | frozenset) or not all(
+        isinstance(o, str) and "://" in o for o in _origins(origins)
+    ):
+        raise ConfigurationError("PLURALITY_TRUSTED_ORIGINS must be a list of 'scheme://host[:port]' strings")
+    try:
+        if float(app_config["PLURALITY_TIMEOUT"]) <= 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigurationError("PLURALITY_TIMEOUT must be a positive number of seconds") from None

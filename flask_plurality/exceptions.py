@@ -1,0 +1,53 @@
+"""The exceptions the extension raises; all derive from :class:`PluralityError`.
+
+Messages never contain a token or the client secret: they may end up in logs.
+"""
+
+from __future__ import annotations
+
+
+class PluralityError(Exception):
+    """Base class of every error raised by flask-plurality."""
+
+    #: A short, stable code for signals and logs (``"expired"``, ``"timeout"``...).
+    reason: str = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class ConfigurationError(PluralityError):
+    """The app's configuration cannot work (a missing key, an impossible value)."""
+
+    reason = "configuration"
+
+
+class InvalidToken(PluralityError):
+    """The token is not acceptable: malformed, expired, revoked or for another app."""
+
+    reason = "invalid_token"
+
+
+class UpstreamUnavailable(PluralityError):
+    """Plurality could not give an answer we can trust; the user is not to blame."""
+
+    reason = "upstream_unavailable"
+
+    def __init__(self, message: str, *, reason: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message, reason=reason)
+        #: Seconds the caller should wait, when known (from ``Retry-After`` or the breaker).
+        self.retry_after = retry_after
+
+
+class CredentialsRejected(UpstreamUnavailable):
+    """Plurality refused *our* client id or secret: a deployment problem, not the user's."""
+
+    reason = "credentials_rejected"
+
+
+class SessionStoreUnavailable(PluralityError):
+    """The server-side session store (Redis, the cache directory...) cannot be reached."""
+
+    reason = "session_store_unavailable"

@@ -1,0 +1,104 @@
+"""The signed-in user's profile, as the app sees it in ``current_profile``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A Plurality user, from Plurality's validate answer and the token's claims."""
+
+    #: Plurality's user id (a uuid).
+    id: str
+    #: May be ``None``: a wallet-only user has no email.
+    email: str | None = None
+    #: The user's wallet address (``authAddress`` upstream).
+    auth_address: str | None = None
+    #: The proxy wallet address (``proxyAddress`` upstream).
+    proxy_address: str | None = None
+    #: The token's ``uniqueSessionId``: the link between this user and this client app.
+    unique_session_id: str | None = None
+    #: When the token, and so this login, expires (epoch seconds).
+    expires_at: int | None = None
+    #: Plurality's ``user`` object as received, for fields this class does not name.
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __bool__(self) -> bool:
+        return True
+
+    @classmethod
+    def from_upstream(cls, user: dict[str, Any], claims: dict[str, Any]) -> Profile:
+        """Build from Plurality's ``user`` object and the token's decoded claims."""
+        exp = claims.get("exp")
+        return cls(
+            id=str(user["id"]),
+            email=_opt_str(user.get("email")),
+            auth_address=_opt_str(user.get("authAddress")),
+            proxy_address=_opt_str(user.get("proxyAddress")),
+            unique_session_id=_opt_str(claims.get("uniqueSessionId")),
+            expires_at=int(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
+            raw=dict(user),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The public JSON shape of SPEC section 3 (no ``raw``)."""
+        return {
+            "id": self.id,
+            "email": self.email,
+            "auth_address": self.auth_address,
+            "proxy_address": self.proxy_address,
+            "unique_session_id": self.unique_session_id,
+            "expires_at": self.expires_at,
+        }
+
+    def to_session(self) -> dict[str, Any]:
+        """Plain JSON types only: the session goes through msgpack, JSON or pickle."""
+        return {**self.to_json(), "raw": self.raw}
+
+    @classmethod
+    def from_session(cls, data: Any) -> Profile | None:
+        """Rebuild from :meth:`to_session`; ``None`` when the stored value is unusable."""
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            return None
+        exp = data.get("expires_at")
+        raw = data.get("raw")
+        return cls(
+            id=data["id"],
+            email=_opt_str(data.get("email")),
+            auth_address=_opt_str(data.get("auth_address")),
+            proxy_address=_opt_str(data.get("proxy_address")),
+            unique_session_id=_opt_str(data.get("unique_session_id")),
+            expires_at=exp if isinstance(exp, int) and not isinstance(exp, bool) else None,
+            raw=raw if isinstance(raw, dict) else {},
+        )
+
+
+class AnonymousProfile:
+    """What ``current_profile`` is outside a login: falsy, every attribute ``None``."""
+
+    __slots__ = ()
+    id = None
+    email = None
+    auth_address = None
+    proxy_address = None
+    unique_session_id = None
+    expires_at = None
+    raw: ClassVar[dict[str, Any]] = {}
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<AnonymousProfile>"
+
+    def to_json(self) -> None:
+        return None
+
+
+ANONYMOUS = AnonymousProfile()

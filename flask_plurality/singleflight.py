@@ -1,0 +1,51 @@
+"""Collapse concurrent identical upstream calls in one process into one."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from .exceptions import UpstreamUnavailable
+
+T = TypeVar("T")
+
+
+class _Call(Generic[T]):
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class SingleFlight(Generic[T]):
+    """The first caller for a key runs ``fn``; callers arriving meanwhile wait for its
+    outcome (at most ``wait`` seconds) and share it, result or exception."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[str, _Call[T]] = {}
+
+    def do(self, key: str, fn: Callable[[], T], wait: float) -> tuple[T, bool]:
+        """Return (result, shared): ``shared`` is ``True`` for the waiters."""
+        with self._lock:
+            call = self._calls.get(key)
+            leader = call is None
+            if call is None:
+                call = self._calls[key] = _Call()
+        if leader:
+            try:
+                call.result = fn()
+            except BaseException as exc:
+                call.error = exc
+            finally:
+                with self._lock:
+                    del self._calls[key]
+                call.done.set()
+        elif not call.done.wait(wait):
+            raise UpstreamUnavailable("Plurality is slow to answer.", reason="timeout")
+        if call.error is not None:
+            raise call.error
+        return call.result, not leader  # type: ignore[return-value]

@@ -1,0 +1,44 @@
+"""Reading a pluralityToken without Plurality's key.
+
+The token is an HS256 JWT signed with a secret only Plurality knows, so we can never
+verify it; we only read ``exp`` to refuse junk and expired tokens without spending an
+upstream call, and to end the session when the token ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from typing import Any, Final
+
+import jwt
+
+from .exceptions import InvalidToken
+
+# Three base64url parts; the signature may not be empty (an "alg: none" token is junk).
+_JWT_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}")
+
+
+def read_claims(token: str, *, max_length: int, now: float | None = None) -> dict[str, Any]:
+    """Decode (never verify) the claims; raise :class:`InvalidToken` for junk or expiry."""
+    if len(token) > max_length or not _JWT_SHAPE.fullmatch(token):
+        raise InvalidToken("The token is not a Plurality token.", reason="malformed")
+    try:
+        header = jwt.get_unverified_header(token)
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise InvalidToken("The token is not a Plurality token.", reason="malformed") from None
+    if header.get("alg") != "HS256" or not isinstance(claims, dict):
+        raise InvalidToken("The token is not a Plurality token.", reason="malformed")
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise InvalidToken("The token has no expiry.", reason="malformed")
+    if exp <= (time.time() if now is None else now):
+        raise InvalidToken("The token has expired.", reason="expired")
+    return claims
+
+
+def token_hash(token: str) -> str:
+    """The only form in which a token may appear in a store key."""
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,157 @@
+"""The ``plurality`` blueprint: login, logout, session, and the demo token route."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, redirect, request, session
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.wrappers import Response as BaseResponse
+
+from . import signals
+from .config import config
+from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
+from .extension import _state, get_extension
+from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, json_response
+from .security import client_ip, origin_allowed, safe_next
+from .tokens import read_claims, token_hash
+
+log = logging.getLogger("flask_plurality")
+
+#: Largest body /login and /logout read; a pluralityToken is about 300 bytes.
+MAX_BODY: int = 16 * 1024
+
+blueprint = Blueprint("plurality", __name__)
+
+
+class _Refused(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _read_body() -> tuple[str | None, str | None]:
+    """(token, next) from a JSON or form body; raise :class:`_Refused` for a bad body."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise _Refused(json_error(413, "payload_too_large"))
+    request.max_content_length = MAX_BODY
+    try:
+        if request.mimetype == "application/json":
+            data: Any = request.get_json(silent=False)
+            if not isinstance(data, dict):
+                raise _Refused(json_error(400, "invalid_request"))
+            token, next_ = data.get("token"), request.args.get("next")
+        elif request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            token = request.form.get("token")
+            next_ = request.form.get("next") or request.args.get("next")
+        elif request.get_data(cache=True):
+            raise _Refused(json_error(400, "invalid_request"))
+        else:
+            token, next_ = None, request.args.get("next")
+    except RequestEntityTooLarge:
+        raise _Refused(json_error(413, "payload_too_large")) from None
+    except BadRequest:
+        raise _Refused(json_error(400, "invalid_request")) from None
+    if token is not None and not isinstance(token, str):
+        raise _Refused(json_error(400, "invalid_request"))
+    return token, next_ if isinstance(next_, str) else None
+
+
+def _done(body: dict[str, Any], next_: str | None) -> BaseResponse:
+    """JSON for scripts; for a form post with a safe ``next``, a 303 to it."""
+    target = safe_next(next_)
+    if target is not None and request.mimetype != "application/json":
+        return redirect(target, 303)
+    return json_response(body)
+
+
+def _failed(reason: str, *, throttle_keys: list[str] | None = None) -> None:
+    signals.login_failed.send(current_app._get_current_object(), profile=None, reason=reason)  # type: ignore[attr-defined]
+    if throttle_keys:
+        store = get_extension()._store()
+        for key in throttle_keys:
+            store.incr(key, config.login_failure_window)
+
+
+@blueprint.post("/login")
+def login() -> BaseResponse:
+    extension = get_extension()
+    if not origin_allowed(config.trusted_origins):
+        return json_error(403, "forbidden_origin")
+    try:
+        token, next_ = _read_body()
+    except _Refused as refused:
+        return refused.response
+    if not token:
+        return json_error(400, "invalid_request")
+    if getattr(session, "store_error", False):
+        return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+    keys = [extension._key("fail-ip", client_ip()), extension._key("fail-token", token_hash(token))]
+    try:
+        store = extension._store()
+        for key in keys:
+            count, left = store.peek(key)
+            if count >= config.login_max_failures:
+                log.warning("Too many failed Plurality logins (%s); refusing for %d s", key.split(":")[-2], left)
+                _failed("too_many_attempts")
+                return json_error(429, "too_many_attempts", retry_after=left)
+        try:
+            claims = read_claims(token, max_length=config.max_token_length)
+            user = extension._ask(token, claims["exp"])
+        except InvalidToken as exc:
+            log.info("Plurality login refused: %s", exc.reason)
+            _failed(exc.reason, throttle_keys=keys)
+            return json_error(401, "invalid_token")
+        except UpstreamUnavailable as exc:
+            _failed(exc.reason)
+            if not isinstance(exc, CredentialsRejected):
+                log.warning("Plurality login could not be checked: %s", exc.reason)
+            return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
+        from .profile import Profile
+
+        profile = Profile.from_upstream(user, claims)
+        extension._start_session(profile, token, int(claims["exp"]))
+    except SessionStoreUnavailable:
+        return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+    log.info("Plurality login for user %s", profile.id)
+    signals.logged_in.send(current_app._get_current_object(), profile=profile)  # type: ignore[attr-defined]
+    return _done({"authenticated": True, "profile": profile.to_json()}, next_)
+
+
+@blueprint.post("/logout")
+def logout() -> BaseResponse:
+    if not origin_allowed(config.trusted_origins):
+        return json_error(403, "forbidden_origin")
+    try:
+        _, next_ = _read_body()
+    except _Refused as refused:
+        return refused.response
+    if getattr(session, "store_error", False):
+        return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+    get_extension().logout()
+    return _done({"authenticated": False}, next_)
+
+
+@blueprint.get("/session")
+def current_session() -> Response:
+    if getattr(session, "store_error", False):
+        return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+    profile = get_extension()._current()
+    if profile is None:
+        return json_error(401, "login_required", headers=CHALLENGE)
+    g._plurality_profile = profile
+    return json_response({"authenticated": True, "profile": profile.to_json()})
+
+
+@blueprint.post("/fake/token")
+def fake_token() -> Response:
+    """Demo mode only: a token minted by the stand-in, shaped like the widget's answer."""
+    fake = _state().fake
+    if fake is None:
+        return json_error(404, "not_found")
+    data = request.get_json(silent=True)
+    email = data.get("email") if isinstance(data, dict) else None
+    if email is not None and not isinstance(email, str):
+        return json_error(400, "invalid_request", message="'email' must be a string.")
+    token = fake.issue_token(email=email or "demo@example.com")
+    return json_response({"status": True, "pluralityToken": token})
