@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from flask import Flask
@@ -59,7 +59,7 @@ def build_app(fake: FakePlurality, instance_path: str, *, session_redis: Any = N
         return {"id": current_profile.id}
 
     class Items(MethodView):
-        decorators = [plurality_required]
+        decorators: ClassVar[list[Callable[..., Any]]] = [plurality_required]
 
         def get(self) -> dict[str, Any]:
             return {"items": [], "owner": current_profile.id}

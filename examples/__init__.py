@@ -1,0 +1,1 @@
+"""The flask-plurality sample app: ``python -m examples.app`` (or ``python3 dev.py demo``)."""

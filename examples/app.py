@@ -1,0 +1,206 @@
+"""A small but complete app that trusts Plurality logins: the code to copy.
+
+Run it from the repository root::
+
+    python -m examples.app            # http://127.0.0.1:5000 (PORT=... or --port ... to change)
+
+Without ``PLURALITY_CLIENT_ID`` / ``PLURALITY_CLIENT_SECRET`` (environment or
+``examples/.env``) it runs in **demo mode**: logins are minted and checked by the
+built-in stand-in, so the whole flow works with no account and no network. With
+them it embeds Plurality's real widget and checks every login with Plurality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cachelib import SimpleCache
+from flask import Flask, Response, jsonify, render_template, request
+
+from flask_plurality import Plurality, current_profile, plurality_required
+from flask_plurality.config import DEFAULTS
+
+HERE = Path(__file__).resolve().parent
+#: Real-mode settings; ``.env`` is git-ignored (see ``.env.example``).
+ENV_FILE = HERE / ".env"
+
+#: Pinned, integrity-checked widget build (a UMD bundle that wants React 18 as globals).
+WIDGET_SCRIPTS = (
+    (
+        "https://unpkg.com/react@18.3.1/umd/react.production.min.js",
+        "sha384-DGyLxAyjq0f9SPpVevD6IgztCFlnMF6oW/XQGmfe+IsZ8TqEiDrcHkMLKI6fiB/Z",
+    ),
+    (
+        "https://unpkg.com/react-dom@18.3.1/umd/react-dom.production.min.js",
+        "sha384-gTGxhz21lVGYNMcdJOyq01Edg0jhn/c22nsx0kyqP0TxaV5WVdsSH1fSDUf5YJj1",
+    ),
+    (
+        "https://unpkg.com/@plurality-network/smart-profile-wallet@2.19.0/dist/index.umd.js",
+        "sha384-0Md1N2s4+Ju9ln330O6B7vL/2ocLTyCGPjut51RMlWBBJMIiAPml5teno9AFPnK8",
+    ),
+)
+
+log = logging.getLogger("examples.app")
+plurality = Plurality()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines (``#`` comments, ``export``, quotes allowed): enough for a
+    ``.env`` without adding python-dotenv."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        key, value = key.strip(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key] = value
+    return values
+
+
+def _plurality_settings(env_file: Path | None) -> dict[str, Any]:
+    """``PLURALITY_*`` keys from ``env_file``, overridden by the environment. Values are
+    read as JSON when they parse (``PLURALITY_REVALIDATE=60``), like ``from_prefixed_env``."""
+    raw = read_env_file(env_file) if env_file is not None else {}
+    raw.update(os.environ)
+    settings: dict[str, Any] = {}
+    for key in DEFAULTS:
+        if raw.get(key):
+            try:
+                settings[key] = json.loads(raw[key])
+            except ValueError:
+                settings[key] = raw[key]
+    for key in ("PLURALITY_CLIENT_ID", "PLURALITY_CLIENT_SECRET"):
+        if key in settings:
+            settings[key] = str(raw[key])  # an id may look like a number; keep it a string
+    return settings
+
+
+def create_app(
+    config: Mapping[str, Any] | None = None,
+    *,
+    env_file: Path | None = ENV_FILE,
+    instance_path: str | None = None,
+) -> Flask:
+    """The app factory. ``config`` wins over the environment and ``env_file``."""
+    # Sessions (real mode) live in examples/instance/ however the app is started.
+    app = Flask(__name__, instance_path=instance_path or str(HERE / "instance"))
+    app.config["PLURALITY_LOGIN_URL"] = "/"  # browsers that are not signed in land on the home page
+    app.config.update(_plurality_settings(env_file))
+    app.config.from_prefixed_env()  # FLASK_PLURALITY_CLIENT_SECRET=... works too
+    app.config.update(config or {})
+
+    demo = bool(app.config.get("PLURALITY_FAKE")) or not (
+        app.config.get("PLURALITY_CLIENT_ID") or app.config.get("PLURALITY_CLIENT_SECRET")
+    )
+    if demo:
+        # Not in debug, so insist: PLURALITY_FAKE="force". The stand-in's signing key is
+        # new in every process, so its logins live in memory and end with the process.
+        app.config["PLURALITY_FAKE"] = "force"
+        app.config.setdefault("SESSION_TYPE", "cachelib")
+        app.config.setdefault("SESSION_CACHELIB", SimpleCache(threshold=10_000))
+        app.logger.warning(
+            "DEMO MODE: logins are minted and checked by a local stand-in, not by Plurality. "
+            "For real logins set PLURALITY_CLIENT_ID and PLURALITY_CLIENT_SECRET (environment or %s).",
+            ENV_FILE,
+        )
+    plurality.init_app(app)
+    app.config["DEMO_MODE"] = demo
+    _register_routes(app)
+    return app
+
+
+def _register_routes(app: Flask) -> None:
+    @app.context_processor
+    def page_globals() -> dict[str, Any]:
+        return {
+            "demo": app.config["DEMO_MODE"],
+            "widget_scripts": () if app.config["DEMO_MODE"] else WIDGET_SCRIPTS,
+            # The client id is public (the widget needs it); the secret never leaves the server.
+            "client_id": None if app.config["DEMO_MODE"] else app.config["PLURALITY_CLIENT_ID"],
+            "profile": current_profile,
+        }
+
+    @app.after_request
+    def harden(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Cache-Control", "no-store")  # pages show personal data
+        return response
+
+    @app.get("/")
+    def home() -> str:
+        """Public. ``?next=`` is where @plurality_required sent the browser from."""
+        asked = request.args.get("next")
+        return render_template("index.html", next_path=_local_path(asked), asked=bool(asked))
+
+    @app.get("/profile")
+    @plurality_required
+    def profile() -> str:
+        expires_at = current_profile.expires_at
+        return render_template(
+            "profile.html",
+            expires=_format_expiry(expires_at) if expires_at is not None else "unknown",
+        )
+
+    @app.get("/api/me")
+    @plurality_required
+    def api_me() -> Response:
+        """What a JavaScript front end or a mobile app would call."""
+        return jsonify(profile=current_profile.to_json(), server_time=int(time.time()))
+
+    @app.post("/api/transfer")
+    @plurality_required(revalidate=True)
+    def api_transfer() -> Response | tuple[Response, int]:
+        """A sensitive action: Plurality is asked again, right now, before it runs."""
+        if not request.is_json:  # a cross-site HTML form cannot send JSON
+            return jsonify(error="invalid_request", message="Send JSON."), 415
+        return jsonify(
+            done=True,
+            message="Plurality confirmed the login just now; the transfer would run here.",
+            id=current_profile.id,
+        )
+
+
+def _local_path(value: str | None) -> str:
+    """Only a path on this site is a redirect target; anything else goes to the profile."""
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/profile"
+
+
+def _format_expiry(expires_at: int) -> str:
+    when = datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    minutes = max(0, int(expires_at - time.time()) // 60)
+    return f"{when} (in {minutes // 60} h {minutes % 60:02d} min)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m examples.app", description="Serve the flask-plurality sample app.")
+    parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5000")), help="default: $PORT or 5000")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app = create_app()
+    log.info("Open http://%s:%d/ (%s mode)", args.host, args.port, "demo" if app.config["DEMO_MODE"] else "real")
+    # Werkzeug's server is fine for trying this out; deploy with gunicorn "examples.app:create_app()".
+    app.run(host=args.host, port=args.port, debug=False, load_dotenv=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,416 @@
+"""The sample app (examples/), as a person meets it: in a real browser, and from the command line.
+
+The browser test drives Debian's headless chromium through Playwright against the sample
+app served on loopback by a real WSGI server, in demo mode (the built-in stand-in plays
+Plurality). It skips where chromium or Playwright is missing, unless
+``PLURALITY_REQUIRE_BROWSER=1`` (set by ``.ci/run``) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from flask import Flask
+from werkzeug.serving import make_server
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # examples/ is not installed; it is imported from the checkout
+    sys.path.insert(0, str(ROOT))
+
+from examples.app import WIDGET_SCRIPTS, create_app  # noqa: E402
+from flask_plurality import ConfigurationError  # noqa: E402
+from flask_plurality.testing import FakePlurality, shared_fake  # noqa: E402
+
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SECRET = "sample-app-secret-0123456789abcdef"
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+ADDRESS = re.compile(r"^0x[0-9a-f]{40}$")
+
+
+@pytest.fixture(autouse=True)
+def _no_credentials_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample app reads PLURALITY_* from the environment: start every test from none."""
+    for key in list(os.environ):
+        if key.startswith(("PLURALITY_CLIENT", "FLASK_PLURALITY_", "PLURALITY_FAKE", "PLURALITY_API_URL")):
+            monkeypatch.delenv(key)
+
+
+def demo_app(tmp_path: Path, **config: Any) -> Flask:
+    return create_app(config, env_file=None, instance_path=str(tmp_path / "instance"))
+
+
+def validate_calls() -> int:
+    return len(shared_fake().calls)
+
+
+# -- without a browser ------------------------------------------------------------------------
+
+
+def test_demo_mode_serves_the_whole_flow(tmp_path: Path) -> None:
+    app = demo_app(tmp_path)
+    assert app.config["DEMO_MODE"] is True
+    assert app.config["PLURALITY_FAKE"] == "force"
+    client = app.test_client()
+
+    home = client.get("/")
+    assert home.status_code == 200
+    page = home.get_data(as_text=True)
+    assert "Sign in (demo)" in page and "Demo mode" in page
+    assert "https://" not in page  # no CDN: demo mode works with no network
+
+    refused = client.get("/profile", headers={"Accept": "text/html"})
+    assert refused.status_code == 302
+    assert refused.headers["Location"] == "/?next=/profile"
+    assert "Sign in to open <code>/profile</code>" in client.get("/?next=/profile").get_data(as_text=True)
+    api = client.get("/api/me")
+    assert api.status_code == 401 and api.json["error"] == "login_required"
+
+    token = client.post("/plurality/fake/token", json={"email": "carol@example.com"}).json["pluralityToken"]
+    before = validate_calls()
+    assert client.post("/plurality/login", json={"token": token}, headers={"Origin": "http://localhost"}).json[
+        "authenticated"
+    ]
+    assert validate_calls() == before + 1
+
+    profile = client.get("/profile")
+    assert profile.status_code == 200
+    text = profile.get_data(as_text=True)
+    assert "carol@example.com" in text and "UTC (in " in text
+    assert token not in text
+    me = client.get("/api/me").json["profile"]
+    assert me["email"] == "carol@example.com" and UUID.match(me["id"]) and ADDRESS.match(me["auth_address"])
+    assert validate_calls() == before + 1  # ordinary requests trust the session
+
+    done = client.post("/api/transfer", json={})
+    assert done.status_code == 200 and done.json["done"] is True
+    assert validate_calls() == before + 2  # revalidate=True asked Plurality again
+    assert client.post("/api/transfer", data={"x": "1"}).status_code == 415  # forms (cross-site) refused
+
+    assert client.post("/plurality/logout", json={}, headers={"Origin": "http://localhost"}).status_code == 200
+    assert client.get("/profile", headers={"Accept": "text/html"}).status_code == 302
+    assert client.get("/api/me").status_code == 401
+
+
+def real_app(fake: FakePlurality, tmp_path: Path) -> Flask:
+    fake.add_client("sample-app-id", SECRET)
+    return create_app(
+        {"PLURALITY_CLIENT_ID": "sample-app-id", "PLURALITY_CLIENT_SECRET": SECRET, "PLURALITY_API_URL": fake.url},
+        env_file=None,
+        instance_path=str(tmp_path / "instance"),
+    )
+
+
+def test_real_mode_embeds_the_widget_and_never_sends_the_secret(fake: FakePlurality, tmp_path: Path) -> None:
+    app = real_app(fake, tmp_path)
+    assert app.config["DEMO_MODE"] is False
+    client = app.test_client()
+
+    home = client.get("/").get_data(as_text=True)
+    for src, integrity in WIDGET_SCRIPTS:
+        assert f'<script src="{src}" integrity="{integrity}" crossorigin="anonymous"></script>' in home
+    assert "@plurality-network/smart-profile-wallet@" in home
+    assert 'data-client-id="sample-app-id"' in home  # public: the widget needs it
+    assert "Sign in (demo)" not in home
+    assert client.post("/plurality/fake/token").status_code == 404
+
+    token = fake.issue_token(email="dave@example.com", client_id="sample-app-id")
+    assert client.post("/plurality/login", json={"token": token}, headers={"Origin": "http://localhost"}).json[
+        "authenticated"
+    ]
+    assert fake.calls[-1].client_id == "sample-app-id" and fake.calls[-1].auth_ok
+
+    responses = [client.get(path) for path in ("/", "/?next=/profile", "/profile", "/api/me", "/plurality/session")]
+    assert [r.status_code for r in responses] == [200, 200, 200, 200, 200]
+    assert "dave@example.com" in responses[2].get_data(as_text=True)
+    seen = [r.get_data(as_text=True) + str(r.headers) for r in responses]
+    static = ROOT / "examples" / "static"
+    for path in sorted(static.iterdir()):
+        with client.get(f"/static/{path.name}") as response:
+            assert response.status_code == 200
+            seen.append(response.get_data(as_text=True) + str(response.headers))
+    basic = base64.b64encode(f"sample-app-id:{SECRET}".encode()).decode()
+    for raw in seen:
+        assert SECRET not in raw and basic not in raw
+
+
+def test_env_file_switches_to_real_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "# Plurality credentials\n"
+        'export PLURALITY_CLIENT_ID="from-file"\n'
+        "PLURALITY_CLIENT_SECRET='a secret # with a hash'\n"
+        "PLURALITY_REVALIDATE=60  # seconds\n"
+        "NOT_A_PLURALITY_KEY=ignored\n"
+    )
+    app = create_app(env_file=env_file, instance_path=str(tmp_path / "i1"))
+    assert app.config["DEMO_MODE"] is False
+    assert app.config["PLURALITY_CLIENT_ID"] == "from-file"
+    assert app.config["PLURALITY_CLIENT_SECRET"] == "a secret # with a hash"
+    assert app.config["PLURALITY_REVALIDATE"] == 60
+    assert "NOT_A_PLURALITY_KEY" not in app.config
+
+    monkeypatch.setenv("PLURALITY_CLIENT_ID", "from-environment")
+    app = create_app(env_file=env_file, instance_path=str(tmp_path / "i2"))
+    assert app.config["PLURALITY_CLIENT_ID"] == "from-environment"  # the environment wins
+
+    only_id = tmp_path / "only-id.env"
+    only_id.write_text("PLURALITY_CLIENT_ID=abc\n")
+    monkeypatch.delenv("PLURALITY_CLIENT_ID")
+    with pytest.raises(ConfigurationError, match="PLURALITY_CLIENT_SECRET"):
+        create_app(env_file=only_id, instance_path=str(tmp_path / "i3"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_python_m_examples_app_starts_with_no_credentials(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLURALITY_", "FLASK_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "examples.app", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            home = None
+            deadline = time.monotonic() + 60  # a bound for a slow machine, not a measurement
+            while home is None and time.monotonic() < deadline and server.poll() is None:
+                try:
+                    home = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+                except requests.ConnectionError:
+                    time.sleep(0.2)
+            assert home is not None, f"the sample app did not answer:\n{log_path.read_text()}"
+            assert home.status_code == 200
+            assert "Sign in (demo)" in home.text
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    output = log_path.read_text()
+    assert "DEMO MODE" in output
+    assert f"http://127.0.0.1:{port}/" in output
+
+
+# -- in a real browser ------------------------------------------------------------------------
+
+
+def chromium_or_skip() -> str:
+    """Debian's chromium and Playwright's Python package, or a skip (a failure in CI)."""
+    reason = None
+    executable = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if executable is None:
+        reason = "Debian's chromium is not installed (apt-get install chromium; .ci/run does it)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            reason = "Playwright's Python package is not installed (pip install -e '.[dev]')"
+    if reason is not None:
+        if os.environ.get("PLURALITY_REQUIRE_BROWSER"):
+            pytest.fail(f"the browser test must run here (PLURALITY_REQUIRE_BROWSER): {reason}")
+        pytest.skip(reason)
+    assert executable is not None
+    return executable
+
+
+@pytest.fixture
+def live_app(tmp_path: Path) -> Iterator[str]:
+    """The demo app behind werkzeug's threaded WSGI server on a loopback port."""
+    app = demo_app(tmp_path)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def session_cookie(context: Any) -> dict[str, Any] | None:
+    return next((c for c in context.cookies() if c["name"] == "session"), None)
+
+
+@pytest.mark.browser
+def test_sign_in_and_out_in_chromium(
+    live_app: str,
+    request: pytest.FixtureRequest,
+    record_property: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    executable = chromium_or_skip()
+    from playwright.sync_api import ConsoleMessage, Route, expect, sync_playwright
+
+    base = live_app
+    console: list[ConsoleMessage] = []
+    page_errors: list[str] = []
+    outside: list[str] = []
+
+    def loopback_only(route: Route) -> None:
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:  # demo mode must not need the network
+            outside.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1000, "height": 900})
+            context.route("**/*", loopback_only)
+            context.on("console", lambda message: console.append(message))
+            context.on("weberror", lambda error: page_errors.append(str(error.error)))
+            page = context.new_page()
+
+            # Home page, public.
+            response = page.goto(base + "/")
+            assert response is not None and response.status == 200
+            expect(page.get_by_text("Demo mode: fake logins")).to_be_visible()
+
+            # The protected page sends a signed-out browser back home, and the API says 401.
+            response = page.goto(base + "/profile")
+            assert response is not None and response.request.redirected_from is not None
+            assert response.request.redirected_from.url == base + "/profile"
+            assert urlsplit(page.url).path == "/" and parse_qs(urlsplit(page.url).query)["next"] == ["/profile"]
+            expect(page.locator("#login-needed")).to_have_text("Sign in to open /profile.")
+            assert context.request.get(base + "/api/me").status == 401
+            cookie_before = session_cookie(context)
+
+            # "Sign in (demo)": a token from the stand-in, posted to /plurality/login as the widget's would be.
+            page.fill("#demo-email", "alice@example.com")
+            calls_before = validate_calls()
+            with (
+                page.expect_response("**/plurality/fake/token") as minted,
+                page.expect_response("**/plurality/login") as login,
+            ):
+                page.get_by_role("button", name="Sign in (demo)").click()
+            page.wait_for_url(base + "/profile")
+            assert minted.value.status == 200 and login.value.status == 200
+            posted = login.value.request.post_data_json
+            assert login.value.request.headers["content-type"] == "application/json"
+            assert isinstance(posted, dict) and list(posted) == ["token"] and posted["token"].count(".") == 2
+            token = posted["token"]
+            assert validate_calls() == calls_before + 1
+            assert shared_fake().calls[-1].token == token  # the page's token is what "Plurality" was asked about
+
+            # The profile.
+            expect(page.get_by_role("heading", name="Your Plurality profile")).to_be_visible()
+            expect(page.locator("[data-field=email]")).to_have_text("alice@example.com")
+            user_id = page.locator("[data-field=id]").inner_text().strip()
+            assert UUID.match(user_id)
+            assert ADDRESS.match(page.locator("[data-field=auth_address]").inner_text().strip())
+            assert ADDRESS.match(page.locator("[data-field=proxy_address]").inner_text().strip())
+            expect(page.locator("[data-field=expires_at]")).to_have_text(
+                re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d UTC \(in \d+ h \d\d min\)$")
+            )
+
+            # The cookie: HttpOnly, SameSite=Lax, a new id, and not the token.
+            cookie = session_cookie(context)
+            assert cookie is not None
+            assert cookie["httpOnly"] is True and cookie["sameSite"] == "Lax"
+            assert cookie_before is None or cookie_before["value"] != cookie["value"]
+            assert all(token not in c["value"] for c in context.cookies())
+            assert "session=" not in page.evaluate("document.cookie")
+            assert token not in page.evaluate("JSON.stringify(localStorage) + JSON.stringify(sessionStorage)")
+            assert token not in page.content()
+
+            # Reload: still signed in.
+            page.reload()
+            expect(page.locator("[data-field=email]")).to_have_text("alice@example.com")
+            assert urlsplit(page.url).path == "/profile"
+
+            # The protected API, called from the page.
+            page.get_by_role("button", name="Call the protected API").click()
+            expect(page.locator("#result")).to_contain_text("GET /api/me -> 200")
+            expect(page.locator("#result")).to_contain_text(user_id)
+            expect(page.locator("#message")).to_be_hidden()
+
+            # The sensitive action asks Plurality again...
+            calls_before = validate_calls()
+            page.get_by_role("button", name="Sensitive action (asks Plurality again)").click()
+            expect(page.locator("#result")).to_contain_text("POST /api/transfer -> 200")
+            assert validate_calls() == calls_before + 1
+            # ...and when Plurality cannot answer, the person reads why, on the page.
+            shared_fake().fail_next(503, retry_after=7)
+            page.get_by_role("button", name="Sensitive action (asks Plurality again)").click()
+            expect(page.locator("#message")).to_be_visible()
+            expect(page.locator("#message")).to_contain_text("503: Plurality cannot confirm the sign-in right now")
+            expect(page.locator("#message")).to_contain_text("try again in 7 s")
+
+            page.get_by_role("button", name="Call the protected API").click()
+            expect(page.locator("#result")).to_contain_text("GET /api/me -> 200")
+            expect(page.locator("#message")).to_be_hidden()
+            ARTIFACTS.mkdir(exist_ok=True)
+            screenshot = ARTIFACTS / "e2e-logged-in.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+            # A second tab on the profile, then log out in the first.
+            stale = context.new_page()
+            stale.goto(base + "/profile")
+            expect(stale.locator("[data-field=email]")).to_have_text("alice@example.com")
+            page.locator(".card").get_by_role("button", name="Log out").click()
+            page.wait_for_url(base + "/")
+            expect(page.get_by_role("button", name="Sign in (demo)")).to_be_visible()
+
+            # Refused again: the page redirects, the API says 401, and the stale tab says so on the page.
+            page.goto(base + "/profile")
+            assert urlsplit(page.url).path == "/"
+            expect(page.locator("#login-needed")).to_be_visible()
+            assert context.request.get(base + "/api/me").status == 401
+            stale.get_by_role("button", name="Call the protected API").click()
+            expect(stale.locator("#message")).to_contain_text("401: Sign in with Plurality to continue.")
+            expect(stale.locator("#result")).to_contain_text("GET /api/me -> 401")
+            context.close()
+        finally:
+            browser.close()
+
+    # The two answers the test provoked (503, then 401) are logged by Chrome as failed loads;
+    # anything else in the console, or any script error, is a bug.
+    expected = {(base + "/api/transfer", "503"), (base + "/api/me", "401")}
+    unexpected = [
+        f"{m.type}: {m.text} ({m.location.get('url')})"
+        for m in console
+        if not any(m.location.get("url") == url and f"status of {status}" in m.text for url, status in expected)
+    ]
+    assert unexpected == []
+    assert page_errors == []
+    assert outside == []
+
+    record_property("screenshot", str(screenshot))
+    request.node.add_report_section("call", "artifacts", f"screenshot of the logged-in page: {screenshot}")
+    with capsys.disabled():
+        print(f"\n[e2e] screenshot of the logged-in page: {screenshot}")
