@@ -23,24 +23,27 @@ def plurality_required(view: F) -> F: ...
 def plurality_required(*, revalidate: bool | int | None = ...) -> Callable[[F], F]: ...
 
 
-def plurality_required(view: F | None = None, *, revalidate: Any = _UNSET) -> F | Callable[[F], F]:
+def plurality_required(view: F | None = None, *, revalidate: bool | int | None = None) -> F | Callable[[F], F]:
     """Let the view run only for a logged-in Plurality user.
 
     ``revalidate`` overrides ``PLURALITY_REVALIDATE`` for this view: ``True`` or ``0``
     asks Plurality on every request, ``N`` when the last good answer is older than N
-    seconds, ``False``/``None`` never. Works bare or called, on sync and async views and
-    in ``MethodView.decorators``; ``OPTIONS`` (CORS preflight) always passes.
+    seconds, ``False`` never; ``None`` (the default) keeps the app's setting. Works bare
+    or called, on sync and async views and in ``MethodView.decorators``; ``OPTIONS``
+    (CORS preflight) always passes.
     """
     if view is None:
         return lambda f: _guard(f, revalidate)
     return _guard(view, revalidate)
 
 
-def _guard(view: F, revalidate: Any) -> F:
+def _guard(view: F, revalidate: bool | int | None) -> F:
+    policy: Any = _UNSET if revalidate is None else revalidate
+
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if request.method != "OPTIONS":
-            outcome = get_extension()._authorize(revalidate)
+            outcome = get_extension()._authorize(policy)
             if not isinstance(outcome, Profile):
                 return outcome
         return current_app.ensure_sync(view)(*args, **kwargs)

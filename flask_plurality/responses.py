@@ -20,6 +20,7 @@ _MESSAGES = {
     "login_required": "Sign in with Plurality to continue.",
     "session_store_unavailable": "Sessions are unavailable right now. Try again shortly.",
     "not_found": "Not found.",
+    "method_not_allowed": "Use POST.",
 }
 
 

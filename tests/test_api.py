@@ -1,0 +1,242 @@
+"""SPEC section 5: the Python API besides the decorator: errors, signals, reprs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from blinker import Signal
+from conftest import AppFactory, login
+from flask import Flask
+from flask.testing import FlaskClient
+
+import flask_plurality
+from flask_plurality import (
+    ConfigurationError,
+    CredentialsRejected,
+    InvalidToken,
+    Plurality,
+    PluralityError,
+    Profile,
+    UpstreamUnavailable,
+    signals,
+)
+from flask_plurality.client import Upstream
+from flask_plurality.testing import FakePlurality
+
+OWN = {"Origin": "http://localhost"}
+SECRET = "s3cret-that-must-never-show-up"
+
+
+@contextmanager
+def recording(signal: Signal) -> Iterator[list[tuple[Any, dict[str, Any]]]]:
+    received: list[tuple[Any, dict[str, Any]]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        received.append((sender, kwargs))
+
+    signal.connect(receiver)
+    try:
+        yield received
+    finally:
+        signal.disconnect(receiver)
+
+
+# -- the public names ----------------------------------------------------------------
+
+
+def test_public_api() -> None:
+    for name in (
+        "Plurality",
+        "plurality_required",
+        "current_profile",
+        "PluralityError",
+        "ConfigurationError",
+        "InvalidToken",
+        "UpstreamUnavailable",
+        "CredentialsRejected",
+        "signals",
+    ):
+        assert name in flask_plurality.__all__
+        assert getattr(flask_plurality, name) is not None
+
+
+def test_error_hierarchy() -> None:
+    assert issubclass(ConfigurationError, PluralityError)
+    assert issubclass(InvalidToken, PluralityError)
+    assert issubclass(UpstreamUnavailable, PluralityError)
+    assert issubclass(CredentialsRejected, UpstreamUnavailable)
+    assert not issubclass(InvalidToken, UpstreamUnavailable)
+    exc = UpstreamUnavailable("down", retry_after=9)
+    assert exc.retry_after == 9
+    assert UpstreamUnavailable("down").retry_after is None
+
+
+def test_validate_in_a_request_does_not_log_anyone_in(make_app: AppFactory, fake: FakePlurality) -> None:
+    """validate() only answers; starting a session is the login view's job."""
+    app = make_app()
+    plurality: Plurality = app.extensions["plurality"]
+
+    @app.post("/check")
+    def check() -> dict[str, Any]:
+        from flask import request
+
+        return {"id": plurality.validate(request.get_json()["token"]).id}
+
+    client = app.test_client()
+    assert client.post("/check", json={"token": fake.issue_token(user_id="v")}).get_json() == {"id": "v"}
+    assert client.get("/plurality/session").status_code == 401
+    assert client.get("/protected").status_code == 401
+
+
+# -- signals -------------------------------------------------------------------------
+
+
+def test_logged_in_and_logged_out(app: Flask, client: FlaskClient, fake: FakePlurality) -> None:
+    with recording(signals.logged_in) as logins, recording(signals.logged_out) as logouts:
+        login(client, fake.issue_token(user_id="sig"))
+        client.post("/plurality/logout", headers=OWN)
+        client.post("/plurality/logout", headers=OWN)  # nobody logged in any more
+    assert len(logins) == 1
+    sender, kwargs = logins[0]
+    assert sender is app
+    assert isinstance(kwargs["profile"], Profile) and kwargs["profile"].id == "sig"
+    assert [(s is app, k["profile"].id if k["profile"] else None) for s, k in logouts] == [
+        (True, "sig"),
+        (True, None),
+    ]
+
+
+def test_signals_are_per_app(make_app: AppFactory, fake: FakePlurality) -> None:
+    first, second = make_app(), make_app()
+    received: list[Any] = []
+
+    def only_first(sender: Any, **kwargs: Any) -> None:
+        received.append(kwargs["profile"].id)
+
+    with signals.logged_in.connected_to(only_first, first):
+        login(first.test_client(), fake.issue_token(user_id="one"))
+        login(second.test_client(), fake.issue_token(user_id="two"))
+    assert received == ["one"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        (lambda fake: "junk.junk.junk", "malformed"),
+        (lambda fake: fake.issue_token(ttl=-1), "expired"),
+        (lambda fake: _revoked(fake), "rejected"),
+        (lambda fake: _other_client(fake), "wrong_client"),
+        (lambda fake: _failing(fake, 503), "http_503"),
+        (lambda fake: _failing(fake, 429), "rate_limited"),
+        (lambda fake: _failing(fake, "garbage"), "bad_response"),
+    ],
+    ids=["malformed", "expired", "revoked", "wrong-client", "503", "429", "garbage"],
+)
+def test_login_failed_says_why(app: Flask, client: FlaskClient, fake: FakePlurality, setup: Any, reason: str) -> None:
+    token = setup(fake)
+    with recording(signals.login_failed) as failures, recording(signals.logged_in) as logins:
+        assert login(client, token).status_code in (401, 503)
+    assert logins == []
+    assert len(failures) == 1
+    sender, kwargs = failures[0]
+    assert sender is app
+    assert kwargs["reason"] == reason
+    assert kwargs["profile"] is None
+    assert token not in repr(kwargs)
+
+
+def _revoked(fake: FakePlurality) -> str:
+    token = fake.issue_token()
+    fake.revoke(token)
+    return token
+
+
+def _other_client(fake: FakePlurality) -> str:
+    fake.add_client("elsewhere", "elsewhere-secret")
+    return fake.issue_token(client_id="elsewhere")
+
+
+def _failing(fake: FakePlurality, kind: Any) -> str:
+    fake.fail_next(kind)
+    return fake.issue_token()
+
+
+def test_login_failed_for_credentials_and_throttling(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = make_app(PLURALITY_CLIENT_SECRET="wrong", PLURALITY_LOGIN_MAX_FAILURES=1)
+    client = app.test_client()
+    with recording(signals.login_failed) as failures:
+        login(client, fake.issue_token())  # our credentials: 503
+        login(client, "junk.junk.junk")  # the user's failure: counted
+        login(client, fake.issue_token())  # now throttled: 429
+    assert [k["reason"] for _, k in failures] == ["credentials_rejected", "malformed", "too_many_attempts"]
+    assert all(s is app for s, _ in failures)
+
+
+def test_revalidated_and_revalidation_failed(app: Flask, client: FlaskClient, fake: FakePlurality) -> None:
+    token = fake.issue_token(user_id="rv")
+    login(client, token)
+    with recording(signals.revalidated) as ok, recording(signals.revalidation_failed) as failed:
+        assert client.post("/sensitive").status_code == 200
+        fake.fail_next(502)
+        assert client.post("/sensitive").status_code == 503
+        fake.revoke(token)
+        assert client.post("/sensitive").status_code == 401
+    assert [(s is app, k["profile"].id) for s, k in ok] == [(True, "rv")]
+    assert [(s is app, k["profile"].id, k["reason"]) for s, k in failed] == [
+        (True, "rv", "http_502"),
+        (True, "rv", "rejected"),
+    ]
+
+
+def test_no_revalidation_signal_without_revalidation(client: FlaskClient, fake: FakePlurality) -> None:
+    login(client, fake.issue_token())
+    with recording(signals.revalidated) as ok, recording(signals.revalidation_failed) as failed:
+        client.get("/protected")
+    assert ok == [] and failed == []
+
+
+# -- nothing secret in a repr ---------------------------------------------------------
+
+
+def test_reprs_never_show_the_secret(make_app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with FakePlurality(client_id="repr-client", client_secret=SECRET) as fake:
+        app = make_app(PLURALITY_CLIENT_ID=fake.client_id, PLURALITY_CLIENT_SECRET=SECRET, PLURALITY_API_URL=fake.url)
+        plurality: Plurality = app.extensions["plurality"]
+        token = fake.issue_token(user_id="r")
+        with app.app_context():
+            upstream = plurality._upstream()
+            profile = plurality.validate(token)
+        direct = Upstream(fake.url, "repr-client", SECRET, "POST", 1.0)
+        texts = [
+            repr(plurality),
+            str(plurality),
+            repr(plurality.client),
+            repr(upstream),
+            str(upstream),
+            repr(direct),
+            repr(fake),
+            str(fake),
+            repr(profile),
+            str(profile),
+            repr(app.extensions.get("plurality.state")),
+        ]
+        client = app.test_client()
+        login(client, token)
+        texts.append(client.get("/plurality/session").get_data(as_text=True))
+    for text in texts:
+        assert SECRET not in text, text
+        assert token not in text, text
+    assert "repr-client" in repr(upstream)  # the id is not secret and helps debugging
+    assert SECRET not in caplog.text
+    assert token not in caplog.text
+
+
+def test_profile_repr_leaves_out_raw() -> None:
+    profile = Profile.from_upstream({"id": "u", "email": "e@x.y", "secretish": "z"}, {"exp": 5})
+    assert "secretish" not in repr(profile)
+    assert "u" in repr(profile)

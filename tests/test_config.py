@@ -1,0 +1,333 @@
+"""Wiring (SPEC sections 1, 2 and 6's fake mode): config keys, Flask-Session, several apps."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cachelib import SimpleCache
+from conftest import AppFactory, build_app, login
+from flask import Flask
+from flask_session import Session
+
+from flask_plurality import ConfigurationError, Plurality, get_extension
+from flask_plurality.config import DEFAULTS
+from flask_plurality.testing import FakePlurality
+
+ROOT = Path(__file__).resolve().parents[1]
+OWN = {"Origin": "http://localhost"}
+
+
+def new_app(tmp_path: Path, **config: Any) -> Flask:
+    app = Flask("cfgapp", instance_path=str(tmp_path / "instance"))
+    app.config.update(config)
+    return app
+
+
+def credentials(fake: FakePlurality) -> dict[str, Any]:
+    return {
+        "PLURALITY_CLIENT_ID": fake.client_id,
+        "PLURALITY_CLIENT_SECRET": fake.client_secret,
+        "PLURALITY_API_URL": fake.url,
+    }
+
+
+# -- required keys -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["PLURALITY_CLIENT_ID", "PLURALITY_CLIENT_SECRET"])
+@pytest.mark.parametrize("value", [None, ""])
+def test_missing_credentials_name_the_key(tmp_path: Path, missing: str, value: Any) -> None:
+    config = {"PLURALITY_CLIENT_ID": "my-id", "PLURALITY_CLIENT_SECRET": "my-very-secret-secret"}
+    if value is None:
+        del config[missing]
+    else:
+        config[missing] = value
+    app = new_app(tmp_path, TESTING=True, **config)
+    with pytest.raises(ConfigurationError) as info:
+        Plurality(app)
+    assert missing in str(info.value)
+    assert "my-very-secret-secret" not in str(info.value)
+    assert "plurality" not in app.extensions
+
+
+def test_get_extension_before_init_app_is_a_clear_error(tmp_path: Path) -> None:
+    app = new_app(tmp_path)
+    with app.app_context(), pytest.raises(ConfigurationError, match="init_app"):
+        get_extension()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("PLURALITY_VALIDATE_METHOD", "PUT"),
+        ("PLURALITY_VALIDATE_METHOD", ""),
+        ("PLURALITY_ON_UPSTREAM_ERROR", "maybe"),
+        ("PLURALITY_ON_UPSTREAM_ERROR", None),
+        ("PLURALITY_TIMEOUT", 0),
+        ("PLURALITY_TIMEOUT", -1),
+        ("PLURALITY_TIMEOUT", "soon"),
+        ("PLURALITY_REVALIDATE", -5),
+        ("PLURALITY_REVALIDATE", "often"),
+        ("PLURALITY_TRUSTED_ORIGINS", ["shop.example"]),
+        ("PLURALITY_TRUSTED_ORIGINS", 42),
+    ],
+)
+def test_impossible_values_fail_at_init_app(tmp_path: Path, fake: FakePlurality, key: str, value: Any) -> None:
+    app = new_app(tmp_path, TESTING=True, **credentials(fake), **{key: value})
+    with pytest.raises(ConfigurationError) as info:
+        Plurality(app)
+    assert key in str(info.value)
+
+
+@pytest.mark.parametrize(("method", "expected"), [("post", "POST"), ("Get", "GET"), ("AUTO", "POST")])
+def test_method_setting_is_case_insensitive(
+    make_app: AppFactory, fake: FakePlurality, method: str, expected: str
+) -> None:
+    client = make_app(PLURALITY_VALIDATE_METHOD=method).test_client()
+    assert login(client, fake.issue_token()).status_code == 200
+    assert [c.method for c in fake.calls] == [expected]
+
+
+def test_defaults_are_set_and_user_values_kept(tmp_path: Path, fake: FakePlurality) -> None:
+    app = new_app(tmp_path, TESTING=True, PLURALITY_TIMEOUT=1.25, **credentials(fake))
+    Plurality(app)
+    for key, default in DEFAULTS.items():
+        assert key in app.config
+        if key not in ("PLURALITY_TIMEOUT", "PLURALITY_CLIENT_ID", "PLURALITY_CLIENT_SECRET", "PLURALITY_API_URL"):
+            assert app.config[key] == default, key
+    assert app.config["PLURALITY_TIMEOUT"] == 1.25
+    # Mutable defaults are copies: changing one app's list leaves the defaults alone.
+    app.config["PLURALITY_TRUSTED_ORIGINS"].append("https://x.example")
+    assert DEFAULTS["PLURALITY_TRUSTED_ORIGINS"] == []
+
+
+def test_from_prefixed_env(tmp_path: Path, fake: FakePlurality, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASK_PLURALITY_CLIENT_ID", fake.client_id)
+    monkeypatch.setenv("FLASK_PLURALITY_CLIENT_SECRET", fake.client_secret)
+    monkeypatch.setenv("FLASK_PLURALITY_API_URL", fake.url)
+    monkeypatch.setenv("FLASK_PLURALITY_TIMEOUT", "1.5")
+    monkeypatch.setenv("FLASK_PLURALITY_VALIDATE_METHOD", "GET")
+    monkeypatch.setenv("FLASK_PLURALITY_TRUSTED_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("FLASK_PLURALITY_LOGIN_MAX_FAILURES", "7")
+    app = new_app(tmp_path, TESTING=True)
+    app.config.from_prefixed_env()
+    Plurality(app)
+    assert app.config["PLURALITY_TIMEOUT"] == 1.5
+    assert app.config["PLURALITY_LOGIN_MAX_FAILURES"] == 7
+
+    client = app.test_client()
+    token = fake.issue_token()
+    assert login(client, token, headers={"Origin": "https://b.example"}).status_code == 200
+    assert [(c.method, c.auth_ok) for c in fake.calls] == [("GET", True)]
+    assert login(client, token, headers={"Origin": "https://c.example"}).status_code == 403
+
+
+# -- one extension, several apps -----------------------------------------------------
+
+
+def test_one_extension_serves_two_apps(tmp_path: Path, fake: FakePlurality) -> None:
+    plurality = Plurality()
+    with FakePlurality(client_id="second", client_secret="second-secret-value") as other:
+        first = new_app(tmp_path / "1", TESTING=True, **credentials(fake))
+        second = new_app(
+            tmp_path / "2",
+            TESTING=True,
+            PLURALITY_URL_PREFIX="/auth",
+            PLURALITY_LOGIN_MAX_FAILURES=1,
+            **credentials(other),
+        )
+        plurality.init_app(first)
+        plurality.init_app(second)
+        assert first.extensions["plurality"] is plurality
+        assert second.extensions["plurality"] is plurality
+        assert not hasattr(plurality, "app")
+
+        one, two = first.test_client(), second.test_client()
+        token_one, token_two = fake.issue_token(user_id="one"), other.issue_token(user_id="two")
+        assert one.post("/plurality/login", json={"token": token_one}).get_json()["profile"]["id"] == "one"
+        assert two.post("/auth/login", json={"token": token_two}).get_json()["profile"]["id"] == "two"
+        assert two.post("/plurality/login", json={"token": token_two}).status_code == 404
+
+        # Each app asks its own upstream with its own credentials.
+        assert [(c.client_id, c.auth_ok) for c in fake.calls] == [("demo-client", True)]
+        assert [(c.client_id, c.auth_ok) for c in other.calls] == [("second", True)]
+        # A token of one is not a login in the other; sessions do not cross either.
+        assert two.post("/auth/login", json={"token": token_one}).status_code == 401
+        assert one.get("/plurality/session").get_json()["profile"]["id"] == "one"
+        assert two.get("/auth/session").get_json()["profile"]["id"] == "two"
+        # Per-app settings stay per app: only the second throttles after one failure.
+        assert two.post("/auth/login", json={"token": "junk.junk.junk"}).status_code == 429
+        for _ in range(3):
+            assert one.post("/plurality/login", json={"token": "junk.junk.junk"}).status_code == 401
+
+
+# -- Flask-Session -------------------------------------------------------------------
+
+
+def test_default_sessions_are_files_in_the_instance_folder(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = make_app()
+    assert app.config["SESSION_TYPE"] == "cachelib"
+    client = app.test_client()
+    login(client, fake.issue_token())
+    folder = Path(app.instance_path) / "plurality_sessions"
+    assert folder.is_dir()
+    files = [f for f in folder.iterdir() if f.is_file()]
+    assert files
+    assert all(f.stat().st_mode & 0o077 == 0 for f in files), "session files readable by others"
+    # They survive a restart: a new app on the same instance folder knows the session.
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    restarted = build_app(fake, app.instance_path)
+    again = restarted.test_client()
+    again.set_cookie("session", cookie.value)
+    assert again.get("/protected").status_code == 200
+
+
+def test_users_own_flask_session_is_used_as_is(tmp_path: Path, fake: FakePlurality) -> None:
+    cache = SimpleCache()
+    app = new_app(tmp_path, TESTING=True, SESSION_TYPE="cachelib", SESSION_CACHELIB=cache, **credentials(fake))
+    Plurality(app)
+    client = app.test_client()
+    assert login(client, fake.issue_token(user_id="mine")).status_code == 200
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    assert cache.get("session:" + cookie.value)["_plurality"]["profile"]["id"] == "mine"
+    assert not (Path(app.instance_path) / "plurality_sessions").exists()
+
+
+def test_session_set_up_before_the_extension_is_kept(tmp_path: Path, fake: FakePlurality) -> None:
+    cache = SimpleCache()
+    app = new_app(
+        tmp_path,
+        TESTING=True,
+        SESSION_TYPE="cachelib",
+        SESSION_CACHELIB=cache,
+        SESSION_KEY_PREFIX="mine:",
+        SESSION_COOKIE_SAMESITE="Strict",
+        **credentials(fake),
+    )
+    Session(app)
+    Plurality(app)
+    client = app.test_client()
+    response = login(client, fake.issue_token())
+    assert "SameSite=Strict" in response.headers["Set-Cookie"]
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    assert cache.get("mine:" + cookie.value) is not None
+
+
+@pytest.mark.redis
+def test_redis_sessions(make_app: AppFactory, fake: FakePlurality, redis_client: Any) -> None:
+    app = make_app(session_redis=redis_client)
+    client = app.test_client()
+    login(client, fake.issue_token())
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    assert redis_client.exists("session:" + cookie.value) == 1
+    assert not (Path(app.instance_path) / "plurality_sessions").exists()
+
+
+# -- fake mode -----------------------------------------------------------------------
+
+
+def test_fake_mode_refuses_a_production_app(tmp_path: Path) -> None:
+    app = new_app(tmp_path, PLURALITY_FAKE=True, DEBUG=False, TESTING=False)
+    with pytest.raises(ConfigurationError, match="PLURALITY_FAKE"):
+        Plurality(app)
+
+
+def test_fake_mode_force_starts_and_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="flask_plurality")
+    app = new_app(tmp_path, PLURALITY_FAKE="force", DEBUG=False, TESTING=False)
+    Plurality(app)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "PLURALITY_FAKE" in r.getMessage()]
+    assert warnings
+    assert app.config["PLURALITY_API_URL"].startswith("http://127.0.0.1:")
+    client = app.test_client()
+    token = client.post("/plurality/fake/token").get_json()["pluralityToken"]
+    assert login(client, token).status_code == 200
+
+
+@pytest.mark.parametrize("flags", [{"TESTING": True}, {"DEBUG": True}])
+def test_fake_mode_whole_flow(tmp_path: Path, flags: dict[str, Any]) -> None:
+    """The demo page's flow: mint a token, post it, get a session, hit a protected view."""
+    app = new_app(tmp_path, PLURALITY_FAKE=True, **flags)
+    Plurality(app)
+    client = app.test_client()
+
+    response = client.post("/plurality/fake/token", json={"email": "demo-user@example.com"})
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert set(body) == {"status", "pluralityToken"}
+    assert body["status"] is True
+    token = body["pluralityToken"]
+    from flask_plurality.testing import shared_fake
+
+    before = len(shared_fake().calls)
+    logged_in = login(client, token)
+    assert logged_in.status_code == 200
+    assert logged_in.get_json()["profile"]["email"] == "demo-user@example.com"
+    assert [c.token for c in shared_fake().calls[before:]] == [token]  # a real validate call
+    assert client.get("/plurality/session").status_code == 200
+
+
+def test_fake_token_default_email_and_bad_email(tmp_path: Path) -> None:
+    app = new_app(tmp_path, PLURALITY_FAKE=True, TESTING=True)
+    Plurality(app)
+    client = app.test_client()
+    token = client.post("/plurality/fake/token").get_json()["pluralityToken"]
+    assert login(client, token).get_json()["profile"]["email"]
+    response = client.post("/plurality/fake/token", json={"email": 5})
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_request"
+
+
+def test_fake_token_route_is_404_outside_fake_mode(client: Any) -> None:
+    response = client.post("/plurality/fake/token", json={})
+    assert response.status_code == 404
+    assert response.mimetype == "application/json"
+    assert "pluralityToken" not in response.get_data(as_text=True)
+
+
+def test_fake_mode_needs_no_credentials_and_replaces_them(tmp_path: Path) -> None:
+    app = new_app(tmp_path, PLURALITY_FAKE=True, TESTING=True, PLURALITY_API_URL="https://app.plurality.network/api")
+    Plurality(app)
+    assert "plurality.network" not in app.config["PLURALITY_API_URL"]
+    assert app.config["PLURALITY_CLIENT_ID"]
+
+
+# -- the README ----------------------------------------------------------------------
+
+
+def _config_table_keys() -> list[str]:
+    """The key of every row of README.rst's config table (the Configuration section)."""
+    text = (ROOT / "README.rst").read_text()
+    start = text.index("\nConfiguration\n-------------\n")
+    end = text.index("\nEndpoints\n---------\n", start)
+    section = text[start:end]
+    assert ".. list-table::" in section
+    return re.findall(r"^   \* - ``(PLURALITY_[A-Z0-9_]+)``\s*$", section, flags=re.MULTILINE)
+
+
+def test_readme_config_table_lists_exactly_the_defaults() -> None:
+    keys = _config_table_keys()
+    assert len(keys) == len(set(keys)), "a key is listed twice"
+    assert set(keys) == set(DEFAULTS)
+
+
+def test_every_key_the_package_reads_has_a_default() -> None:
+    source = "\n".join(p.read_text() for p in (ROOT / "flask_plurality").glob("*.py"))
+    used = set(re.findall(r"[\"'](PLURALITY_[A-Z_]+)[\"']", source))
+    assert used <= set(DEFAULTS), used - set(DEFAULTS)
+
+
+def test_environment_is_left_alone(tmp_path: Path, fake: FakePlurality) -> None:
+    before = dict(os.environ)
+    Plurality(new_app(tmp_path, TESTING=True, **credentials(fake)))
+    assert dict(os.environ) == before

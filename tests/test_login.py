@@ -1,0 +1,823 @@
+"""SPEC section 3: every status of /login, /logout and /session, through the real stand-in."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import jwt
+import pytest
+from conftest import AppFactory, login
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from flask_plurality import ConfigurationError
+from flask_plurality.testing import FakePlurality
+
+OWN = {"Origin": "http://localhost"}
+DOCS_TOKEN = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6ImNkODY4MjFlLTRiMDMtNGU3ZS04ZDg5LT"
+    "RiNzZmZjNmZmU0OSIsInVuaXF1ZVNlc3Npb25JZCI6ImU5M2I0ZDQ1LTg0ZDAtNDRhOS05YzU1LTgy"
+    "ZTgxNjkxZDk3MSIsImlhdCI6MTczOTYyMzU0NCwiZXhwIjoxNzM5NzA5OTQ0fQ.HhMdOI-8vNVGmCl"
+    "rHJuMasfcOdJFaQ-VgxsH4zlgDug"
+)
+
+
+def error_of(response: TestResponse, status: int, code: str, *secrets: str) -> dict[str, Any]:
+    """The SPEC error shape: JSON, ``{"error", "message"}``, nothing secret or internal."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error", "message"}
+    assert body["error"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text
+    for secret in secrets:
+        assert secret not in text
+        assert all(secret not in value for value in response.headers.values())
+    return body
+
+
+def session_state(client: FlaskClient) -> int:
+    return client.get("/plurality/session").status_code
+
+
+# -- 200 -------------------------------------------------------------------------
+
+
+def test_json_login_answers_the_profile(client: FlaskClient, fake: FakePlurality) -> None:
+    token = fake.issue_token(user_id="u-1", email="a@b.c", auth_address="0xaa", proxy_address="0xbb")
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    sid = jwt.decode(token, options={"verify_signature": False})["uniqueSessionId"]
+
+    response = login(client, token)
+
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert response.get_json() == {
+        "authenticated": True,
+        "profile": {
+            "id": "u-1",
+            "email": "a@b.c",
+            "auth_address": "0xaa",
+            "proxy_address": "0xbb",
+            "unique_session_id": sid,
+            "expires_at": exp,
+        },
+    }
+    assert token not in response.get_data(as_text=True)
+    assert [(c.method, c.auth_ok, c.token) for c in fake.calls] == [("POST", True, token)]
+    assert client.get("/plurality/session").get_json()["profile"]["id"] == "u-1"
+
+
+def test_missing_upstream_fields_are_null(client: FlaskClient, fake: FakePlurality) -> None:
+    token = fake.issue_token(email=None, auth_address=None, proxy_address=None)
+    profile = login(client, token).get_json()["profile"]
+    assert profile["email"] is None
+    assert profile["auth_address"] is None
+    assert profile["proxy_address"] is None
+
+
+def test_legacy_success_shape_logs_in(client: FlaskClient, fake: FakePlurality) -> None:
+    fake.legacy = True
+    token = fake.issue_token(user_id="old-shape")
+    response = login(client, token)
+    assert response.status_code == 200
+    assert response.get_json()["profile"]["id"] == "old-shape"
+
+
+def test_json_login_without_origin_headers_is_allowed(client: FlaskClient, fake: FakePlurality) -> None:
+    """A non-browser client (curl, a mobile app) sends neither Origin nor Referer."""
+    response = client.post("/plurality/login", json={"token": fake.issue_token()})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("next_in", ["form", "query"])
+def test_form_post_with_safe_next_redirects_303(client: FlaskClient, fake: FakePlurality, next_in: str) -> None:
+    data = {"token": fake.issue_token()}
+    url = "/plurality/login"
+    if next_in == "form":
+        data["next"] = "/dashboard?tab=1"
+    else:
+        url += "?next=/dashboard%3Ftab%3D1"
+    response = client.post(url, data=data, headers=OWN)
+    assert response.status_code == 303
+    assert response.headers["Location"] in ("/dashboard?tab=1", "/dashboard%3Ftab%3D1")
+    assert session_state(client) == 200
+
+
+def test_form_post_with_same_origin_referer_is_allowed(client: FlaskClient, fake: FakePlurality) -> None:
+    response = client.post(
+        "/plurality/login",
+        data={"token": fake.issue_token(), "next": "/home"},
+        headers={"Referer": "http://localhost/signin?x=1"},
+    )
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/home"
+
+
+@pytest.mark.parametrize(
+    "next_",
+    [
+        "https://evil.example/",
+        "//evil.example/",
+        "/\\evil.example",
+        "%2F%2Fevil.example",
+        "/%2F%2Fevil.example",
+        "javascript:alert(1)",
+        "dashboard",
+        "/ok\r\nSet-Cookie: x=1",
+    ],
+)
+def test_unsafe_next_gives_json_not_a_redirect(client: FlaskClient, fake: FakePlurality, next_: str) -> None:
+    response = client.post("/plurality/login", data={"token": fake.issue_token(), "next": next_}, headers=OWN)
+    assert response.status_code == 200
+    assert "Location" not in response.headers
+    assert response.get_json()["authenticated"] is True
+
+
+def test_json_login_ignores_next(client: FlaskClient, fake: FakePlurality) -> None:
+    """Scripts get JSON; only form posts (browsers navigating) are redirected."""
+    response = client.post("/plurality/login?next=/home", json={"token": fake.issue_token()}, headers=OWN)
+    assert response.status_code == 200
+    assert response.get_json()["authenticated"] is True
+
+
+def test_trusted_origin_may_post(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = make_app(PLURALITY_TRUSTED_ORIGINS=["https://shop.example"])
+    client = app.test_client()
+    response = login(client, fake.issue_token(), headers={"Origin": "https://shop.example:443"})
+    assert response.status_code == 200
+
+
+def test_login_as_another_user_replaces_the_first(client: FlaskClient, fake: FakePlurality) -> None:
+    login(client, fake.issue_token(user_id="alice"))
+    login(client, fake.issue_token(user_id="bob"))
+    assert client.get("/protected").get_json()["id"] == "bob"
+
+
+# -- 400 -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"token": ""}, {"token": None}, {"token": 123}, {"token": ["a.b.c"]}, {"token": {"t": "x"}}, {"token": True}],
+)
+def test_json_without_a_string_token_is_400(client: FlaskClient, fake: FakePlurality, body: Any) -> None:
+    error_of(client.post("/plurality/login", json=body, headers=OWN), 400, "invalid_request")
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        (b'{"token": ', "application/json"),
+        (b"\xff\xfe{}", "application/json"),
+        (b'["a.b.c"]', "application/json"),
+        (b'"a.b.c"', "application/json"),
+        (b"null", "application/json"),
+        (b"", "application/json"),
+        (b"token=abc", "text/plain"),
+        (b"<token>x</token>", "application/xml"),
+        (b"token=", "application/x-www-form-urlencoded"),
+        (b"other=1", "application/x-www-form-urlencoded"),
+        (b"--x\r\ngarbage", "multipart/form-data; boundary=x"),
+        (b"x", "multipart/form-data"),
+    ],
+)
+def test_bad_bodies_are_400(client: FlaskClient, fake: FakePlurality, data: bytes, content_type: str) -> None:
+    response = client.post("/plurality/login", data=data, content_type=content_type, headers=OWN)
+    error_of(response, 400, "invalid_request")
+    assert fake.calls == []
+
+
+def test_no_body_at_all_is_400(client: FlaskClient, fake: FakePlurality) -> None:
+    error_of(client.post("/plurality/login", headers=OWN), 400, "invalid_request")
+    assert fake.calls == []
+
+
+# -- 401 without calling Plurality ------------------------------------------------
+
+
+def _forged(fake: FakePlurality, header: dict[str, Any] | None = None, **claims: Any) -> str:
+    payload = {"id": "u", "uniqueSessionId": "s", "iat": 1, **claims}
+    return jwt.encode(payload, fake.signing_key, algorithm="HS256", headers=header)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda fake: "not-a-token",
+        lambda fake: "a.b.c",
+        lambda fake: "aa.bb.cc",
+        lambda fake: "x" * 300,
+        lambda fake: fake.issue_token() + "=",
+        lambda fake: fake.issue_token().rsplit(".", 1)[0] + ".",
+        lambda fake: fake.issue_token().replace(".", " "),
+        lambda fake: "eyJhbGciOiJub25lIn0.eyJleHAiOjk5OTk5OTk5OTl9.",
+        lambda fake: _forged(fake),  # no exp at all
+        lambda fake: _forged(fake, exp="tomorrow"),
+        lambda fake: _forged(fake, exp=True),
+        lambda fake: jwt.encode({"exp": 9999999999}, "k" * 48, algorithm="HS384"),
+        lambda fake: fake.issue_token(ttl=-1),
+        lambda fake: fake.issue_token(ttl=0),
+        lambda fake: DOCS_TOKEN,
+        lambda fake: _forged(fake, exp=9999999999, pad="x" * 5000),  # over PLURALITY_MAX_TOKEN_LENGTH
+    ],
+    ids=[
+        "word",
+        "one-char-parts",
+        "two-char-parts",
+        "long-junk",
+        "trailing-char",
+        "empty-signature",
+        "spaces",
+        "alg-none",
+        "no-exp",
+        "string-exp",
+        "bool-exp",
+        "hs384",
+        "expired",
+        "expires-now",
+        "docs-sample-token",
+        "too-long",
+    ],
+)
+def test_junk_and_expired_tokens_are_401_without_upstream_call(
+    client: FlaskClient, fake: FakePlurality, make: Any
+) -> None:
+    token = make(fake)
+    error_of(login(client, token), 401, "invalid_token", token)
+    assert len(fake.calls) == 0
+    assert session_state(client) == 401
+
+
+def test_docs_sample_token_is_refused_as_expired(client: FlaskClient, fake: FakePlurality) -> None:
+    """The token in Plurality's own docs (exp 1739709944, Feb 2025)."""
+    assert jwt.decode(DOCS_TOKEN, options={"verify_signature": False})["exp"] == 1739709944
+    body = error_of(login(client, DOCS_TOKEN), 401, "invalid_token", DOCS_TOKEN)
+    assert "expired" in body["message"]
+    assert len(fake.calls) == 0
+
+
+def test_expired_token_never_logs_the_token(
+    client: FlaskClient, fake: FakePlurality, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = fake.issue_token(ttl=-5)
+    login(client, token)
+    assert token not in caplog.text
+
+
+# -- 401 because Plurality said no ------------------------------------------------
+
+
+def test_revoked_token_is_401_after_asking(client: FlaskClient, fake: FakePlurality) -> None:
+    token = fake.issue_token()
+    fake.revoke(token)
+    error_of(login(client, token), 401, "invalid_token", token)
+    assert [c.outcome for c in fake.calls] == [403]
+    assert session_state(client) == 401
+
+
+def test_token_signed_by_someone_else_is_401(client: FlaskClient, fake: FakePlurality) -> None:
+    with FakePlurality() as other:
+        token = other.issue_token()
+    error_of(login(client, token), 401, "invalid_token", token)
+    assert [c.outcome for c in fake.calls] == [403]
+
+
+def test_token_for_another_client_app_is_401(client: FlaskClient, fake: FakePlurality) -> None:
+    """UPSTREAM row 7: a real token, but the widget was opened for another app."""
+    fake.add_client("other-app", "other-secret")
+    token = fake.issue_token(client_id="other-app")
+    error_of(login(client, token), 401, "invalid_token", token, "other-secret")
+    assert [c.outcome for c in fake.calls] == [401]
+    assert session_state(client) == 401
+
+
+def test_a_refused_token_is_not_asked_about_twice(client: FlaskClient, fake: FakePlurality) -> None:
+    token = fake.issue_token()
+    fake.revoke(token)
+    login(client, token)
+    error_of(login(client, token), 401, "invalid_token")
+    assert len(fake.calls) == 1
+
+
+def test_failed_login_ends_a_previous_login_only_if_it_succeeds(client: FlaskClient, fake: FakePlurality) -> None:
+    """A bad second token neither logs the user out nor in as someone else."""
+    login(client, fake.issue_token(user_id="alice"))
+    bad = fake.issue_token(user_id="mallory")
+    fake.revoke(bad)
+    assert login(client, bad).status_code == 401
+    assert client.get("/protected").get_json()["id"] == "alice"
+
+
+# -- 413 -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["json", "form", "text"])
+def test_body_over_16_kib_is_413(client: FlaskClient, fake: FakePlurality, kind: str) -> None:
+    big = "x" * (16 * 1024 + 1)
+    if kind == "json":
+        response = client.post("/plurality/login", json={"token": fake.issue_token(), "pad": big}, headers=OWN)
+    elif kind == "form":
+        response = client.post("/plurality/login", data={"token": fake.issue_token(), "pad": big}, headers=OWN)
+    else:
+        response = client.post("/plurality/login", data=big, content_type="text/plain", headers=OWN)
+    error_of(response, 413, "payload_too_large")
+    assert fake.calls == []
+
+
+def test_body_just_under_16_kib_is_read(client: FlaskClient, fake: FakePlurality) -> None:
+    token = fake.issue_token()
+    base = len(json.dumps({"token": token, "pad": ""}))
+    body = json.dumps({"token": token, "pad": "x" * (16 * 1024 - base)})
+    assert len(body) == 16 * 1024
+    response = client.post("/plurality/login", data=body, content_type="application/json", headers=OWN)
+    assert response.status_code == 200
+
+
+def test_body_without_content_length_over_16_kib_is_413(client: FlaskClient, fake: FakePlurality) -> None:
+    """A chunked body announces no length; the limit still holds while reading."""
+    body = json.dumps({"token": fake.issue_token(), "pad": "x" * 20000}).encode()
+    response = client.post(
+        "/plurality/login",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={**OWN, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    error_of(response, 413, "payload_too_large")
+    assert fake.calls == []
+
+
+def test_chunked_body_of_exactly_16_kib_is_read(client: FlaskClient, fake: FakePlurality) -> None:
+    token = fake.issue_token()
+    base = len(json.dumps({"token": token, "pad": ""}))
+    body = json.dumps({"token": token, "pad": "x" * (16 * 1024 - base)}).encode()
+    response = client.post(
+        "/plurality/login",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={**OWN, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(("size", "status"), [(20000, 413), (100, 200)])
+def test_chunked_body_over_real_http(app: Flask, fake: FakePlurality, size: int, status: int) -> None:
+    """The same through a real WSGI server, which is what sets ``wsgi.input_terminated``."""
+    import threading
+
+    import requests
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        body = json.dumps({"token": fake.issue_token(), "pad": "x" * size}).encode()
+        chunks = (body[i : i + 1000] for i in range(0, len(body), 1000))  # no length: chunked
+        url = f"http://127.0.0.1:{server.port}"
+        with requests.post(
+            url + "/plurality/login",
+            data=chunks,
+            headers={"Content-Type": "application/json", "Origin": url},
+            timeout=10,
+        ) as response:
+            assert response.request.headers.get("Transfer-Encoding") == "chunked"
+            assert response.status_code == status, response.text
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_logout_body_over_16_kib_is_413(client: FlaskClient, fake: FakePlurality) -> None:
+    login(client, fake.issue_token())
+    response = client.post("/plurality/logout", json={"pad": "x" * 17000}, headers=OWN)
+    error_of(response, 413, "payload_too_large")
+    assert session_state(client) == 200
+
+
+# -- 403 -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "http://localhost.evil.example"},
+        {"Origin": "https://localhost"},  # another scheme is another origin
+        {"Origin": "http://localhost:8080"},
+        {"Origin": "null"},
+        {"Origin": ""},
+        {"Origin": "https://evil.example", "Referer": "http://localhost/"},  # Origin wins
+        {"Referer": "https://evil.example/page"},
+        {"Referer": "not a url"},
+    ],
+)
+@pytest.mark.parametrize("body", ["json", "form"])
+def test_cross_origin_login_is_403(
+    client: FlaskClient, fake: FakePlurality, headers: dict[str, str], body: str
+) -> None:
+    token = fake.issue_token()
+    if body == "json":
+        response = client.post("/plurality/login", json={"token": token}, headers=headers)
+    else:
+        response = client.post("/plurality/login", data={"token": token}, headers=headers)
+    error_of(response, 403, "forbidden_origin", token)
+    assert fake.calls == []
+    assert session_state(client) == 401
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "multipart/form-data", "text/plain"])
+def test_form_post_without_origin_or_referer_is_403(
+    client: FlaskClient, fake: FakePlurality, content_type: str
+) -> None:
+    """A cross-site HTML form can send these types; with no header to vouch for it, refuse."""
+    token = fake.issue_token()
+    if content_type == "text/plain":
+        response = client.post("/plurality/login", data=json.dumps({"token": token}), content_type=content_type)
+    else:
+        response = client.post("/plurality/login", data={"token": token}, content_type=content_type)
+    error_of(response, 403, "forbidden_origin", token)
+    assert fake.calls == []
+
+
+def test_cross_origin_logout_is_403_and_keeps_the_session(client: FlaskClient, fake: FakePlurality) -> None:
+    login(client, fake.issue_token())
+    error_of(client.post("/plurality/logout", headers={"Origin": "https://evil.example"}), 403, "forbidden_origin")
+    error_of(client.post("/plurality/logout", data={"x": "1"}), 403, "forbidden_origin")
+    assert session_state(client) == 200
+
+
+# -- 429 -------------------------------------------------------------------------
+
+
+def test_too_many_failures_from_one_client_is_429(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = make_app(PLURALITY_LOGIN_MAX_FAILURES=3)
+    client = app.test_client()
+    for _ in range(3):
+        error_of(login(client, "junk.junk.junk"), 401, "invalid_token")
+    good = fake.issue_token()
+
+    response = login(client, good)
+
+    error_of(response, 429, "too_many_attempts", good)
+    retry_after = int(response.headers["Retry-After"])
+    assert 1 <= retry_after <= 300
+    assert fake.calls == []
+    # Another client address is not held back.
+    other = app.test_client()
+    assert login(other, good, environ_base={"REMOTE_ADDR": "10.0.0.2"}).status_code == 200
+
+
+def test_too_many_failures_for_one_token_is_429_from_anywhere(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = make_app(PLURALITY_LOGIN_MAX_FAILURES=2)
+    token = fake.issue_token()
+    fake.revoke(token)
+    for n in range(2):
+        client = app.test_client()
+        response = login(client, token, environ_base={"REMOTE_ADDR": f"10.0.0.{n + 1}"})
+        error_of(response, 401, "invalid_token")
+    calls = len(fake.calls)
+    client = app.test_client()
+    response = login(client, token, environ_base={"REMOTE_ADDR": "10.9.9.9"})
+    error_of(response, 429, "too_many_attempts", token)
+    assert int(response.headers["Retry-After"]) >= 1
+    assert len(fake.calls) == calls
+
+
+def test_window_of_failures_sets_retry_after(make_app: AppFactory) -> None:
+    app = make_app(PLURALITY_LOGIN_MAX_FAILURES=1, PLURALITY_LOGIN_FAILURE_WINDOW=40)
+    client = app.test_client()
+    login(client, "junk.junk.junk")
+    response = login(client, "junk.junk.junk")
+    assert response.status_code == 429
+    assert 1 <= int(response.headers["Retry-After"]) <= 40
+
+
+def test_upstream_outages_do_not_count_as_failures(make_app: AppFactory, fake: FakePlurality) -> None:
+    """Plurality being down is nobody's brute force: it must not lock users out."""
+    app = make_app(PLURALITY_LOGIN_MAX_FAILURES=2, PLURALITY_BREAKER_THRESHOLD=100)
+    client = app.test_client()
+    fake.fail_next(503, times=3)
+    token = fake.issue_token()
+    for _ in range(3):
+        assert login(client, token).status_code == 503
+    assert login(client, token).status_code == 200
+
+
+# -- 503 -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "retry_after"),
+    [
+        (500, None),
+        (502, None),
+        (503, 17),
+        (503, None),
+        (504, None),
+        (429, 42),
+        (429, None),
+        ("reset", None),
+        ("garbage", None),
+        ("wrong_shape", None),
+    ],
+)
+def test_upstream_trouble_is_503_with_retry_after(
+    client: FlaskClient, fake: FakePlurality, fault: Any, retry_after: int | None
+) -> None:
+    token = fake.issue_token()
+    fake.fail_next(fault, retry_after=retry_after)
+
+    response = login(client, token)
+
+    error_of(response, 503, "upstream_unavailable", token, fake.client_secret)
+    if retry_after is not None:
+        assert response.headers["Retry-After"] == str(retry_after)
+    else:
+        assert int(response.headers["Retry-After"]) >= 1
+    assert len(fake.calls) == 1
+    assert session_state(client) == 401
+    if retry_after is None:
+        # Nothing was remembered against the token: once Plurality is back, it works.
+        assert login(client, token).status_code == 200
+    else:
+        # Plurality asked us to wait: the next login does not call it before then.
+        again = login(client, token)
+        error_of(again, 503, "upstream_unavailable")
+        assert 1 <= int(again.headers["Retry-After"]) <= retry_after
+        assert len(fake.calls) == 1
+
+
+def test_upstream_timeout_is_503(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = make_app(PLURALITY_TIMEOUT=0.5)
+    client = app.test_client()
+    token = fake.issue_token()
+    fake.fail_next("timeout")
+    response = login(client, token)
+    error_of(response, 503, "upstream_unavailable", token)
+    assert int(response.headers["Retry-After"]) >= 1
+    assert len(fake.calls) == 1
+    assert login(client, token).status_code == 200
+
+
+def test_upstream_down_is_503(make_app: AppFactory, fake: FakePlurality) -> None:
+    with FakePlurality() as gone:
+        url = gone.url  # a port nothing listens on once it stops
+    app = make_app(PLURALITY_API_URL=url, PLURALITY_TIMEOUT=1)
+    response = login(app.test_client(), fake.issue_token())
+    error_of(response, 503, "upstream_unavailable")
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+def test_huge_retry_after_is_capped(client: FlaskClient, fake: FakePlurality) -> None:
+    fake.fail_next(429, retry_after=86400)
+    response = login(client, fake.issue_token())
+    assert response.status_code == 503
+    assert 1 <= int(response.headers["Retry-After"]) <= 300
+
+
+@pytest.mark.parametrize(
+    ("client_id", "secret", "cause"),
+    [
+        (None, "wrong-secret-value", "Invalid Client Secret"),
+        ("no-such-client", None, "Invalid Client ID"),
+    ],
+)
+def test_rejected_client_credentials_are_503_and_logged(
+    make_app: AppFactory,
+    fake: FakePlurality,
+    caplog: pytest.LogCaptureFixture,
+    client_id: str | None,
+    secret: str | None,
+    cause: str,
+) -> None:
+    app = make_app(
+        PLURALITY_CLIENT_ID=client_id or fake.client_id,
+        PLURALITY_CLIENT_SECRET=secret or fake.client_secret,
+    )
+    used_secret = secret or fake.client_secret
+    caplog.set_level(logging.DEBUG)
+    token = fake.issue_token()
+
+    response = login(app.test_client(), token)
+
+    body = error_of(response, 503, "upstream_unavailable", token, used_secret)
+    # Never blamed on the user, and nothing about our credentials in the browser.
+    assert "invalid" not in body["message"].lower()
+    assert "secret" not in body["message"].lower()
+    assert cause not in response.get_data(as_text=True)
+    assert int(response.headers["Retry-After"]) >= 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name.startswith("flask_plurality")]
+    assert errors, "a credentials problem must be logged at ERROR"
+    assert any(cause in r.getMessage() for r in errors)
+    assert used_secret not in caplog.text
+    assert token not in caplog.text
+    assert len(fake.calls) == 1
+
+
+def test_rejected_credentials_do_not_throttle_users(make_app: AppFactory, fake: FakePlurality) -> None:
+    """Our misconfiguration is not the user's failed attempt."""
+    app = make_app(PLURALITY_CLIENT_SECRET="wrong", PLURALITY_LOGIN_MAX_FAILURES=1, PLURALITY_BREAKER_THRESHOLD=100)
+    client = app.test_client()
+    for _ in range(3):
+        assert login(client, fake.issue_token()).status_code == 503
+
+
+# -- validate method: POST, GET, auto ----------------------------------------------
+
+
+def test_auto_falls_back_to_get_and_remembers(client: FlaskClient, fake: FakePlurality) -> None:
+    fake.methods = {"GET"}  # an older server: POST gets Express's 404 page
+    assert login(client, fake.issue_token()).status_code == 200
+    assert [(c.method, c.outcome) for c in fake.calls] == [("POST", 404), ("GET", 200)]
+    fake.reset_calls()
+
+    assert login(client, fake.issue_token()).status_code == 200
+    assert [(c.method, c.outcome) for c in fake.calls] == [("GET", 200)]
+
+
+def test_auto_uses_post_when_it_works(client: FlaskClient, fake: FakePlurality) -> None:
+    login(client, fake.issue_token())
+    login(client, fake.issue_token())
+    assert [c.method for c in fake.calls] == ["POST", "POST"]
+
+
+def test_post_only_setting_never_tries_get(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = make_app(PLURALITY_VALIDATE_METHOD="POST")
+    fake.methods = {"GET"}
+    error_of(login(app.test_client(), fake.issue_token()), 503, "upstream_unavailable")
+    assert [(c.method, c.outcome) for c in fake.calls] == [("POST", 404)]
+
+
+@pytest.mark.parametrize("setting", ["GET", "get"])
+def test_get_setting_sends_the_docs_request(make_app: AppFactory, fake: FakePlurality, setting: str) -> None:
+    app = make_app(PLURALITY_VALIDATE_METHOD=setting)
+    fake.methods = {"GET"}
+    token = fake.issue_token()
+    assert login(app.test_client(), token).status_code == 200
+    assert [(c.method, c.auth_ok, c.token) for c in fake.calls] == [("GET", True, token)]
+
+
+def test_route_missing_for_both_methods_is_503(client: FlaskClient, fake: FakePlurality) -> None:
+    fake.methods = set()
+    error_of(login(client, fake.issue_token()), 503, "upstream_unavailable")
+    assert [c.method for c in fake.calls] == ["POST", "GET"]
+
+
+# -- /logout -----------------------------------------------------------------------
+
+
+def test_logout_json(client: FlaskClient, fake: FakePlurality) -> None:
+    login(client, fake.issue_token())
+    response = client.post("/plurality/logout", headers=OWN)
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert response.get_json() == {"authenticated": False}
+    assert session_state(client) == 401
+    assert client.get("/protected").status_code == 401
+
+
+def test_logout_when_nobody_is_logged_in(client: FlaskClient) -> None:
+    response = client.post("/plurality/logout", json={}, headers=OWN)
+    assert response.status_code == 200
+    assert response.get_json() == {"authenticated": False}
+
+
+def test_logout_without_headers_with_json_body(client: FlaskClient, fake: FakePlurality) -> None:
+    login(client, fake.issue_token())
+    assert client.post("/plurality/logout", json={}).status_code == 200
+    assert session_state(client) == 401
+
+
+def test_logout_form_post_with_safe_next_redirects(client: FlaskClient, fake: FakePlurality) -> None:
+    login(client, fake.issue_token())
+    response = client.post("/plurality/logout", data={"next": "/bye"}, headers=OWN)
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/bye"
+    assert session_state(client) == 401
+
+
+def test_logout_form_post_with_unsafe_next_gives_json(client: FlaskClient, fake: FakePlurality) -> None:
+    login(client, fake.issue_token())
+    response = client.post("/plurality/logout", data={"next": "https://evil.example/"}, headers=OWN)
+    assert response.status_code == 200
+    assert response.get_json() == {"authenticated": False}
+
+
+def test_logout_with_bad_json_is_400_and_keeps_the_session(client: FlaskClient, fake: FakePlurality) -> None:
+    login(client, fake.issue_token())
+    response = client.post("/plurality/logout", data=b"{nope", content_type="application/json", headers=OWN)
+    error_of(response, 400, "invalid_request")
+    assert session_state(client) == 200
+
+
+def test_logout_makes_no_upstream_call(client: FlaskClient, fake: FakePlurality) -> None:
+    login(client, fake.issue_token())
+    fake.reset_calls()
+    client.post("/plurality/logout", headers=OWN)
+    assert fake.calls == []
+
+
+# -- /session ----------------------------------------------------------------------
+
+
+def test_session_when_logged_out_is_401(client: FlaskClient) -> None:
+    response = client.get("/plurality/session")
+    error_of(response, 401, "login_required")
+    assert response.headers["WWW-Authenticate"] == "Plurality"
+
+
+def test_session_when_logged_in_asks_nobody(client: FlaskClient, fake: FakePlurality) -> None:
+    token = fake.issue_token(user_id="u-9")
+    expected = login(client, token).get_json()
+    fake.reset_calls()
+    response = client.get("/plurality/session")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert response.get_json() == expected
+    assert token not in response.get_data(as_text=True)
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_wrong_methods_are_refused(client: FlaskClient, method: str) -> None:
+    assert client.open("/plurality/login", method=method).status_code == 405
+    assert client.open("/plurality/logout", method=method).status_code == 405
+
+
+def test_custom_url_prefix(make_app: AppFactory, fake: FakePlurality) -> None:
+    app: Flask = make_app(PLURALITY_URL_PREFIX="/auth/plurality")
+    client = app.test_client()
+    response = client.post("/auth/plurality/login", json={"token": fake.issue_token()}, headers=OWN)
+    assert response.status_code == 200
+    assert client.get("/auth/plurality/session").status_code == 200
+    assert client.get("/plurality/session").status_code == 404
+
+
+# -- no input gives a 500 ------------------------------------------------------------
+
+
+def test_arbitrary_bodies_never_give_a_500(make_app: AppFactory, fake: FakePlurality) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    app = make_app(PLURALITY_LOGIN_MAX_FAILURES=10**6)
+    client = app.test_client()
+    content_types = st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=latin-1",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "multipart/form-data; boundary=zz",
+            "text/plain",
+            "",
+        ]
+    )
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+        max_leaves=8,
+    )
+    bodies = (
+        st.binary(max_size=300)
+        | json_values.map(lambda v: json.dumps(v).encode())
+        | st.builds(lambda v: json.dumps({"token": v}).encode(), json_values)
+    )
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(body=bodies, content_type=content_types, path=st.sampled_from(["/plurality/login", "/plurality/logout"]))
+    def check(body: bytes, content_type: str, path: str) -> None:
+        response = client.post(path, data=body, content_type=content_type or None, headers=OWN)
+        assert response.status_code in (200, 400, 401, 413), (body, content_type, response.status_code)
+        assert response.mimetype == "application/json"
+        assert "Traceback" not in response.get_data(as_text=True)
+
+    check()
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("path", ["/plurality/login", "/plurality/logout"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_wrong_method_is_a_json_405(client: FlaskClient, fake: FakePlurality, path: str, method: str) -> None:
+    response = client.open(path, method=method)
+    assert response.status_code == 405
+    assert response.json is not None and response.json["error"] == "method_not_allowed"
+    assert response.headers["Allow"] == "POST, OPTIONS"
+    assert fake.calls == []
+
+
+def test_init_app_twice_is_a_clear_error(app: Flask) -> None:
+    with pytest.raises(ConfigurationError, match="twice"):
+        app.extensions["plurality"].init_app(app)

@@ -1,0 +1,322 @@
+"""The server-side session: a new id at login, a dead cookie after logout, no leaks
+between users, plain JSON in the store, and no session that outlives its token."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from http.cookies import SimpleCookie
+from typing import Any
+
+import jwt
+import msgspec
+import pytest
+from conftest import AppFactory, login
+from flask import Flask, session
+from flask.testing import FlaskClient
+from werkzeug.http import parse_date
+
+from flask_plurality.testing import FakePlurality
+
+OWN = {"Origin": "http://localhost"}
+
+
+def with_notes(app: Flask) -> Flask:
+    """Routes a user's app might have: anonymous session data (a cart, a note)."""
+
+    @app.post("/note")
+    def write_note() -> dict[str, Any]:
+        session["note"] = "private note"
+        return {"ok": True}
+
+    @app.get("/note")
+    def read_note() -> dict[str, Any]:
+        return {"note": session.get("note")}
+
+    return app
+
+
+def set_cookie(response: Any, name: str = "session") -> SimpleCookie:
+    for header in response.headers.getlist("Set-Cookie"):
+        cookie: SimpleCookie = SimpleCookie()
+        cookie.load(header)
+        if name in cookie:
+            return cookie
+    raise AssertionError(f"no {name} cookie set: {response.headers.getlist('Set-Cookie')}")
+
+
+def sid_of(client: FlaskClient) -> str:
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    return cookie.value
+
+
+def stored(app: Flask, sid: str) -> Any:
+    interface: Any = app.session_interface
+    return interface.cache.get(interface.key_prefix + sid)
+
+
+def exp_of(token: str) -> int:
+    return int(jwt.decode(token, options={"verify_signature": False})["exp"])
+
+
+# -- fixation ------------------------------------------------------------------------
+
+
+def test_session_id_changes_at_login(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = with_notes(make_app())
+    client = app.test_client()
+    before = set_cookie(client.post("/note"))["session"].value
+    assert stored(app, before) is not None
+
+    after = set_cookie(login(client, fake.issue_token()))["session"].value
+
+    assert after != before
+    assert stored(app, before) is None  # the old entry is gone, not just orphaned
+    assert stored(app, after) is not None
+    # An attacker who planted ``before`` in the victim's browser holds nothing.
+    attacker = app.test_client()
+    attacker.set_cookie("session", before)
+    assert attacker.get("/protected").status_code == 401
+    assert attacker.get("/plurality/session").status_code == 401
+    assert attacker.get("/note").get_json() == {"note": None}
+
+
+def test_session_id_changes_at_every_login(client: FlaskClient, fake: FakePlurality) -> None:
+    first = set_cookie(login(client, fake.issue_token(user_id="u")))["session"].value
+    second = set_cookie(login(client, fake.issue_token(user_id="u")))["session"].value
+    assert first != second
+    assert client.get("/protected").get_json()["id"] == "u"
+
+
+def test_new_login_as_another_user_drops_the_first_users_data(make_app: AppFactory, fake: FakePlurality) -> None:
+    """A shared computer: Bob logging in after Alice must not inherit her session data."""
+    app = with_notes(make_app())
+    client = app.test_client()
+    login(client, fake.issue_token(user_id="alice"))
+    client.post("/note")
+    login(client, fake.issue_token(user_id="bob"))
+    assert client.get("/note").get_json() == {"note": None}
+    assert client.get("/protected").get_json()["id"] == "bob"
+
+
+def test_an_unknown_session_id_is_never_adopted(app: Flask, fake: FakePlurality) -> None:
+    """An id the attacker made up (and planted) is not the one the login ends up under."""
+    client = app.test_client()
+    client.set_cookie("session", "attacker-chosen-session-id-0123456789abcdef")
+    new = set_cookie(login(client, fake.issue_token()))["session"].value
+    assert new != "attacker-chosen-session-id-0123456789abcdef"
+    assert stored(app, "attacker-chosen-session-id-0123456789abcdef") is None
+    attacker = app.test_client()
+    attacker.set_cookie("session", "attacker-chosen-session-id-0123456789abcdef")
+    assert attacker.get("/protected").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "x" * 4000, "../../../../etc/passwd", "%00%ff", "a b;c", "\u00e9t\u00e9", "session:abc", "{}"],
+)
+def test_garbage_session_cookies_are_just_not_logged_in(client: FlaskClient, fake: FakePlurality, value: str) -> None:
+    client.set_cookie("session", value)
+    assert client.get("/protected").status_code == 401
+    assert client.get("/plurality/session").status_code == 401
+    assert client.get("/").get_json() == {"user": None}
+    assert login(client, fake.issue_token()).status_code == 200
+
+
+def test_the_cookie_holds_no_token(client: FlaskClient, fake: FakePlurality) -> None:
+    token = fake.issue_token()
+    response = login(client, token)
+    for header in response.headers.getlist("Set-Cookie"):
+        assert token not in header
+        assert token.split(".")[1] not in header
+
+
+# -- logout and replay ---------------------------------------------------------------
+
+
+def test_cookie_saved_before_logout_is_refused_after_it(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = make_app()
+    client = app.test_client()
+    login(client, fake.issue_token())
+    saved = sid_of(client)
+    assert client.get("/protected").status_code == 200
+
+    assert client.post("/plurality/logout", headers=OWN).status_code == 200
+
+    replay = app.test_client()
+    replay.set_cookie("session", saved)
+    response = replay.get("/protected")
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "login_required"
+    assert replay.get("/plurality/session").status_code == 401
+    assert replay.get("/async").status_code == 401
+    assert replay.get("/items").status_code == 401
+
+
+def test_logout_deletes_the_server_side_entry(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = make_app()
+    client = app.test_client()
+    login(client, fake.issue_token())
+    sid = sid_of(client)
+    interface: Any = app.session_interface
+    path = interface.cache._get_filename(interface.key_prefix + sid)
+    assert stored(app, sid) is not None
+    assert os.path.exists(path)
+
+    response = client.post("/plurality/logout", headers=OWN)
+
+    assert stored(app, sid) is None
+    assert not os.path.exists(path)
+    cookie = set_cookie(response)["session"]
+    assert cookie.value == ""
+    assert parse_date(cookie["expires"]) == datetime(1970, 1, 1, tzinfo=UTC)  # the browser drops it
+
+
+def test_plurality_logout_in_a_view(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = make_app()
+    plurality = app.extensions["plurality"]
+
+    @app.post("/bye")
+    def bye() -> dict[str, bool]:
+        plurality.logout()
+        return {"bye": True}
+
+    client = app.test_client()
+    login(client, fake.issue_token())
+    sid = sid_of(client)
+    assert client.post("/bye").get_json() == {"bye": True}
+    assert stored(app, sid) is None
+    assert client.get("/protected").status_code == 401
+
+
+# -- two users -----------------------------------------------------------------------
+
+
+def test_two_users_never_see_each_others_profile(app: Flask, fake: FakePlurality) -> None:
+    alice, bob = app.test_client(), app.test_client()
+    login(alice, fake.issue_token(user_id="alice", email="alice@example.com"))
+    login(bob, fake.issue_token(user_id="bob", email="bob@example.com"))
+    assert sid_of(alice) != sid_of(bob)
+    for _ in range(3):
+        assert alice.get("/protected").get_json() == {"id": "alice", "email": "alice@example.com"}
+        assert bob.get("/protected").get_json() == {"id": "bob", "email": "bob@example.com"}
+        assert alice.get("/plurality/session").get_json()["profile"]["id"] == "alice"
+        assert bob.get("/plurality/session").get_json()["profile"]["id"] == "bob"
+        assert alice.get("/").get_json() == {"user": "alice"}
+        assert bob.get("/").get_json() == {"user": "bob"}
+    bob.post("/plurality/logout", headers=OWN)
+    assert bob.get("/protected").status_code == 401
+    assert alice.get("/protected").get_json()["id"] == "alice"
+
+
+# -- what is stored ------------------------------------------------------------------
+
+
+def test_stored_session_holds_only_plain_json(app: Flask, client: FlaskClient, fake: FakePlurality) -> None:
+    """cachelib pickles anything; Redis (msgpack/JSON) does not. Store only what survives both."""
+    token = fake.issue_token(user_id="u-json")
+    login(client, token)
+    data = stored(app, sid_of(client))
+    assert isinstance(data, dict)
+
+    assert msgspec.json.decode(msgspec.json.encode(data)) == data
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(data)) == data
+
+    def only_json(value: Any) -> None:
+        assert type(value) in (str, int, float, bool, type(None), list, dict), type(value)
+        if isinstance(value, dict):
+            for key, item in value.items():
+                assert type(key) is str
+                only_json(item)
+        elif isinstance(value, list):
+            for item in value:
+                only_json(item)
+
+    only_json(data)
+
+
+@pytest.mark.redis
+def test_redis_sessions_round_trip(make_app: AppFactory, fake: FakePlurality, redis_client: Any) -> None:
+    app = make_app(session_redis=redis_client)
+    client = app.test_client()
+    token = fake.issue_token(user_id="u-redis", email=None)
+    login(client, token)
+    sid = sid_of(client)
+    assert redis_client.exists(f"session:{sid}") == 1
+    assert 0 < redis_client.ttl(f"session:{sid}") <= exp_of(token) - int(time.time()) + 1
+    assert client.get("/protected").get_json() == {"id": "u-redis", "email": None}
+    assert client.get("/plurality/session").get_json()["profile"]["expires_at"] == exp_of(token)
+    client.post("/plurality/logout", headers=OWN)
+    assert redis_client.exists(f"session:{sid}") == 0
+    assert client.get("/protected").status_code == 401
+
+
+# -- the cookie ----------------------------------------------------------------------
+
+
+def test_cookie_attributes(client: FlaskClient, fake: FakePlurality) -> None:
+    token = fake.issue_token(ttl=3600)
+    cookie = set_cookie(login(client, token))["session"]
+    assert cookie["httponly"] is True
+    assert cookie["samesite"].lower() == "lax"
+    assert cookie["path"] == "/"
+    expires = parse_date(cookie["expires"])
+    assert expires is not None
+    assert expires.timestamp() <= exp_of(token)
+    assert expires.timestamp() >= exp_of(token) - 60  # capped at the token, not far short of it
+    assert not cookie["secure"]  # plain HTTP here
+    # Every later response that refreshes the cookie keeps the cap.
+    refreshed = client.get("/protected")
+    for header in refreshed.headers.getlist("Set-Cookie"):
+        later = SimpleCookie()
+        later.load(header)
+        when = parse_date(later["session"]["expires"])
+        assert when is not None and when.timestamp() <= exp_of(token)
+
+
+def test_cookie_is_secure_on_https(client: FlaskClient, fake: FakePlurality) -> None:
+    response = client.post(
+        "/plurality/login",
+        json={"token": fake.issue_token()},
+        headers={"Origin": "https://localhost"},
+        base_url="https://localhost",
+    )
+    assert response.status_code == 200
+    assert set_cookie(response)["session"]["secure"] is True
+
+
+def test_app_lifetime_shorter_than_the_token_wins(make_app: AppFactory, fake: FakePlurality) -> None:
+    from datetime import timedelta
+
+    app = make_app(PERMANENT_SESSION_LIFETIME=timedelta(minutes=10))
+    token = fake.issue_token(ttl=86400)
+    expires = parse_date(set_cookie(login(app.test_client(), token))["session"]["expires"])
+    assert expires is not None
+    assert expires.timestamp() <= time.time() + 600 + 5
+
+
+# -- the token's exp ends the session ------------------------------------------------
+
+
+def test_session_ends_when_the_token_expires(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = make_app()
+    client = app.test_client()
+    token = fake.issue_token(ttl=3)
+    assert login(client, token).status_code == 200
+    sid = sid_of(client)
+    assert client.get("/protected").status_code == 200
+    calls = len(fake.calls)
+
+    while time.time() <= exp_of(token) + 0.05:
+        time.sleep(0.1)
+
+    response = client.get("/protected")
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "login_required"
+    assert response.headers["WWW-Authenticate"] == "Plurality"
+    assert stored(app, sid) is None
+    assert client.get("/plurality/session").status_code == 401
+    assert client.get("/").get_json() == {"user": None}
+    assert len(fake.calls) == calls  # an expired token is not worth asking about
