@@ -1,7 +1,336 @@
-"""``flask plurality ...`` commands."""
+"""``flask plurality ...``: check a deployment, validate a token, run the stand-in, revoke a user.
+
+The exit codes are an interface that deploy scripts rely on, the same for every
+command; they are listed in :class:`ExitCode` and in the README.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shlex
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import click
+import jwt
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
-plurality_cli = AppGroup("plurality", help="Plurality login tools.")
+from .client import VALIDATE_PATH
+from .config import config
+from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
+from .extension import Plurality, get_extension
+from .store import Store, describe_store
+from .tokens import read_claims
+
+plurality_cli = AppGroup("plurality", help="Plurality login tools: check, validate, fake-server, revoke-user.")
+
+
+class ExitCode(IntEnum):
+    """What ``flask plurality`` commands exit with. Click itself uses 1 (an error such as
+    a port in use) and 2 (a usage error)."""
+
+    #: Everything the command set out to prove holds.
+    OK = 0
+    #: ``check`` without ``--token``: Plurality is reachable and the validate route and
+    #: method are right; the client credentials could not be checked.
+    NOT_CHECKED = 3
+    #: The token is malformed, expired, revoked or issued for another client app.
+    INVALID_TOKEN = 4
+    #: Plurality refused this app's client id or secret.
+    CREDENTIALS_REJECTED = 5
+    #: Plurality could not be reached or gave no usable answer (connection refused,
+    #: timeout, 429, 5xx, garbled body, no validate route at the configured URL).
+    UNREACHABLE = 6
+    #: The session store (Redis, the cache directory...) cannot be written and read back.
+    STORE_UNAVAILABLE = 7
+    #: ``revoke-user``: the command would have no effect on the running app (the store
+    #: is per process, or ``PLURALITY_REVOCATION_CHECK`` is off); nothing was written.
+    NO_EFFECT = 8
+
+
+_REASONS = {
+    "malformed": "not a Plurality token (not sent to Plurality)",
+    "rejected": "Plurality refused it (bad signature, expired or revoked)",
+    "wrong_client": (
+        "Plurality says it was issued for another client app; the client id and secret were accepted, "
+        "so is PLURALITY_CLIENT_ID the app the login widget uses?"
+    ),
+}
+
+
+def _exit(code: ExitCode) -> NoReturn:
+    click.get_current_context().exit(int(code))
+    raise AssertionError("unreachable")  # pragma: no cover - ctx.exit raises
+
+
+def _token_argument(value: str) -> str:
+    """``-`` reads the token from stdin: a token on the command line lands in shell history."""
+    if value == "-":
+        value = sys.stdin.read()
+    value = value.strip()
+    if not value:
+        raise click.BadParameter("the token is empty")
+    return value
+
+
+def _why_invalid(exc: InvalidToken, token: str) -> str:
+    if exc.reason == "expired":
+        when = "some time ago"
+        try:
+            claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+            when = datetime.fromtimestamp(int(claims["exp"]), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        except (jwt.PyJWTError, KeyError, TypeError, ValueError, OverflowError, OSError):
+            pass
+        return f"it expired at {when} (not sent to Plurality)"
+    return _REASONS.get(exc.reason, exc.reason)
+
+
+def _credentials_detail(exc: CredentialsRejected) -> str:
+    """Plurality's own words ("Invalid Client Secret"), which the client puts after a colon."""
+    message = str(exc)
+    return message.rpartition(": ")[2] or message
+
+
+def _unreachable_detail(exc: UpstreamUnavailable) -> str:
+    hints = {
+        "connection_error": "no connection to PLURALITY_API_URL (refused, reset or no route)",
+        "timeout": f"no answer within PLURALITY_TIMEOUT ({config.timeout:g} s)",
+        "route_not_found": f"no validate route at {config.api_url}{VALIDATE_PATH}; check PLURALITY_API_URL",
+        "token_not_received": "the token did not arrive (a proxy may drop GET bodies); set PLURALITY_VALIDATE_METHOD",
+        "bad_response": "answered 200 with a body that is not Plurality's",
+        "rate_limited": "answered 429 (rate limited)",
+        "circuit_open": "too many failures in a row; not asking again yet",
+    }
+    detail = hints.get(exc.reason, str(exc).rstrip("."))
+    if exc.retry_after:
+        detail += f"; retry after {exc.retry_after} s"
+    return detail
+
+
+def _junk_token() -> str:
+    """JWT-shaped, unexpired, signed with a random key: Plurality answers 403 ``Invalid
+    token`` before it looks at the credentials (UPSTREAM.md's check order)."""
+    now = int(time.time())
+    claims = {"id": "flask-plurality-check", "uniqueSessionId": str(uuid.uuid4()), "iat": now, "exp": now + 300}
+    return jwt.encode(claims, secrets.token_urlsafe(48), algorithm="HS256")
+
+
+def probe(extension: Plurality, token: str | None) -> tuple[ExitCode, str]:
+    """Ask Plurality once and say exactly what the answer proves (in an app context).
+
+    Without a token, a junk token can prove only that the API is reachable and the
+    validate route and method are right. With a token, a 403 still proves nothing about
+    the credentials, since Plurality checks the token first.
+    """
+    local: InvalidToken | None = None
+    if token is not None:
+        try:
+            read_claims(token, max_length=config.max_token_length)
+        except InvalidToken as exc:
+            local = exc  # still call upstream, with the junk token, to prove reachability
+    sent = token if token is not None and local is None else _junk_token()
+    try:
+        user = extension.client.validate(sent, extension._upstream())
+    except CredentialsRejected as exc:
+        return ExitCode.CREDENTIALS_REJECTED, f"credentials rejected: {_credentials_detail(exc)}"
+    except UpstreamUnavailable as exc:
+        return ExitCode.UNREACHABLE, f"unreachable: {_unreachable_detail(exc)}"
+    except InvalidToken as exc:
+        if token is None:
+            return ExitCode.NOT_CHECKED, "reachable, route and method OK (credentials not checked: pass --token)"
+        why = _why_invalid(local or exc, token)
+        if (local or exc).reason != "wrong_client":
+            why += "; credentials not checked (Plurality looks at the token first): pass a fresh token"
+        return ExitCode.INVALID_TOKEN, f"token invalid or expired: {why}"
+    if sent != token:
+        return ExitCode.UNREACHABLE, "unreachable: the API accepted a token nobody signed; it is not Plurality"
+    email = user.get("email")
+    return ExitCode.OK, f"all OK: profile id {user['id']}" + (f" ({email})" if isinstance(email, str) else "")
+
+
+# -- the session store --------------------------------------------------------------
+
+
+def _store_works(extension: Plurality) -> tuple[Store | None, str | None]:
+    """Write, read back and delete a probe key; (store, None) or (None, what failed)."""
+    try:
+        store = extension._store()
+        key = extension._key("check", secrets.token_hex(8))
+        store.set(key, 1, 30)
+        value = store.get(key)
+        store.delete(key)
+    except SessionStoreUnavailable:
+        return None, "cannot be reached"
+    if value != 1:
+        return None, "a value written to it could not be read back"
+    return store, None
+
+
+def _workers_hint() -> str | None:
+    """What the environment says about worker processes; the CLI cannot know for sure."""
+    value = os.environ.get("WEB_CONCURRENCY", "").strip()
+    if value.isdigit() and int(value) > 1:
+        return f"WEB_CONCURRENCY={value}"
+    try:
+        args = shlex.split(os.environ.get("GUNICORN_CMD_ARGS", ""))
+    except ValueError:
+        return None
+    for i, arg in enumerate(args):
+        match = re.fullmatch(r"(?:-w|--workers)(?:=?(\d+))?", arg)
+        if match:
+            count = match.group(1) or (args[i + 1] if i + 1 < len(args) else "")
+            if count.isdigit() and int(count) > 1:
+                return f"GUNICORN_CMD_ARGS asks for {count} workers"
+    return None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def config_warnings(app: Flask, store: Store | None) -> list[str]:
+    """Settings that work in development and hurt in production (README lists them)."""
+    warnings = list(describe_store(app)[1])
+    hint = _workers_hint()
+    if store is not None and not store.shared and hint:
+        warnings.append(f"{hint}: the per-process store above is split between the workers")
+    if app.config.get("SESSION_USE_SIGNER") and not app.config.get("SECRET_KEY"):
+        warnings.append("SESSION_USE_SIGNER is on but SECRET_KEY is not set: every session will fail")
+    if not config.verify_tls:
+        warnings.append("PLURALITY_VERIFY_TLS is off: anyone on the network path can pose as Plurality")
+    if config.fake:
+        warnings.append(f"PLURALITY_FAKE is on: a local stand-in at {config.api_url} approves logins, not Plurality")
+    parts = urlsplit(config.api_url)
+    if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+        warnings.append(
+            "PLURALITY_API_URL is plain http to another host: the client secret and users' tokens cross "
+            "the network unencrypted"
+        )
+    return warnings
+
+
+# -- the commands --------------------------------------------------------------------
+
+
+@plurality_cli.command("check")
+@click.option(
+    "--token",
+    metavar="TOKEN",
+    help="A fresh pluralityToken (e.g. from the browser console) to prove the client credentials; "
+    "'-' reads it from stdin.",
+)
+def check_command(token: str | None) -> None:
+    """Check the configuration, the session store and Plurality, and say what was proven.
+
+    Exit codes: 0 all OK, 3 reachable but credentials not checked (no --token), 4 token
+    invalid or expired, 5 credentials rejected, 6 unreachable, 7 session store unavailable.
+    """
+    if token is not None:
+        token = _token_argument(token)
+    extension = get_extension()
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    click.echo(f"Plurality API:  {config.api_url}{VALIDATE_PATH} (method {config.validate_method.lower()})")
+    click.echo(f"client id:      {config.client_id}")
+    click.echo(f"session store:  {describe_store(app)[0]}")
+    store, store_problem = _store_works(extension)
+    if store_problem:
+        click.echo(f"session store UNAVAILABLE: {store_problem}")
+    for warning in config_warnings(app, store):
+        click.echo(f"warning: {warning}")
+    code, message = probe(extension, token)
+    found = extension.client._methods.get(config.api_url)
+    if code in (ExitCode.OK, ExitCode.NOT_CHECKED, ExitCode.INVALID_TOKEN) and found:
+        click.echo(f"note: the validate route answers {found} here; PLURALITY_VALIDATE_METHOD={found} saves a call")
+    click.echo(message)
+    _exit(ExitCode.STORE_UNAVAILABLE if store_problem else code)
+
+
+@plurality_cli.command("validate")
+@click.argument("token")
+def validate_command(token: str) -> None:
+    """Ask Plurality about TOKEN ('-' reads it from stdin); print the profile as JSON.
+
+    Exit codes: 0 valid, 4 invalid or expired, 5 credentials rejected, 6 unreachable,
+    7 session store unavailable.
+    """
+    token = _token_argument(token)
+    try:
+        profile = get_extension().validate(token)
+    except InvalidToken as exc:
+        click.echo(f"token invalid or expired: {_why_invalid(exc, token)}", err=True)
+        _exit(ExitCode.INVALID_TOKEN)
+    except CredentialsRejected as exc:
+        click.echo(f"credentials rejected: {_credentials_detail(exc)}", err=True)
+        _exit(ExitCode.CREDENTIALS_REJECTED)
+    except UpstreamUnavailable as exc:
+        click.echo(f"unreachable: {_unreachable_detail(exc)}", err=True)
+        _exit(ExitCode.UNREACHABLE)
+    except SessionStoreUnavailable:
+        click.echo("session store unavailable: it caches Plurality's answers", err=True)
+        _exit(ExitCode.STORE_UNAVAILABLE)
+    click.echo(json.dumps(profile.to_json(), indent=2))
+
+
+@plurality_cli.command("revoke-user")
+@click.argument("user_id")
+def revoke_user_command(user_id: str) -> None:
+    """Log USER_ID out everywhere: each of their sessions fails on its next request.
+
+    Exit codes: 0 revoked, 7 session store unavailable, 8 it would have no effect (the
+    store is per process, or PLURALITY_REVOCATION_CHECK is off).
+    """
+    user_id = user_id.strip()
+    if not user_id:
+        raise click.BadParameter("the user id is empty", param_hint="USER_ID")
+    extension = get_extension()
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    if not config.revocation_check:
+        click.echo("not revoked: PLURALITY_REVOCATION_CHECK is off, so the app never looks at revocations", err=True)
+        _exit(ExitCode.NO_EFFECT)
+    try:
+        if not extension._store().shared:
+            click.echo(
+                f"not revoked: the session store is per process ({describe_store(app)[0]}); "
+                "a revocation made here cannot reach the running app",
+                err=True,
+            )
+            _exit(ExitCode.NO_EFFECT)
+        extension.revoke_user(user_id)
+    except SessionStoreUnavailable:
+        click.echo(f"not revoked: the session store is unavailable ({describe_store(app)[0]})", err=True)
+        _exit(ExitCode.STORE_UNAVAILABLE)
+    click.echo(f"revoked: every session of user {user_id} that exists now is refused from its next request")
+
+
+@plurality_cli.command("fake-server", with_appcontext=False)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port to listen on; default: a free one.")
+def fake_server_command(host: str, port: int) -> None:
+    """Run the stand-in for Plurality's validate API in the foreground (Ctrl-C stops it).
+
+    Prints its URL, the demo credentials and a sample token. Fake logins: never point a
+    production app at it.
+    """
+    from .testing import main
+
+    try:
+        status = main(["--host", host, "--port", str(port)])
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sys.stdout.flush()
+    click.get_current_context().exit(status)

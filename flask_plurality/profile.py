@@ -47,7 +47,7 @@ class Profile:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The public JSON shape of SPEC section 3 (no ``raw``)."""
+        """The profile as the endpoints answer it (everything but ``raw``)."""
         return {
             "id": self.id,
             "email": self.email,
@@ -98,6 +98,7 @@ class AnonymousProfile:
         return "<AnonymousProfile>"
 
     def to_json(self) -> None:
+        """``null`` in JSON: there is no profile to show."""
         return None
 
 

@@ -17,6 +17,7 @@ import argparse
 import atexit
 import base64
 import binascii
+import contextlib
 import dataclasses
 import hmac
 import html
@@ -30,18 +31,22 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Self
 
 import jwt
+from flask.testing import FlaskClient
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.test import TestResponse
 from werkzeug.wrappers import Request, Response
+
+from .profile import Profile
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["FakePlurality", "ValidateCall", "main", "shared_fake"]
+__all__ = ["FakePlurality", "PluralityTestClient", "ValidateCall", "config_for", "main", "shared_fake"]
 
 VALIDATE_PATH: Final = "/api/user/validate"
 
@@ -281,6 +286,7 @@ class FakePlurality:
 
     @property
     def validate_url(self) -> str:
+        """The full URL of the validate route, for calling it directly."""
         return self.url + "/user/validate"
 
     # -- state tests drive ---------------------------------------------------
@@ -363,6 +369,7 @@ class FakePlurality:
             return list(self._calls)
 
     def reset_calls(self) -> None:
+        """Forget the calls received so far, e.g. after a test's setup logins."""
         with self._lock:
             self._calls.clear()
 
@@ -602,3 +609,126 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# -- testing an app that uses flask-plurality -------------------------------------------
+
+# Stand-ins that PluralityTestClient may find by URL (the pytest fixture registers its own).
+_tracked: dict[str, FakePlurality] = {}
+_tracked_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _track(fake: FakePlurality) -> Iterator[FakePlurality]:
+    """Let :meth:`PluralityTestClient.login_as` find ``fake`` from an app's API URL."""
+    url = fake.url
+    with _tracked_lock:
+        _tracked[url] = fake
+    try:
+        yield fake
+    finally:
+        with _tracked_lock:
+            if _tracked.get(url) is fake:
+                del _tracked[url]
+
+
+def config_for(fake: FakePlurality) -> dict[str, str]:
+    """The config keys that point an app at ``fake``: set them before ``init_app``."""
+    return {
+        "PLURALITY_API_URL": fake.url,
+        "PLURALITY_CLIENT_ID": fake.client_id,
+        "PLURALITY_CLIENT_SECRET": fake.client_secret,
+    }
+
+
+class PluralityTestClient(FlaskClient):
+    """A Flask test client that logs in the way a browser does, through the real flow.
+
+    :meth:`login_as` mints a token with the stand-in, posts it to the app's
+    ``/login`` as the page would (JSON, the app's own ``Origin``), and the app
+    validates it over HTTP with the stand-in. Nothing writes the session behind the
+    extension's back, so a test fails when a real login would.
+
+    Use it like Flask-Login's ``FlaskLoginClient``: ``app.test_client_class =
+    PluralityTestClient``. The stand-in is the one passed as ``app.test_client(fake=...)``,
+    else the app's own in fake mode (``PLURALITY_FAKE``), else the ``plurality_fake``
+    fixture's whose URL is the app's ``PLURALITY_API_URL``.
+    """
+
+    def __init__(self, *args: Any, fake: FakePlurality | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The stand-in that mints tokens; ``None``: found from the app (see the class).
+        self.plurality_fake = fake
+        #: The token of the last :meth:`login_as`, e.g. to ``plurality_fake.revoke()`` it.
+        self.plurality_token: str | None = None
+
+    def _stand_in(self) -> FakePlurality:
+        if self.plurality_fake is not None:
+            return self.plurality_fake
+        app = self.application
+        state = app.extensions.get("plurality.state")
+        if state is None:
+            raise RuntimeError("flask-plurality is not set up on this app: call Plurality.init_app(app) first.")
+        if getattr(state, "fake", None) is not None:
+            return state.fake  # type: ignore[no-any-return]
+        url = str(app.config.get("PLURALITY_API_URL", "")).rstrip("/")
+        with _tracked_lock:
+            fake = _tracked.get(url)
+        if fake is None:
+            raise RuntimeError(
+                f"No stand-in serves PLURALITY_API_URL={url!r}: use the plurality_fake fixture and "
+                "plurality_config, set PLURALITY_FAKE = True, or pass app.test_client(fake=...)."
+            )
+        return fake
+
+    def _post_json(self, endpoint: str, body: dict[str, Any]) -> TestResponse:
+        app = self.application
+        prefix = str(app.config["PLURALITY_URL_PREFIX"]).rstrip("/")
+        origin = f"{app.config['PREFERRED_URL_SCHEME']}://{app.config.get('SERVER_NAME') or 'localhost'}"
+        return self.post(f"{prefix}/{endpoint}", json=body, headers={"Origin": origin})
+
+    def login_as(
+        self,
+        email: str | None = "user@example.com",
+        user_id: str | None = None,
+        *,
+        ttl: int = 86400,
+        auth_address: str | _Keep | None = _RANDOM,
+        proxy_address: str | _Keep | None = _RANDOM,
+    ) -> Profile:
+        """Log in as a Plurality user through the app's real ``/login``; return the profile.
+
+        Without ``user_id`` the id is derived from ``email``, so logging in twice with the
+        same email is the same user (``email=None`` is a new wallet-only user each time).
+        Raises :class:`AssertionError` with the app's answer when the login fails.
+        """
+        if self._cookies is None:
+            raise RuntimeError("login_as() needs cookies: create the client with use_cookies=True.")
+        fake = self._stand_in()
+        if user_id is None and email is not None:
+            user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"flask-plurality:{email}"))
+        client_id = str(self.application.config.get("PLURALITY_CLIENT_ID") or fake.client_id)
+        token = fake.issue_token(
+            user_id,
+            email,
+            ttl,
+            client_id=client_id if client_id in fake._clients else fake.client_id,
+            auth_address=auth_address,
+            proxy_address=proxy_address,
+        )
+        response = self._post_json("login", {"token": token})
+        body = response.get_json(silent=True)
+        if response.status_code != 200 or not isinstance(body, dict):
+            raise AssertionError(f"login_as(): the app answered {response.status} {response.get_data(as_text=True)}")
+        profile = Profile.from_session(body.get("profile"))
+        if profile is None:
+            raise AssertionError(f"login_as(): no profile in the app's answer {body!r}")
+        self.plurality_token = token
+        return profile
+
+    def logout(self) -> None:
+        """Log out through the app's real ``/logout``, as the page would."""
+        response = self._post_json("logout", {})
+        if response.status_code != 200:
+            raise AssertionError(f"logout(): the app answered {response.status} {response.get_data(as_text=True)}")
+        self.plurality_token = None
