@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import requests
@@ -60,55 +61,77 @@ class _Breaker:
     which would serialise every login of a threaded server behind the slowest one.
     Opens after ``threshold`` consecutive failures; after ``cooldown`` one probe goes
     through while the others still fail fast; the probe's result closes or reopens it.
-    A 429/503 ``Retry-After`` holds every call back until it has passed.
+    A ``Retry-After`` (429, 503) holds every call back until it has passed, whatever
+    the count. One per process and per (API URL, client id): workers do not share it.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.failures = 0
-        self.open_until = 0.0
-        self.probing = False
+        self.open_until = 0.0  # monotonic; no call before this
+        self.held_by_upstream = False  # open_until came from a Retry-After
+        self.probe_until = 0.0  # a probe is in flight until then (it may never report back)
 
-    def before_call(self, threshold: int) -> None:
+    def before_call(self, threshold: int, timeout: float) -> None:
+        """Raise :class:`UpstreamUnavailable` instead of calling; or let this call through."""
         with self._lock:
             now = time.monotonic()
-            if now < self.open_until or (self.probing and self.failures >= threshold):
-                wait = max(1, math.ceil(self.open_until - now))
+            if now < self.open_until or now < self.probe_until:
                 raise UpstreamUnavailable(
                     "Plurality is not answering; not asking again yet.",
-                    reason="circuit_open",
-                    retry_after=wait,
+                    reason="rate_limited" if self.held_by_upstream and now < self.open_until else "circuit_open",
+                    retry_after=self._wait(now),
                 )
             if self.failures >= threshold:
-                self.probing = True  # this caller is the probe
+                # This caller is the probe; the others fail fast until it reports back.
+                self.probe_until = now + timeout + 1
+
+    def _wait(self, now: float) -> int:
+        # Rounded first: (now + 60) - now can be 60.000000001, which must not say 61.
+        return max(1, math.ceil(round(max(self.open_until, self.probe_until) - now, 3)))
 
     def succeeded(self) -> None:
         with self._lock:
+            if self.failures:
+                log.info("Plurality answers again after %d failed calls", self.failures)
             self.failures = 0
-            self.open_until = 0.0
-            self.probing = False
+            self.open_until = self.probe_until = 0.0
+            self.held_by_upstream = False
 
-    def failed(self, threshold: int, cooldown: float, retry_after: int | None) -> None:
+    def failed(self, threshold: int, cooldown: float, retry_after: int | None) -> int | None:
+        """Count a failure; return the seconds calls are now held back, if they are."""
         with self._lock:
             self.failures += 1
-            self.probing = False
+            self.probe_until = 0.0
             now = time.monotonic()
             if retry_after:
+                self.held_by_upstream = now + retry_after >= self.open_until
                 self.open_until = max(self.open_until, now + retry_after)
             if self.failures >= threshold:
-                self.open_until = max(self.open_until, now + cooldown)
+                if now + cooldown > self.open_until:
+                    self.open_until, self.held_by_upstream = now + cooldown, False
                 log.warning(
-                    "Plurality failed %d times in a row; holding calls for %.0f s",
+                    "Plurality failed %d times in a row; not calling it for %.0f s",
                     self.failures,
                     self.open_until - now,
                 )
+            return self._wait(now) if now < self.open_until else None
 
 
 def _retry_after(response: requests.Response) -> int | None:
+    """Seconds from a ``Retry-After`` header (delta or HTTP date), capped; ``None`` if absent."""
     value = response.headers.get("Retry-After", "").strip()
     if value.isdigit():
-        return min(int(value), MAX_RETRY_AFTER)
-    return None
+        seconds = int(value)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = math.ceil(when.timestamp() - time.time())
+    return min(seconds, MAX_RETRY_AFTER) if seconds > 0 else None
 
 
 def _connect_failed(exc: requests.RequestException) -> bool:
@@ -136,7 +159,7 @@ class PluralityClient:
         self.http.mount("http://", adapter)
         self._lock = threading.Lock()
         self._methods: dict[str, str] = {}  # api_url -> the method that worked, for "auto"
-        self._breakers: dict[str, _Breaker] = {}
+        self._breakers: dict[tuple[str, str], _Breaker] = {}
 
     def __repr__(self) -> str:
         return f"<PluralityClient {sorted(self._methods.items())}>"
@@ -144,23 +167,30 @@ class PluralityClient:
     def close(self) -> None:
         self.http.close()
 
-    def _breaker(self, api_url: str) -> _Breaker:
+    def _breaker(self, upstream: Upstream) -> _Breaker:
+        # Per client id too: one app's rejected credentials must not hold back another's calls.
         with self._lock:
-            return self._breakers.setdefault(api_url, _Breaker())
+            return self._breakers.setdefault((upstream.api_url, upstream.client_id), _Breaker())
 
     def validate(self, token: str, upstream: Upstream) -> dict[str, Any]:
-        """Ask Plurality about ``token``; return its ``user`` object or raise."""
-        breaker = self._breaker(upstream.api_url)
-        breaker.before_call(upstream.breaker_threshold)
+        """Ask Plurality about ``token``; return its ``user`` object or raise.
+
+        Every call counts toward the breaker, logins and revalidations alike: an answer
+        about the token (yes or no) is a success, anything else a failure.
+        """
+        breaker = self._breaker(upstream)
+        breaker.before_call(upstream.breaker_threshold, upstream.timeout)
         try:
             user = self._validate(token, upstream)
         except InvalidToken:
             breaker.succeeded()  # Plurality answered; the token is what failed
             raise
         except UpstreamUnavailable as exc:
-            breaker.failed(upstream.breaker_threshold, upstream.breaker_cooldown, exc.retry_after)
+            held = breaker.failed(upstream.breaker_threshold, upstream.breaker_cooldown, exc.retry_after)
+            if held is not None:  # tell the client how long nothing will be asked
+                exc.retry_after = max(exc.retry_after or 0, held)
             raise
-        except Exception:
+        except BaseException:
             breaker.failed(upstream.breaker_threshold, upstream.breaker_cooldown, None)
             raise
         breaker.succeeded()

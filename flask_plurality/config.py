@@ -10,6 +10,8 @@ from typing import Any, Final
 
 from flask import current_app
 
+from .exceptions import ConfigurationError
+
 #: Every key the extension reads, with its default. The README's config table and
 #: the docs are checked against this mapping by the test suite.
 DEFAULTS: Final[dict[str, Any]] = {
@@ -42,8 +44,6 @@ _POLICIES: Final = ("deny", "allow")
 
 def _interval(value: Any, key: str) -> int | None:
     """Normalise a revalidation setting: None/False never, True/0 always, N seconds."""
-    from .exceptions import ConfigurationError
-
     if value is None or value is False:
         return None
     if value is True:
@@ -160,8 +160,6 @@ config: Final = _Config()
 
 def check_values(app_config: dict[str, Any]) -> None:
     """Refuse settings that would fail later, at a confusing moment, at ``init_app``."""
-    from .exceptions import ConfigurationError
-
     method = str(app_config["PLURALITY_VALIDATE_METHOD"]).upper()
     if method not in _METHODS:
         raise ConfigurationError(f"PLURALITY_VALIDATE_METHOD must be one of auto, POST, GET; not {method!r}")

@@ -6,9 +6,10 @@ import copy
 import logging
 import math
 import os
+import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 from urllib.parse import quote
 
 from cachelib.file import FileSystemCache
@@ -24,9 +25,10 @@ from .config import DEFAULTS, _interval, check_values, config
 from .exceptions import ConfigurationError, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .profile import Profile
 from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error
+from .security import warn_insecure_transport
 from .sessiondata import SESSION_KEY, _Login
 from .singleflight import SingleFlight
-from .store import GuardedSessionInterface, Store, store_for
+from .store import REVOCATION_EPOCH, GuardedSessionInterface, Store, store_for
 from .tokens import read_claims, token_hash
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ class Plurality:
     def __init__(self, app: Flask | None = None) -> None:
         self.client = PluralityClient()
         self._unauthorized_callback: UnauthorizedHandler | None = None
-        self._flight: SingleFlight[dict[str, Any]] = SingleFlight()
+        self._flight: SingleFlight[_Answer] = SingleFlight()
         if app is not None:
             self.init_app(app)
 
@@ -69,6 +71,8 @@ class Plurality:
 
     def init_app(self, app: Flask) -> None:
         """Register on ``app``: config defaults, server-side sessions, the blueprint."""
+        if "plurality" in app.extensions:
+            raise ConfigurationError("flask-plurality is already set up on this app (init_app was called twice).")
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, copy.copy(value))
         check_values(app.config)
@@ -81,6 +85,7 @@ class Plurality:
                     f"{key} is not set. Copy it from Plurality's developer dashboard, "
                     "or set PLURALITY_FAKE = True to develop against the built-in stand-in."
                 )
+        warn_insecure_transport(app.config)
         _setup_sessions(app)
         app.extensions["plurality"] = self
         app.extensions["plurality.state"] = state
@@ -123,8 +128,19 @@ class Plurality:
 
     def revoke_user(self, user_id: str) -> None:
         """Make every existing session of ``user_id`` fail on its next request, in every
-        worker and machine sharing the session store. Logins after this call work."""
-        self._store().set(self._key("revoked", user_id), time.time(), REVOCATION_TTL)
+        worker and machine sharing the session store. Logins after this call work.
+
+        Plurality cannot do this itself: its logout revokes nothing. Needs an app context.
+        """
+        if not isinstance(user_id, str) or not user_id:
+            raise ValueError("revoke_user() needs a Plurality user id (a non-empty string).")
+        # A fresh marker, not a time: sessions remember the marker they began under, so
+        # machines whose clocks disagree still agree on "revoked after this login".
+        marker = f"{int(time.time())}-{secrets.token_hex(8)}"
+        store = self._store()
+        store.set(self._key("revoked", user_id), marker, REVOCATION_TTL)
+        # Then, never before, the epoch every session compares with (see _revoked).
+        store.set(config.key_prefix + REVOCATION_EPOCH, marker, REVOCATION_TTL)
         log.info("Revoked every session of Plurality user %s", user_id)
 
     # -- internals used by the views and the decorator ---------------------------
@@ -152,47 +168,92 @@ class Plurality:
         )
 
     def _ask(self, token: str, exp: int, interval: int = 0) -> dict[str, Any]:
-        """Plurality's ``user`` for ``token``, through the shared answer cache (a "no" is
-        always reused; a "yes" younger than ``interval`` too) and single flight."""
-        digest = token_hash(token)
-        key = self._key("answer", digest)
-        store = self._store()
-        cached = store.get(key)
-        if isinstance(cached, dict):
-            if cached.get("ok") is False:
-                raise InvalidToken("Plurality refused the token.", reason=str(cached.get("reason", "rejected")))
-            fresh = time.time() - float(cached.get("at", 0)) < interval
-            if interval and fresh and isinstance(cached.get("user"), dict):
-                g._plurality_answer_at = float(cached["at"])
-                return cast(dict[str, Any], cached["user"])
-        upstream = self._upstream()
+        """Plurality's ``user`` for ``token`` (see :meth:`_answer`)."""
+        return self._answer(token, exp, interval).user
 
-        def call() -> dict[str, Any]:
+    def _answer(self, token: str, exp: int, interval: int = 0) -> _Answer:
+        """Plurality's answer for ``token``, asking upstream as rarely as possible.
+
+        Shared answer cache, in the session store so every worker and machine sees it:
+        a "no" is reused until the token's ``exp`` (a revoked token is not asked about
+        again and again); a "yes" is written only when ``interval`` > 0, lives
+        min(interval, exp), and is reused while younger than ``interval``. Keyed by the
+        client id and a hash of the token, never the token. Concurrent askers in this
+        process share one upstream call (single flight).
+        """
+        upstream = self._upstream()
+        digest = token_hash(token)
+        key = self._key("answer", f"{upstream.client_id}:{digest}")
+        store = self._store()
+        hit = _cached_answer(store.get(key), interval)
+        if hit is not None:
+            return hit
+
+        def call() -> _Answer:
+            # Checked again inside the flight: a caller that missed the cache just before
+            # the previous flight landed must not start a second upstream call.
+            hit = _cached_answer(store.get(key), interval)
+            if hit is not None:
+                return hit
+            at = time.time()  # when we asked: the answer is no fresher than that
             try:
                 user = self.client.validate(token, upstream)
             except InvalidToken as exc:
                 store.set(key, {"ok": False, "reason": exc.reason}, math.ceil(exp - time.time()))
                 raise
             if interval:
-                ttl = min(interval, math.ceil(exp - time.time()))
-                store.set(key, {"ok": True, "at": time.time(), "user": user}, ttl)
-            return user
+                store.set(key, {"ok": True, "at": at, "user": user}, min(interval, math.ceil(exp - at)))
+            return _Answer(user, at, cached=False)
 
-        user, _ = self._flight.do(f"{upstream.api_url} {digest}", call, wait=upstream.timeout + 1)
-        g._plurality_answer_at = time.time()
-        return user
+        answer, _ = self._flight.do(f"{upstream.api_url} {key}", call, wait=upstream.timeout + 1)
+        return answer
 
     def _load(self) -> _Login | None:
         return _Login.load(session.get(SESSION_KEY))
 
-    def _current(self) -> Profile | None:
-        """The logged-in profile without asking upstream: ``current_profile``'s source."""
+    def _current(self, *, strict: bool = False) -> Profile | None:
+        """The logged-in profile without asking upstream: ``current_profile``'s and
+        ``/session``'s source. A revoked session is cleared (one store read). A store
+        failure means "not logged in", or raises :class:`SessionStoreUnavailable` if
+        ``strict``."""
         if getattr(session, "store_error", False):
             return None
         login = self._load()
         if login is None or login.exp <= time.time():
             return None
+        try:
+            if self._revoked(login):
+                session.clear()
+                return None
+        except SessionStoreUnavailable:
+            if strict:
+                raise
+            return None
         return login.profile
+
+    def _revocation_marker(self, user_id: str) -> str | None:
+        marker = self._store().get(self._key("revoked", user_id))
+        return marker if isinstance(marker, str) else None
+
+    def _revoked(self, login: _Login) -> bool:
+        """Was ``revoke_user`` called for this user after this login began? One store read,
+        none on Redis while the revocation epoch read with the session is the one this
+        login was last checked under (no ``revoke_user`` anywhere since)."""
+        if not config.revocation_check:
+            return False
+        epoch = getattr(session, "revocation_epoch", _UNSET)
+        if epoch is not _UNSET and epoch == login.epoch:
+            return False
+        marker = self._revocation_marker(login.profile.id)
+        if marker is not None and marker != login.revocation:
+            log.info("Refused a revoked session of user %s", login.profile.id)
+            return True
+        if epoch is not _UNSET:
+            # revoke_user writes the marker before the epoch, and the epoch was read first:
+            # every revocation up to this epoch is seen, so later requests may skip the read.
+            login.epoch = cast(str | None, epoch)
+            session[SESSION_KEY] = login.dump()
+        return False
 
     def _start_session(self, profile: Profile, token: str, exp: int) -> None:
         """Store a fresh login under a new session id (no fixation)."""
@@ -200,7 +261,10 @@ class Plurality:
         if previous is not None and previous.profile.id != profile.id:
             session.clear()  # another user's data must not carry over
         now = time.time()
-        session[SESSION_KEY] = _Login(profile, token, exp, now, now).dump()
+        epoch = self._store().get(config.key_prefix + REVOCATION_EPOCH)  # before the marker: see _revoked
+        revocation = self._revocation_marker(profile.id)
+        login = _Login(profile, token, exp, now, now, revocation, epoch if isinstance(epoch, str) else None)
+        session[SESSION_KEY] = login.dump()
         session.permanent = True
         current_app.session_interface.regenerate(session)  # type: ignore[attr-defined]
         g._plurality_profile = profile
@@ -217,36 +281,35 @@ class Plurality:
             return self._unauthorized(clear=True)
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         try:
-            if config.revocation_check:
-                revoked_at = self._store().get(self._key("revoked", login.profile.id))
-                if isinstance(revoked_at, int | float) and login.login_at <= revoked_at:
-                    log.info("Refused a revoked session of user %s", login.profile.id)
-                    return self._unauthorized(clear=True)
+            if self._revoked(login):
+                return self._unauthorized(clear=True)
             interval = config.revalidate if revalidate is _UNSET else _interval(revalidate, "revalidate")
             if interval is None or now - login.validated_at < interval:
                 g._plurality_profile = login.profile
                 return login.profile
             try:
-                user = self._ask(login.token, login.exp, interval)
+                answer = self._answer(login.token, login.exp, interval)
             except InvalidToken as exc:
-                log.info("Revalidation refused the session of user %s: %s", login.profile.id, exc.reason)
+                log.info("Revalidation refused user %s (%s); session cleared", login.profile.id, exc.reason)
                 signals.revalidation_failed.send(app, profile=login.profile, reason=exc.reason, allowed=False)
                 return self._unauthorized(clear=True)
             except UpstreamUnavailable as exc:
+                # Grace counts from the last *good* answer, which a failure never moves.
                 allowed = config.on_upstream_error == "allow" and now - login.validated_at < config.grace_period
                 signals.revalidation_failed.send(app, profile=login.profile, reason=exc.reason, allowed=allowed)
                 if allowed:
-                    log.warning("Plurality unavailable (%s); user %s let in (grace)", exc.reason, login.profile.id)
+                    log.info("Revalidation of user %s failed (%s); let in (grace period)", login.profile.id, exc.reason)
                     g._plurality_profile = login.profile
                     return login.profile
+                log.info("Revalidation of user %s failed (%s); answered 503", login.profile.id, exc.reason)
                 return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
         except SessionStoreUnavailable:
             return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
         claims = {"exp": login.exp, "uniqueSessionId": login.profile.unique_session_id}
-        profile = Profile.from_upstream(user, claims)
-        login.profile, login.validated_at = profile, float(g.pop("_plurality_answer_at", now))
+        profile = Profile.from_upstream(answer.user, claims)
+        login.profile, login.validated_at = profile, max(login.validated_at, answer.at)
         session[SESSION_KEY] = login.dump()
-        signals.revalidated.send(app, profile=profile)
+        signals.revalidated.send(app, profile=profile, cached=answer.cached)
         g._plurality_profile = profile
         return profile
 
@@ -262,6 +325,32 @@ class Plurality:
             joiner = "&" if "?" in login_url else "?"
             return redirect(f"{login_url}{joiner}next={quote(target, safe='/')}", 302)
         return json_error(401, "login_required", headers=CHALLENGE)
+
+
+class _Answer(NamedTuple):
+    """Plurality's ``user`` for a token, when Plurality gave it, and whether it came from the cache."""
+
+    user: dict[str, Any]
+    at: float
+    cached: bool
+
+
+def _cached_answer(entry: Any, interval: int) -> _Answer | None:
+    """A usable answer-cache entry: raise for a remembered "no"; a "yes" younger than ``interval``."""
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("ok") is False:
+        raise InvalidToken("Plurality refused the token.", reason=str(entry.get("reason") or "rejected"))
+    at, user = entry.get("at"), entry.get("user")
+    if (
+        interval
+        and isinstance(at, int | float)
+        and isinstance(user, dict)
+        and isinstance(user.get("id"), str)
+        and 0 <= time.time() - at < interval
+    ):
+        return _Answer(user, float(at), cached=True)
+    return None
 
 
 def _prefers_html() -> bool:

@@ -21,14 +21,31 @@ SESSION_KEY: Final = "_plurality"
 class _Login:
     """A login as stored in the session (plain JSON types only)."""
 
-    __slots__ = ("exp", "login_at", "profile", "token", "validated_at")
+    __slots__ = ("epoch", "exp", "login_at", "profile", "revocation", "token", "validated_at")
 
-    def __init__(self, profile: Profile, token: str, exp: int, login_at: float, validated_at: float) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        token: str,
+        exp: int,
+        login_at: float,
+        validated_at: float,
+        revocation: str | None = None,
+        epoch: str | None = None,
+    ) -> None:
         self.profile = profile
         self.token = token
         self.exp = exp
         self.login_at = login_at
         self.validated_at = validated_at
+        #: The user's ``revoke_user`` marker when this login began (``None``: there was
+        #: none). A different marker later means the user was revoked after this login;
+        #: comparing markers, not clocks, keeps machines with skewed clocks honest.
+        self.revocation = revocation
+        #: The store-wide revocation epoch (see ``store.REVOCATION_EPOCH``) under which
+        #: this login was last found not revoked; while it has not changed, a protected
+        #: request needs no revocation read of its own.
+        self.epoch = epoch
 
     @classmethod
     def load(cls, data: Any) -> _Login | None:
@@ -45,7 +62,19 @@ class _Login:
             or not isinstance(validated_at, int | float)
         ):
             return None
-        return cls(profile, token, exp, float(login_at), float(validated_at))
+        revocation = data.get("revocation")
+        if revocation is not None and not isinstance(revocation, str):
+            return None
+        epoch = data.get("epoch")
+        return cls(
+            profile,
+            token,
+            exp,
+            float(login_at),
+            float(validated_at),
+            revocation,
+            epoch if isinstance(epoch, str) else None,
+        )
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -54,6 +83,8 @@ class _Login:
             "exp": self.exp,
             "login_at": self.login_at,
             "validated_at": self.validated_at,
+            "revocation": self.revocation,
+            "epoch": self.epoch,
         }
 
 
@@ -61,7 +92,8 @@ def session_lifetime_cap(lifetime: timedelta) -> timedelta:
     """No session outlives its token: cap a lifetime at the login's ``exp``."""
     if not has_request_context():
         return lifetime
-    login = _Login.load(session.get(SESSION_KEY))
-    if login is None:
+    data = session.get(SESSION_KEY)  # runs on every save: read exp alone, not the whole login
+    exp = data.get("exp") if isinstance(data, dict) else None
+    if not isinstance(exp, int) or isinstance(exp, bool):
         return lifetime
-    return min(lifetime, timedelta(seconds=max(1, login.exp - int(time.time()))))
+    return min(lifetime, timedelta(seconds=max(1, exp - int(time.time()))))

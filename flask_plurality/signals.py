@@ -14,7 +14,8 @@ logged_in = _signals.signal("plurality.logged-in")
 logged_out = _signals.signal("plurality.logged-out")
 #: A login was refused: ``profile`` (``None``), ``reason``.
 login_failed = _signals.signal("plurality.login-failed")
-#: Plurality confirmed a session again: ``profile``.
+#: Plurality confirmed a session again: ``profile``; ``cached`` is ``True`` when the
+#: answer came from the shared answer cache (another worker had just asked).
 revalidated = _signals.signal("plurality.revalidated")
 #: A revalidation did not confirm the session: ``profile``, ``reason``; ``allowed`` is
 #: ``True`` when the outage policy let the request through anyway.

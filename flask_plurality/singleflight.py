@@ -1,7 +1,13 @@
-"""Collapse concurrent identical upstream calls in one process into one."""
+"""Collapse concurrent identical upstream calls in one process into one.
+
+When a burst of requests of one session all find it due for revalidation (a page
+that loads twenty API calls at once), only the first asks Plurality; the others wait
+for that answer instead of sending nineteen identical calls.
+"""
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -29,7 +35,11 @@ class SingleFlight(Generic[T]):
         self._calls: dict[str, _Call[T]] = {}
 
     def do(self, key: str, fn: Callable[[], T], wait: float) -> tuple[T, bool]:
-        """Return (result, shared): ``shared`` is ``True`` for the waiters."""
+        """Return (result, shared): ``shared`` is ``True`` for the waiters.
+
+        A waiter that gives up after ``wait`` seconds raises
+        :class:`UpstreamUnavailable` (``reason="timeout"``); the leader carries on.
+        """
         with self._lock:
             call = self._calls.get(key)
             leader = call is None
@@ -40,12 +50,20 @@ class SingleFlight(Generic[T]):
                 call.result = fn()
             except BaseException as exc:
                 call.error = exc
+                raise
             finally:
                 with self._lock:
                     del self._calls[key]
                 call.done.set()
-        elif not call.done.wait(wait):
+            return call.result, False
+        if not call.done.wait(wait):
             raise UpstreamUnavailable("Plurality is slow to answer.", reason="timeout")
         if call.error is not None:
-            raise call.error
-        return call.result, not leader  # type: ignore[return-value]
+            # Each waiter raises its own copy: one exception object raised in many
+            # threads at once would collect all their tracebacks.
+            try:
+                error = copy.copy(call.error)
+            except Exception:  # an exception type copy cannot rebuild
+                error = call.error
+            raise error from None
+        return call.result, True  # type: ignore[return-value]
