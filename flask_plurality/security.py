@@ -1,14 +1,23 @@
-"""Refusals that protect login and logout: foreign origins, open redirects, brute force."""
+"""Refusals that protect login and logout: foreign origins, open redirects, brute force;
+and the secret hygiene that keeps tokens and the client secret out of logs and reprs."""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import unicodedata
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from flask import request
 
+from .sessiondata import SESSION_KEY
+
+log = logging.getLogger("flask_plurality")
+
 _DEFAULT_PORTS: Final = {"http": "80", "https": "443"}
+_S = TypeVar("_S", bound=type)
 
 
 def normalise_origin(value: str) -> str | None:
@@ -66,3 +75,61 @@ def safe_next(value: str | None) -> str | None:
 def client_ip() -> str:
     """The client's address as the WSGI server (or ``ProxyFix``) reports it."""
     return request.remote_addr or "unknown"
+
+
+def client_bucket() -> str:
+    """Whom failed logins are counted against: the client's IPv4 address, or its IPv6
+    /64 (one customer usually holds a whole /64, and could rotate through it)."""
+    address = client_ip()
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # ::ffff:1.2.3.4 is the IPv4 client 1.2.3.4
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def redacted_session_class(cls: _S) -> _S:
+    """A subclass of Flask-Session's session class whose ``repr`` hides the token, so
+    that ``log.debug("%r", session)`` or an error reporter cannot leak it."""
+
+    def __repr__(self: Any) -> str:
+        shown = dict(dict.items(self))  # dict.items: reading must not mark the session accessed
+        login = shown.get(SESSION_KEY)
+        if isinstance(login, dict) and "token" in login:
+            shown[SESSION_KEY] = {**login, "token": "<redacted>"}
+        return f"<{cls.__name__} {shown!r}>"
+
+    return type(cls.__name__, (cls,), {"__repr__": __repr__, "__module__": cls.__module__})  # type: ignore[return-value]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_insecure_transport(app_config: Mapping[str, Any]) -> None:
+    """At ``init_app``: say loudly when the client secret could cross a network unprotected.
+
+    TLS verification is only ever off through ``PLURALITY_VERIFY_TLS``; plain HTTP is
+    accepted (the stand-in, a local proxy) but warned about unless it stays on loopback.
+    """
+    if not app_config["PLURALITY_VERIFY_TLS"]:
+        log.warning(
+            "PLURALITY_VERIFY_TLS is off: Plurality's TLS certificate is not checked, so anyone "
+            "on the network path can read the client secret and forge answers. Never in production."
+        )
+    url = urlsplit(str(app_config["PLURALITY_API_URL"]))
+    if url.scheme != "https" and not _is_loopback(url.hostname or ""):
+        log.warning(
+            "PLURALITY_API_URL is not HTTPS (%s://%s): the client secret and tokens would cross the network in clear.",
+            url.scheme,
+            url.hostname,
+        )

@@ -14,7 +14,7 @@ from .config import config
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .extension import _state, get_extension
 from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, json_response
-from .security import client_ip, origin_allowed, safe_next
+from .security import client_bucket, origin_allowed, safe_next
 from .tokens import read_claims, token_hash
 
 log = logging.getLogger("flask_plurality")
@@ -34,8 +34,12 @@ def _read_body() -> tuple[str | None, str | None]:
     """(token, next) from a JSON or form body; raise :class:`_Refused` for a bad body."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise _Refused(json_error(413, "payload_too_large"))
-    request.max_content_length = MAX_BODY
+    # One byte over the limit tells a streamed (chunked) body that is too large from one
+    # that is exactly 16 KiB: werkzeug silently truncates a stream at the limit.
+    request.max_content_length = MAX_BODY + 1
     try:
+        if len(request.get_data(cache=True)) > MAX_BODY:
+            raise _Refused(json_error(413, "payload_too_large"))
         if request.mimetype == "application/json":
             data: Any = request.get_json(silent=False)
             if not isinstance(data, dict):
@@ -50,7 +54,7 @@ def _read_body() -> tuple[str | None, str | None]:
             token, next_ = None, request.args.get("next")
     except RequestEntityTooLarge:
         raise _Refused(json_error(413, "payload_too_large")) from None
-    except BadRequest:
+    except (BadRequest, RecursionError):  # RecursionError: 16 KiB of "[" nests too deep for json
         raise _Refused(json_error(400, "invalid_request")) from None
     if token is not None and not isinstance(token, str):
         raise _Refused(json_error(400, "invalid_request"))
@@ -73,6 +77,14 @@ def _failed(reason: str, *, throttle_keys: list[str] | None = None) -> None:
             store.incr(key, config.login_failure_window)
 
 
+@blueprint.after_request
+def _not_cached(response: BaseResponse) -> BaseResponse:
+    """Answers here carry a profile or set the session cookie: no shared cache may keep them."""
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
 @blueprint.post("/login")
 def login() -> BaseResponse:
     extension = get_extension()
@@ -86,13 +98,20 @@ def login() -> BaseResponse:
         return json_error(400, "invalid_request")
     if getattr(session, "store_error", False):
         return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
-    keys = [extension._key("fail-ip", client_ip()), extension._key("fail-token", token_hash(token))]
+    # Failed logins are counted per client and per token, in the shared store, before
+    # anything else: a throttled request never costs an upstream call.
+    client = client_bucket()
+    throttles = {
+        f"client {client}": extension._key("fail-ip", client),
+        "this token": extension._key("fail-token", token_hash(token)),
+    }
+    keys = list(throttles.values())
     try:
         store = extension._store()
-        for key in keys:
+        for who, key in throttles.items():
             count, left = store.peek(key)
             if count >= config.login_max_failures:
-                log.warning("Too many failed Plurality logins (%s); refusing for %d s", key.split(":")[-2], left)
+                log.warning("Too many failed Plurality logins from %s; refusing for %d s", who, left)
                 _failed("too_many_attempts")
                 return json_error(429, "too_many_attempts", retry_after=left)
         try:
@@ -136,7 +155,10 @@ def logout() -> BaseResponse:
 def current_session() -> Response:
     if getattr(session, "store_error", False):
         return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
-    profile = get_extension()._current()
+    try:
+        profile = get_extension()._current(strict=True)  # checks revoke_user, like a protected route
+    except SessionStoreUnavailable:
+        return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
     if profile is None:
         return json_error(401, "login_required", headers=CHALLENGE)
     g._plurality_profile = profile
@@ -155,3 +177,10 @@ def fake_token() -> Response:
         return json_error(400, "invalid_request", message="'email' must be a string.")
     token = fake.issue_token(email=email or "demo@example.com")
     return json_response({"status": True, "pluralityToken": token})
+
+
+@blueprint.route("/login", methods=["GET", "PUT", "PATCH", "DELETE"])
+@blueprint.route("/logout", methods=["GET", "PUT", "PATCH", "DELETE"])
+def wrong_method() -> BaseResponse:
+    """Keep SPEC's promise that every answer here is JSON, even Flask's 405."""
+    return json_error(405, "method_not_allowed", headers={"Allow": "POST, OPTIONS"})

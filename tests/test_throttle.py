@@ -1,0 +1,176 @@
+"""Failed-login throttling: per client and per token, shared through the session store,
+answered 429 with Retry-After and without spending an upstream call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from cachelib.file import FileSystemCache
+from conftest import AppFactory
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.test import TestResponse
+
+from flask_plurality.testing import FakePlurality
+
+LIMIT = 3
+SAME = {"Origin": "http://localhost"}
+
+
+def post(client: FlaskClient, token: str, ip: str = "203.0.113.7", **headers: str) -> TestResponse:
+    return client.post(
+        "/plurality/login", json={"token": token}, headers={**SAME, **headers}, environ_base={"REMOTE_ADDR": ip}
+    )
+
+
+def refused_token(fake: FakePlurality) -> str:
+    """Well formed and unexpired, so it reaches Plurality, which says no."""
+    token = fake.issue_token()
+    fake.revoke(token)
+    return token
+
+
+def assert_throttled(response: TestResponse, window: int) -> None:
+    assert response.status_code == 429
+    assert response.get_json()["error"] == "too_many_attempts"
+    assert 1 <= int(response.headers["Retry-After"]) <= window
+
+
+@pytest.fixture
+def throttled_app(make_app: AppFactory) -> Flask:
+    return make_app(PLURALITY_LOGIN_MAX_FAILURES=LIMIT)
+
+
+def test_a_client_that_keeps_failing_is_throttled_without_upstream_calls(
+    throttled_app: Flask, fake: FakePlurality
+) -> None:
+    client = throttled_app.test_client()
+    for _ in range(LIMIT):
+        assert post(client, refused_token(fake)).status_code == 401
+    assert len(fake.calls) == LIMIT
+
+    # Even a good token: this client has used up its attempts.
+    assert_throttled(post(client, fake.issue_token()), 300)
+    assert_throttled(post(client, refused_token(fake)), 300)
+    assert_throttled(post(client, "junk"), 300)
+    assert len(fake.calls) == LIMIT
+    # Another client is not affected.
+    assert post(client, fake.issue_token(), ip="198.51.100.1").status_code == 200
+
+
+def test_junk_tokens_count_as_failures_too(throttled_app: Flask, fake: FakePlurality) -> None:
+    client = throttled_app.test_client()
+    for token in ("junk", "a.b.c", fake.issue_token(ttl=-10)):
+        assert post(client, token).status_code == 401
+    assert_throttled(post(client, fake.issue_token()), 300)
+    assert fake.calls == []
+
+
+def test_one_token_failing_from_many_clients_is_throttled(throttled_app: Flask, fake: FakePlurality) -> None:
+    client = throttled_app.test_client()
+    token = refused_token(fake)
+    for i in range(LIMIT):
+        assert post(client, token, ip=f"192.0.2.{i}").status_code == 401
+    assert_throttled(post(client, token, ip="192.0.2.200"), 300)
+    assert len(fake.calls) == 1  # the refusal itself is remembered, then the token throttled
+    assert post(client, fake.issue_token(), ip="192.0.2.201").status_code == 200
+
+
+def test_upstream_outages_and_successes_do_not_count(throttled_app: Flask, fake: FakePlurality) -> None:
+    client = throttled_app.test_client()
+    fake.fail_next(503, times=LIMIT + 1)
+    for _ in range(LIMIT + 1):
+        assert post(client, fake.issue_token()).status_code == 503  # not the user's fault
+    for _ in range(LIMIT + 1):
+        assert post(client, fake.issue_token()).status_code == 200
+
+
+def test_the_window_ends(make_app: AppFactory, fake: FakePlurality) -> None:
+    client = make_app(PLURALITY_LOGIN_MAX_FAILURES=1, PLURALITY_LOGIN_FAILURE_WINDOW=1).test_client()
+    assert post(client, "junk").status_code == 401
+    assert_throttled(post(client, fake.issue_token()), 1)
+    time.sleep(2.1)  # cachelib stores whole seconds
+    assert post(client, fake.issue_token()).status_code == 200
+
+
+def test_behind_a_proxy_proxyfix_tells_clients_apart(throttled_app: Flask, fake: FakePlurality) -> None:
+    client = throttled_app.test_client()
+    throttled_app.wsgi_app = ProxyFix(throttled_app.wsgi_app, x_for=1)  # type: ignore[method-assign]
+    proxy = "10.0.0.1"
+    for _ in range(LIMIT):
+        assert post(client, "junk", ip=proxy, **{"X-Forwarded-For": "203.0.113.50"}).status_code == 401
+    assert_throttled(post(client, fake.issue_token(), ip=proxy, **{"X-Forwarded-For": "203.0.113.50"}), 300)
+    assert post(client, fake.issue_token(), ip=proxy, **{"X-Forwarded-For": "203.0.113.51"}).status_code == 200
+
+
+def test_without_proxyfix_everyone_behind_a_proxy_is_one_client(throttled_app: Flask, fake: FakePlurality) -> None:
+    """Why README tells you to set up ProxyFix: one bad client would lock out everyone."""
+    client = throttled_app.test_client()
+    proxy = "10.0.0.1"
+    for _ in range(LIMIT):
+        assert post(client, "junk", ip=proxy, **{"X-Forwarded-For": "203.0.113.50"}).status_code == 401
+    assert_throttled(post(client, fake.issue_token(), ip=proxy, **{"X-Forwarded-For": "203.0.113.51"}), 300)
+
+
+def test_ipv6_clients_are_counted_per_64(throttled_app: Flask, fake: FakePlurality) -> None:
+    client = throttled_app.test_client()
+    for i in range(LIMIT):
+        assert post(client, "junk", ip=f"2001:db8:1:2::{i + 1}").status_code == 401
+    assert_throttled(post(client, fake.issue_token(), ip="2001:db8:1:2:ffff::9"), 300)
+    assert post(client, fake.issue_token(), ip="2001:db8:1:3::1").status_code == 200
+    # An IPv4 client seen through an IPv6 socket is still that IPv4 client.
+    for i in range(LIMIT):
+        assert post(client, f"other-junk-{i}", ip="::ffff:192.0.2.9").status_code == 401
+    assert_throttled(post(client, fake.issue_token(), ip="192.0.2.9"), 300)
+
+
+# -- across app instances (workers, machines) sharing a store -------------------------
+
+TwoApps = Callable[[], tuple[Flask, Flask]]
+
+
+@pytest.fixture(params=["cachelib", "redis"])
+def two_apps(request: pytest.FixtureRequest, make_app: AppFactory, tmp_path: Any) -> tuple[Flask, Flask]:
+    """Two app instances, as two workers or machines would run them, on one store."""
+    if request.param == "redis":
+        redis_client = request.getfixturevalue("redis_client")
+        return (
+            make_app(session_redis=redis_client, PLURALITY_LOGIN_MAX_FAILURES=LIMIT),
+            make_app(session_redis=redis_client, PLURALITY_LOGIN_MAX_FAILURES=LIMIT),
+        )
+    directory = str(tmp_path / "shared-sessions")
+
+    def one() -> Flask:
+        cache = FileSystemCache(directory, threshold=0, mode=0o600)  # each worker opens its own
+        return make_app(SESSION_TYPE="cachelib", SESSION_CACHELIB=cache, PLURALITY_LOGIN_MAX_FAILURES=LIMIT)
+
+    return one(), one()
+
+
+def test_failures_in_one_instance_throttle_the_other(two_apps: tuple[Flask, Flask], fake: FakePlurality) -> None:
+    first, second = (app.test_client() for app in two_apps)
+    assert post(first, refused_token(fake)).status_code == 401
+    assert post(second, refused_token(fake)).status_code == 401
+    assert post(first, "junk").status_code == 401
+    calls = len(fake.calls)
+    assert_throttled(post(second, fake.issue_token()), 300)
+    assert_throttled(post(first, fake.issue_token()), 300)
+    assert len(fake.calls) == calls
+    assert post(second, fake.issue_token(), ip="198.51.100.2").status_code == 200
+
+
+def test_a_token_refused_in_one_instance_is_throttled_in_the_other(
+    two_apps: tuple[Flask, Flask], fake: FakePlurality
+) -> None:
+    first, second = (app.test_client() for app in two_apps)
+    token = refused_token(fake)
+    for i in range(LIMIT):
+        client = first if i % 2 else second
+        assert post(client, token, ip=f"192.0.2.{i}").status_code == 401
+    assert_throttled(post(first, token, ip="192.0.2.100"), 300)
+    assert_throttled(post(second, token, ip="192.0.2.101"), 300)
+    assert len(fake.calls) == 1
