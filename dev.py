@@ -26,12 +26,12 @@ PY = BIN / "python"
 
 
 def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
-    return subprocess.call([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})})
+    return subprocess.call([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})})  # noqa: S603
 
 
 def setup() -> None:
     """Create the venv and install the package with its dev extras, once per pyproject change."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit("flask-plurality needs Python 3.11 or newer")
     if not PY.exists():
         print("creating .venv ...", flush=True)

@@ -7,12 +7,14 @@ JSON types. Also here: the guard that turns an unreachable store into a clean 50
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import time
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from cachelib import BaseCache, SimpleCache
 from flask import Flask, Request, Response, has_request_context, request
@@ -20,12 +22,20 @@ from flask.sessions import SessionInterface, SessionMixin
 from flask_session.base import ServerSideSession, ServerSideSessionInterface
 
 from .exceptions import SessionStoreUnavailable
+from .security import redacted_session_class
 from .sessiondata import session_lifetime_cap
 
 if TYPE_CHECKING:
     from redis import Redis
 
 log = logging.getLogger("flask_plurality")
+
+#: Key (after ``PLURALITY_KEY_PREFIX``) that ``revoke_user`` changes on every revocation.
+#: On Redis it is read together with the session (one MGET), so the revocation check of
+#: a protected request costs no round trip while nobody was revoked since the login.
+REVOCATION_EPOCH: Final = "revocations:epoch"
+#: Longest a request should wait for a stalled Redis before answering 503, in seconds.
+SLOW_STORE_WARNING: Final = 3.0
 
 
 class Store(Protocol):
@@ -160,11 +170,41 @@ class CacheLibStore:
         return 0, now
 
 
+def _redis_client(inner: SessionInterface) -> Redis | None:
+    """The ``redis.Redis`` (or subclass: any server speaking its protocol) behind ``inner``."""
+    client = getattr(inner, "client", None)
+    if client is None:
+        return None
+    try:
+        from redis import Redis
+    except ImportError:  # pragma: no cover - Flask-Session's redis backend needs it anyway
+        return None
+    return client if isinstance(client, Redis) else None
+
+
+def _connection_setting(client: Redis, name: str) -> Any:
+    """A connection setting of ``client``: as given, else the connection class's default."""
+    pool = client.connection_pool
+    if name in pool.connection_kwargs:
+        return pool.connection_kwargs[name]
+    for cls in pool.connection_class.__mro__:
+        init = vars(cls).get("__init__")
+        if init is None:
+            continue
+        try:
+            parameter = inspect.signature(init).parameters.get(name)
+        except (TypeError, ValueError):  # pragma: no cover - a C-level __init__
+            continue
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    return None
+
+
 def store_for(interface: SessionInterface) -> Store:
     """Find the store behind Flask-Session's interface; fall back to one per process."""
     inner = interface.inner if isinstance(interface, GuardedSessionInterface) else interface
-    client = getattr(inner, "client", None)
-    if client is not None and type(client).__module__.startswith("redis"):
+    client = _redis_client(inner)
+    if client is not None:
         return RedisStore(client)
     cache = getattr(inner, "cache", None)
     if isinstance(cache, BaseCache):
@@ -177,10 +217,77 @@ def store_for(interface: SessionInterface) -> Store:
     return CacheLibStore(SimpleCache(threshold=10_000), shared=False)
 
 
+def describe_store(app: Flask) -> tuple[str, list[str]]:
+    """(what holds the sessions, warnings about it) for ``flask plurality check``.
+
+    Looks at the configuration only; it never connects to the store.
+    """
+    interface = app.session_interface
+    inner = interface.inner if isinstance(interface, GuardedSessionInterface) else interface
+    warnings: list[str] = []
+    client = _redis_client(inner)
+    if client is not None:
+        kwargs = client.connection_pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        name = f"redis ({type(client).__name__} at {where}, db {kwargs.get('db', 0)})"
+        timeout = _connection_setting(client, "socket_timeout")
+        connect = _connection_setting(client, "socket_connect_timeout")
+        retry = client.get_retry() or kwargs.get("retry")
+        tries = 1 + int(getattr(retry, "_retries", 0)) if retry is not None else 1
+        worst = tries * max(float(timeout), float(connect or 0)) if timeout is not None else math.inf
+        if timeout is None:
+            warnings.append(
+                "The Redis client has no socket_timeout: a stalled Redis holds every request forever. "
+                "Pass socket_timeout=0.5, socket_connect_timeout=0.5 (see the README's Deployment section)."
+            )
+        elif worst > SLOW_STORE_WARNING:
+            warnings.append(
+                f"A stalled Redis holds a request up to {worst:g} s (socket timeout x {tries} "
+                f"attempt{'s' if tries > 1 else ''}) "
+                "before it answers 503; prefer socket_timeout=0.5, socket_connect_timeout=0.5 and at most "
+                "one retry."
+            )
+        if client.get_encoder().decode_responses:
+            warnings.append(
+                "The Redis client has decode_responses=True: Flask-Session stores msgpack bytes, "
+                "which cannot be read back as text. Create SESSION_REDIS without it."
+            )
+        return name, warnings
+    cache = getattr(inner, "cache", None)
+    if isinstance(cache, SimpleCache):
+        warnings.append(
+            "Sessions are in cachelib's SimpleCache, inside each process: with more than one worker "
+            "(gunicorn -w N) or machine, a login made in one worker is unknown to the others and "
+            "revocations and throttles are not shared. Use FileSystemCache (one machine) or Redis."
+        )
+        return "cachelib SimpleCache (per process)", warnings
+    if isinstance(cache, BaseCache):
+        where = getattr(cache, "_path", None)
+        kind = type(cache).__name__
+        return (f"cachelib {kind} ({where})" if where else f"cachelib {kind}"), warnings
+    warnings.append(
+        f"flask-plurality cannot share its answer cache, throttles and revocations through "
+        f"{type(inner).__name__}; they stay per process. Use SESSION_TYPE='redis' or 'cachelib'."
+    )
+    return type(inner).__name__, warnings
+
+
 class UnavailableSession(ServerSideSession):  # type: ignore[misc]
     """Stands in for a session the store could not load: empty, and never saved."""
 
     store_error = True
+
+
+#: While Flask-Session loads a session from Redis: (epoch key, box for what was read).
+_epoch_read: ContextVar[tuple[str, list[Any]] | None] = ContextVar("plurality_epoch_read", default=None)
+
+
+def _json_str(raw: Any) -> str | None:
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 class GuardedSessionInterface(SessionInterface):
@@ -215,16 +322,39 @@ class GuardedSessionInterface(SessionInterface):
         inner.get_expiration_time = get_expiration_time
         inner._upsert_session = upsert_session
         inner.get_cookie_secure = get_cookie_secure
+        client = _redis_client(inner)
+        if client is not None:
+            # Read the revocation epoch in the same round trip as the session (MGET).
+            def retrieve_session_data(store_id: str) -> dict[str, Any] | None:
+                pending = _epoch_read.get()
+                if pending is None:
+                    raw = client.get(store_id)
+                else:
+                    raw, epoch = client.mget([store_id, pending[0]])
+                    pending[1].append(epoch)
+                return cast(dict[str, Any], inner.serializer.decode(raw)) if raw else None
+
+            inner._retrieve_session_data = retrieve_session_data
+        # repr(session) must not show the token (debug logs, error reporters).
+        inner.session_class = redacted_session_class(inner.session_class)
 
     def __getattr__(self, name: str) -> Any:  # regenerate(), key_prefix, client...
         return getattr(self.inner, name)
 
     def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
+        box: list[Any] = []
+        reading = _epoch_read.set((str(app.config.get("PLURALITY_KEY_PREFIX", "plurality:")) + REVOCATION_EPOCH, box))
         try:
-            return self.inner.open_session(app, request)  # type: ignore[no-any-return]
+            session = self.inner.open_session(app, request)
         except Exception as exc:
             _guard(exc)
             return UnavailableSession(sid=None)
+        finally:
+            _epoch_read.reset(reading)
+        if box:
+            #: ``revoke_user``'s epoch as it was when this session was read (Redis only).
+            session.revocation_epoch = _json_str(box[0])
+        return session  # type: ignore[no-any-return]
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         if isinstance(session, UnavailableSession):

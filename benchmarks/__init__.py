@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks`` (``python3 dev.py bench``) prints the tables."""

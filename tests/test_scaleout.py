@@ -1,0 +1,129 @@
+"""Many processes, one Redis: a login made through any of them is honoured by all of
+them, and so is a logout. Real gunicorn workers and app processes over real HTTP; the
+Plurality stand-in runs in this test process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import redis_url_or_skip
+
+from flask_plurality.testing import FakePlurality
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+TESTS = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def gunicorn(fake: FakePlurality, workers: int, log: Path) -> Iterator[str]:
+    """``gunicorn -w N 'scaleout_app:create_app()'`` on a free port; yields its base URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "SCALEOUT_SECRET_KEY": "the-same-key-in-every-process",
+        "SCALEOUT_API_URL": fake.url,
+        "SCALEOUT_CLIENT_ID": fake.client_id,
+        "SCALEOUT_CLIENT_SECRET": fake.client_secret,
+        "SCALEOUT_REDIS_URL": redis_url_or_skip(),
+    }
+    command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+               "--pythonpath", str(TESTS), "scaleout_app:create_app()"]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        pids: set[int] = set()
+        while len(pids) < workers:  # every worker has booted and answers
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"gunicorn did not start:\n{log.read_text()}"
+            try:
+                pids |= {r["pid"] for r in fan_out(lambda: requests.get(f"{base}/pid", timeout=5).json(), 2 * workers)}
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def fan_out(call: Callable[[], Any], times: int, threads: int = 8) -> list[Any]:
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda _: call(), range(times)))
+
+
+def sign_in(base: str, fake: FakePlurality) -> tuple[str, str]:
+    """Log in through one request; return (session cookie value, user id)."""
+    response = requests.post(f"{base}/plurality/login", json={"token": fake.issue_token()}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.cookies["session"], response.json()["profile"]["id"]
+
+
+def ask(base: str, cookie: str) -> tuple[int, int | None, str | None]:
+    """GET /whoami on a new connection: (status, pid that answered, user)."""
+    response = requests.get(f"{base}/whoami", cookies={"session": cookie}, timeout=10)
+    if response.status_code != 200:
+        return response.status_code, None, None
+    body = response.json()
+    return 200, body["pid"], body["user"]
+
+
+def pids_of(base: str, times: int) -> set[int]:
+    return {r["pid"] for r in fan_out(lambda: requests.get(f"{base}/pid", timeout=10).json(), times)}
+
+
+def test_three_gunicorn_workers_share_logins_and_logouts(
+    fake: FakePlurality, redis_client: Any, tmp_path: Path
+) -> None:
+    with gunicorn(fake, 3, tmp_path / "gunicorn.log") as base:
+        workers = pids_of(base, 30)
+        assert len(workers) == 3
+        cookie, user = sign_in(base, fake)
+
+        answers = fan_out(lambda: ask(base, cookie), 200)
+        assert [status for status, _, _ in answers] == [200] * 200
+        assert {who for _, _, who in answers} == {user}
+        assert {pid for _, pid, _ in answers} == workers  # every worker honoured it
+        assert len(fake.calls) == 1  # the login's; the workers never asked again
+
+        logout = requests.post(f"{base}/plurality/logout", cookies={"session": cookie}, json={}, timeout=10)
+        assert logout.status_code == 200
+        after = fan_out(lambda: ask(base, cookie), 200)
+        assert [status for status, _, _ in after] == [401] * 200  # at once, in every worker
+        assert pids_of(base, 30) == workers  # the same workers, still up
+
+
+def test_two_app_processes_on_two_ports_share_logins_and_logouts(
+    fake: FakePlurality, redis_client: Any, tmp_path: Path
+) -> None:
+    with gunicorn(fake, 1, tmp_path / "a.log") as first, gunicorn(fake, 1, tmp_path / "b.log") as second:
+        assert pids_of(first, 4).isdisjoint(pids_of(second, 4))
+        cookie, user = sign_in(first, fake)
+
+        answers = fan_out(lambda: ask(first, cookie), 100) + fan_out(lambda: ask(second, cookie), 100)
+        assert [status for status, _, _ in answers] == [200] * 200
+        assert {who for _, _, who in answers} == {user}
+
+        logout = requests.post(f"{second}/plurality/logout", cookies={"session": cookie}, json={}, timeout=10)
+        assert logout.status_code == 200
+        after = fan_out(lambda: ask(first, cookie), 100) + fan_out(lambda: ask(second, cookie), 100)
+        assert [status for status, _, _ in after] == [401] * 200
+        assert len(fake.calls) == 1
