@@ -6,6 +6,7 @@ rest of the package reads them through :data:`config`, so no module repeats a de
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from flask import current_app
@@ -65,11 +66,19 @@ def _origins(value: Any) -> list[str]:
 
 
 class _Config:
-    """Typed, read-only view of the current app's ``PLURALITY_*`` keys."""
+    """Typed, read-only view of the current app's ``PLURALITY_*`` keys.
 
-    @staticmethod
-    def _get(key: str) -> Any:
-        return current_app.config[key]
+    ``_Config(app.config)`` reads one mapping directly: the per-request check builds one
+    so that it resolves ``current_app`` once, not once per key.
+    """
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, mapping: Mapping[str, Any] | None = None) -> None:
+        self._mapping = mapping
+
+    def _get(self, key: str) -> Any:
+        return (current_app.config if self._mapping is None else self._mapping)[key]
 
     @property
     def client_id(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast, overload
@@ -9,6 +10,7 @@ from typing import Any, TypeVar, cast, overload
 from flask import current_app, g, has_request_context, request
 from werkzeug.local import LocalProxy
 
+from .config import _interval
 from .extension import _UNSET, get_extension
 from .profile import ANONYMOUS, AnonymousProfile, Profile
 
@@ -38,7 +40,9 @@ def plurality_required(view: F | None = None, *, revalidate: bool | int | None =
 
 
 def _guard(view: F, revalidate: bool | int | None) -> F:
-    policy: Any = _UNSET if revalidate is None else revalidate
+    # Resolved once here, not per request; a bad value fails at import time.
+    policy: Any = _UNSET if revalidate is None else _interval(revalidate, "revalidate")
+    is_async = inspect.iscoroutinefunction(view)
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -46,7 +50,9 @@ def _guard(view: F, revalidate: bool | int | None) -> F:
             outcome = get_extension()._authorize(policy)
             if not isinstance(outcome, Profile):
                 return outcome
-        return current_app.ensure_sync(view)(*args, **kwargs)
+        if is_async:
+            return current_app.ensure_sync(view)(*args, **kwargs)
+        return view(*args, **kwargs)
 
     return cast(F, wrapper)
 

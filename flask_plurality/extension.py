@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from cachelib.file import FileSystemCache
 from flask import Flask, current_app, g, redirect, request, session
+from flask.sessions import SessionMixin
 from flask.typing import ResponseReturnValue
 from flask_session import Session
 from flask_session.base import ServerSideSessionInterface
@@ -21,7 +22,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from . import signals
 from .client import PluralityClient, Upstream
-from .config import DEFAULTS, _interval, check_values, config
+from .config import DEFAULTS, _Config, check_values, config
 from .exceptions import ConfigurationError, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .profile import Profile
 from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error
@@ -181,13 +182,12 @@ class Plurality:
         client id and a hash of the token, never the token. Concurrent askers in this
         process share one upstream call (single flight).
         """
-        upstream = self._upstream()
-        digest = token_hash(token)
-        key = self._key("answer", f"{upstream.client_id}:{digest}")
+        key = self._key("answer", f"{config.client_id}:{token_hash(token)}")
         store = self._store()
         hit = _cached_answer(store.get(key), interval)
         if hit is not None:
             return hit
+        upstream = self._upstream()  # only now: a cache hit need not build it
 
         def call() -> _Answer:
             # Checked again inside the flight: a caller that missed the cache just before
@@ -235,24 +235,29 @@ class Plurality:
         marker = self._store().get(self._key("revoked", user_id))
         return marker if isinstance(marker, str) else None
 
-    def _revoked(self, login: _Login) -> bool:
-        """Was ``revoke_user`` called for this user after this login began? One store read,
-        none on Redis while the revocation epoch read with the session is the one this
-        login was last checked under (no ``revoke_user`` anywhere since)."""
-        if not config.revocation_check:
+    def _revoked(self, login: _Login, cfg: _Config = config, sess: SessionMixin = session) -> bool:
+        """Was ``revoke_user`` called for this user after this login began?
+
+        While the store-wide revocation epoch is the one this login was last checked
+        under (no ``revoke_user`` anywhere since), no per-user read is needed: on Redis the
+        epoch comes in the same MGET as the session, on FileSystemCache from a ``stat``.
+        """
+        if not cfg.revocation_check:
             return False
-        epoch = getattr(session, "revocation_epoch", _UNSET)
-        if epoch is not _UNSET and epoch == login.epoch:
+        epoch = getattr(sess, "revocation_epoch", _UNSET)  # read with the session (Redis)
+        if epoch is _UNSET:
+            raw = self._store().read_epoch(cfg.key_prefix + REVOCATION_EPOCH)
+            epoch = raw if isinstance(raw, str) else None
+        if epoch == login.epoch:
             return False
         marker = self._revocation_marker(login.profile.id)
         if marker is not None and marker != login.revocation:
             log.info("Refused a revoked session of user %s", login.profile.id)
             return True
-        if epoch is not _UNSET:
-            # revoke_user writes the marker before the epoch, and the epoch was read first:
-            # every revocation up to this epoch is seen, so later requests may skip the read.
-            login.epoch = cast(str | None, epoch)
-            session[SESSION_KEY] = login.dump()
+        # revoke_user writes the marker before the epoch, and the epoch was read first:
+        # every revocation up to this epoch is seen, so later requests may skip the read.
+        login.epoch = cast(str | None, epoch)
+        sess[SESSION_KEY] = login.dump()
         return False
 
     def _start_session(self, profile: Profile, token: str, exp: int) -> None:
@@ -270,20 +275,26 @@ class Plurality:
         g._plurality_profile = profile
 
     def _authorize(self, revalidate: Any = _UNSET) -> Profile | BaseResponse:
-        """The check behind ``@plurality_required``: a profile, or the answer to send."""
-        if getattr(session, "store_error", False):
+        """The check behind ``@plurality_required``: a profile, or the answer to send.
+
+        On the hot path (no revalidation due) this costs a few dictionary reads and, when
+        someone was revoked since this session was last checked, one store read.
+        """
+        sess = session._get_current_object()  # type: ignore[attr-defined]
+        if getattr(sess, "store_error", False):
             return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
         now = time.time()
-        login = self._load()
+        login = _Login.load(sess.get(SESSION_KEY))
         if login is None:
             return self._unauthorized()
         if login.exp <= now:
             return self._unauthorized(clear=True)
         app = current_app._get_current_object()  # type: ignore[attr-defined]
+        cfg = _Config(app.config)
         try:
-            if self._revoked(login):
+            if self._revoked(login, cfg, sess):
                 return self._unauthorized(clear=True)
-            interval = config.revalidate if revalidate is _UNSET else _interval(revalidate, "revalidate")
+            interval = cfg.revalidate if revalidate is _UNSET else revalidate
             if interval is None or now - login.validated_at < interval:
                 g._plurality_profile = login.profile
                 return login.profile

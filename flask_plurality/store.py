@@ -11,12 +11,14 @@ import inspect
 import json
 import logging
 import math
+import os
 import time
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from cachelib import BaseCache, SimpleCache
+from cachelib.file import FileSystemCache
 from flask import Flask, Request, Response, has_request_context, request
 from flask.sessions import SessionInterface, SessionMixin
 from flask_session.base import ServerSideSession, ServerSideSessionInterface
@@ -57,6 +59,10 @@ class Store(Protocol):
 
     def peek(self, key: str) -> tuple[int, int]:
         """(count, seconds left) of a counter, (0, 0) when there is none."""
+        ...
+
+    def read_epoch(self, key: str) -> Any:
+        """:meth:`get` for a key read on every protected request and written rarely."""
         ...
 
 
@@ -111,6 +117,9 @@ class RedisStore:
             left = ttl
         return count, left
 
+    def read_epoch(self, key: str) -> Any:
+        return self.get(key)
+
     def peek(self, key: str) -> tuple[int, int]:
         try:
             pipe = self.client.pipeline(transaction=False)
@@ -131,6 +140,33 @@ class CacheLibStore:
     def __init__(self, cache: BaseCache, *, shared: bool) -> None:
         self.cache = cache
         self.shared = shared
+        # read_epoch on FileSystemCache: key -> its file, and (file's identity, value).
+        self._epoch_files: dict[str, str] = {}
+        self._epochs: dict[str, tuple[tuple[int, int, int], Any]] = {}
+
+    def read_epoch(self, key: str) -> Any:
+        """On FileSystemCache, one ``stat`` instead of opening and unpickling a file:
+        cachelib writes through a temporary file and a rename, so any write changes the
+        file's inode and mtime, and only then is the value read again."""
+        filename = getattr(self.cache, "_get_filename", None)
+        if not isinstance(self.cache, FileSystemCache) or filename is None:
+            return self.get(key)
+        path = self._epoch_files.get(key)
+        if path is None:
+            path = self._epoch_files[key] = filename(key)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _guard(exc) from None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        known = self._epochs.get(key)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        value = self.get(key)
+        self._epochs[key] = (stamp, value)
+        return value
 
     def get(self, key: str) -> Any:
         try:
