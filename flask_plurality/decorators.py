@@ -47,7 +47,9 @@ def _guard(view: F, revalidate: bool | int | None) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if request.method != "OPTIONS":
-            outcome = get_extension()._authorize(policy)
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            extension = app.extensions.get("plurality") or get_extension()  # the latter raises clearly
+            outcome = extension._authorize(policy, app)
             if not isinstance(outcome, Profile):
                 return outcome
         if is_async:

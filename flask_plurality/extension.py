@@ -146,10 +146,11 @@ class Plurality:
 
     # -- internals used by the views and the decorator ---------------------------
 
-    def _store(self) -> Store:
-        state = _state()
+    def _store(self, app: Flask | None = None) -> Store:
+        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+        state = cast(_AppState, app.extensions["plurality.state"])
         if state.store is None:
-            state.store = store_for(current_app.session_interface)
+            state.store = store_for(app.session_interface)
         return state.store
 
     @staticmethod
@@ -235,7 +236,9 @@ class Plurality:
         marker = self._store().get(self._key("revoked", user_id))
         return marker if isinstance(marker, str) else None
 
-    def _revoked(self, login: _Login, cfg: _Config = config, sess: SessionMixin = session) -> bool:
+    def _revoked(
+        self, login: _Login, cfg: _Config = config, sess: SessionMixin = session, app: Flask | None = None
+    ) -> bool:
         """Was ``revoke_user`` called for this user after this login began?
 
         While the store-wide revocation epoch is the one this login was last checked
@@ -246,7 +249,7 @@ class Plurality:
             return False
         epoch = getattr(sess, "revocation_epoch", _UNSET)  # read with the session (Redis)
         if epoch is _UNSET:
-            raw = self._store().read_epoch(cfg.key_prefix + REVOCATION_EPOCH)
+            raw = self._store(app).read_epoch(cfg.key_prefix + REVOCATION_EPOCH)
             epoch = raw if isinstance(raw, str) else None
         if epoch == login.epoch:
             return False
@@ -274,7 +277,7 @@ class Plurality:
         current_app.session_interface.regenerate(session)  # type: ignore[attr-defined]
         g._plurality_profile = profile
 
-    def _authorize(self, revalidate: Any = _UNSET) -> Profile | BaseResponse:
+    def _authorize(self, revalidate: Any = _UNSET, app: Flask | None = None) -> Profile | BaseResponse:
         """The check behind ``@plurality_required``: a profile, or the answer to send.
 
         On the hot path (no revalidation due) this costs a few dictionary reads and, when
@@ -289,10 +292,10 @@ class Plurality:
             return self._unauthorized()
         if login.exp <= now:
             return self._unauthorized(clear=True)
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
         cfg = _Config(app.config)
         try:
-            if self._revoked(login, cfg, sess):
+            if self._revoked(login, cfg, sess, app):
                 return self._unauthorized(clear=True)
             interval = cfg.revalidate if revalidate is _UNSET else revalidate
             if interval is None or now - login.validated_at < interval:
