@@ -36,10 +36,9 @@ import requests
 from cachelib.file import FileSystemCache
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 from flask_plurality import Plurality, current_profile, plurality_required, signals
-from flask_plurality.testing import FakePlurality
+from flask_plurality.testing import FakePlurality, live_server
 
 SESSIONS = 20
 INTERVAL = 1  # seconds, table 1
@@ -49,11 +48,6 @@ LATENCY = 0.05  # the stand-in's answer time in table 1, like a real API across 
 HIT_INTERVAL = 600  # table 2
 ROUNDS = 7
 SAMPLES = 60  # per route and round
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
 
 
 def _redis_url() -> str | None:
@@ -146,19 +140,6 @@ def _age(client: FlaskClient, seconds: float) -> None:
         sess["_plurality"] = data
 
 
-@contextmanager
-def _serve(app: Flask) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
 # -- table 1 --------------------------------------------------------------------------------
 
 
@@ -237,7 +218,7 @@ def _serve_all(apps: list[Flask]) -> Iterator[list[str]]:
     if not apps:
         yield []
         return
-    with _serve(apps[0]) as first, _serve_all(apps[1:]) as rest:
+    with live_server(apps[0]) as first, _serve_all(apps[1:]) as rest:
         yield [first, *rest]
 
 

@@ -25,7 +25,7 @@ from .client import PluralityClient, Upstream
 from .config import DEFAULTS, _Config, check_values, config
 from .exceptions import ConfigurationError, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .profile import Profile
-from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error
+from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, store_unavailable
 from .security import warn_insecure_transport
 from .sessiondata import SESSION_KEY, _Login
 from .singleflight import SingleFlight
@@ -285,7 +285,7 @@ class Plurality:
         """
         sess = session._get_current_object()  # type: ignore[attr-defined]
         if getattr(sess, "store_error", False):
-            return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+            return store_unavailable()
         now = time.time()
         login = _Login.load(sess.get(SESSION_KEY))
         if login is None:
@@ -318,7 +318,7 @@ class Plurality:
                 log.info("Revalidation of user %s failed (%s); answered 503", login.profile.id, exc.reason)
                 return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
         except SessionStoreUnavailable:
-            return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+            return store_unavailable()
         claims = {"exp": login.exp, "uniqueSessionId": login.profile.unique_session_id}
         profile = Profile.from_upstream(answer.user, claims)
         login.profile, login.validated_at = profile, max(login.validated_at, answer.at)

@@ -51,6 +51,11 @@ def json_error(
     return json_response({"error": code, "message": message or _MESSAGES[code]}, status, headers)
 
 
+def store_unavailable() -> Response:
+    """The answer while the session store cannot be reached."""
+    return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+
+
 def store_unavailable_into(response: Response) -> None:
     """Turn an already built response into the store-outage 503 (used at save time)."""
     response.status_code = 503

@@ -44,9 +44,9 @@ from werkzeug.wrappers import Request, Response
 from .profile import Profile
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["FakePlurality", "PluralityTestClient", "ValidateCall", "config_for", "main", "shared_fake"]
+__all__ = ["FakePlurality", "PluralityTestClient", "ValidateCall", "config_for", "live_server", "main", "shared_fake"]
 
 VALIDATE_PATH: Final = "/api/user/validate"
 
@@ -550,6 +550,23 @@ class FakePlurality:
 
 _shared: FakePlurality | None = None
 _shared_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def live_server(app: WSGIApplication, *, access_log: bool = False) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port (werkzeug's threaded server, in a thread)
+    and yield its base URL: for browser tests and tests that need real concurrency."""
+    server = make_server(
+        "127.0.0.1", 0, app, threaded=True, request_handler=None if access_log else _QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def shared_fake() -> FakePlurality:

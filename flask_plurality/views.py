@@ -13,7 +13,7 @@ from . import signals
 from .config import config
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .extension import _state, get_extension
-from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, json_response
+from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, json_response, store_unavailable
 from .security import client_bucket, origin_allowed, safe_next
 from .tokens import read_claims, token_hash
 
@@ -30,8 +30,11 @@ class _Refused(Exception):
         self.response = response
 
 
-def _read_body() -> tuple[str | None, str | None]:
-    """(token, next) from a JSON or form body; raise :class:`_Refused` for a bad body."""
+def _read_post() -> tuple[str | None, str | None]:
+    """(token, next) of a login or logout post, after SPEC's origin rule and body limits;
+    raise :class:`_Refused` with the answer otherwise."""
+    if not origin_allowed(config.trusted_origins):
+        raise _Refused(json_error(403, "forbidden_origin"))
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise _Refused(json_error(413, "payload_too_large"))
     # One byte over the limit tells a streamed (chunked) body that is too large from one
@@ -88,16 +91,14 @@ def _not_cached(response: BaseResponse) -> BaseResponse:
 @blueprint.post("/login")
 def login() -> BaseResponse:
     extension = get_extension()
-    if not origin_allowed(config.trusted_origins):
-        return json_error(403, "forbidden_origin")
     try:
-        token, next_ = _read_body()
+        token, next_ = _read_post()
     except _Refused as refused:
         return refused.response
     if not token:
         return json_error(400, "invalid_request")
     if getattr(session, "store_error", False):
-        return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+        return store_unavailable()
     # Failed logins are counted per client and per token, in the shared store, before
     # anything else: a throttled request never costs an upstream call.
     client = client_bucket()
@@ -131,7 +132,7 @@ def login() -> BaseResponse:
         profile = Profile.from_upstream(user, claims)
         extension._start_session(profile, token, int(claims["exp"]))
     except SessionStoreUnavailable:
-        return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+        return store_unavailable()
     log.info("Plurality login for user %s", profile.id)
     signals.logged_in.send(current_app._get_current_object(), profile=profile)  # type: ignore[attr-defined]
     return _done({"authenticated": True, "profile": profile.to_json()}, next_)
@@ -139,14 +140,12 @@ def login() -> BaseResponse:
 
 @blueprint.post("/logout")
 def logout() -> BaseResponse:
-    if not origin_allowed(config.trusted_origins):
-        return json_error(403, "forbidden_origin")
     try:
-        _, next_ = _read_body()
+        _, next_ = _read_post()
     except _Refused as refused:
         return refused.response
     if getattr(session, "store_error", False):
-        return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+        return store_unavailable()
     get_extension().logout()
     return _done({"authenticated": False}, next_)
 
@@ -154,11 +153,11 @@ def logout() -> BaseResponse:
 @blueprint.get("/session")
 def current_session() -> Response:
     if getattr(session, "store_error", False):
-        return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+        return store_unavailable()
     try:
         profile = get_extension()._current(strict=True)  # checks revoke_user, like a protected route
     except SessionStoreUnavailable:
-        return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+        return store_unavailable()
     if profile is None:
         return json_error(401, "login_required", headers=CHALLENGE)
     g._plurality_profile = profile

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from flask import Flask
-from werkzeug.serving import make_server
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # examples/ is not installed; it is imported from the checkout
@@ -33,7 +31,7 @@ if str(ROOT) not in sys.path:  # examples/ is not installed; it is imported from
 
 from examples.app import WIDGET_SCRIPTS, create_app  # noqa: E402
 from flask_plurality import ConfigurationError  # noqa: E402
-from flask_plurality.testing import FakePlurality, shared_fake  # noqa: E402
+from flask_plurality.testing import FakePlurality, live_server, shared_fake  # noqa: E402
 
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM_ARGS = [
@@ -249,15 +247,8 @@ def chromium_or_skip() -> str:
 def live_app(tmp_path: Path) -> Iterator[str]:
     """The demo app behind werkzeug's threaded WSGI server on a loopback port."""
     app = demo_app(tmp_path)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with live_server(app) as url:
+        yield url
 
 
 def session_cookie(context: Any) -> dict[str, Any] | None:

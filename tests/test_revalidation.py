@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,32 +20,13 @@ from conftest import AppFactory, login
 from flask import Flask
 from flask.testing import FlaskClient
 from test_outages import age_session, captured, session_is_live, stored_login
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 from flask_plurality import signals
 from flask_plurality.testing import FakePlurality
+from flask_plurality.testing import live_server as serve
 from flask_plurality.tokens import token_hash
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-
-@contextmanager
-def serve(app: Flask) -> Iterator[str]:
-    """The app behind a real threaded WSGI server on loopback; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def cookie_of(client: FlaskClient) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
-import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +15,6 @@ import pytest
 import requests
 from conftest import build_app
 from flask import Flask, current_app, session
-from werkzeug.serving import make_server
 
 from flask_plurality import (
     CredentialsRejected,
@@ -27,7 +25,7 @@ from flask_plurality import (
     current_profile,
 )
 from flask_plurality.client import PluralityClient
-from flask_plurality.testing import FakePlurality
+from flask_plurality.testing import FakePlurality, live_server
 
 CLIENT_ID = "hygiene-client"
 
@@ -70,20 +68,6 @@ def everything_at_debug() -> Iterator[Capture]:
         for lg, level in saved:
             lg.setLevel(level)
             lg.removeHandler(capture)
-
-
-@contextmanager
-def serve(app: Flask) -> Iterator[str]:
-    """The app on a real HTTP server (werkzeug's, with its access log)."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @pytest.fixture
@@ -140,7 +124,11 @@ def test_a_full_cycle_with_failures_leaks_nothing(hfake: FakePlurality, secret: 
 
     answers: list[requests.Response] = []
     cookies: list[str] = []
-    with everything_at_debug() as logs, serve(app) as base, serve(misconfigured) as bad_base:
+    with (
+        everything_at_debug() as logs,
+        live_server(app, access_log=True) as base,
+        live_server(misconfigured, access_log=True) as bad_base,
+    ):
         browser = requests.Session()
         browser.headers["Origin"] = base
 

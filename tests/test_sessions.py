@@ -276,17 +276,6 @@ def test_cookie_attributes(client: FlaskClient, fake: FakePlurality) -> None:
         assert when is not None and when.timestamp() <= exp_of(token)
 
 
-def test_cookie_is_secure_on_https(client: FlaskClient, fake: FakePlurality) -> None:
-    response = client.post(
-        "/plurality/login",
-        json={"token": fake.issue_token()},
-        headers={"Origin": "https://localhost"},
-        base_url="https://localhost",
-    )
-    assert response.status_code == 200
-    assert set_cookie(response)["session"]["secure"] is True
-
-
 def test_app_lifetime_shorter_than_the_token_wins(make_app: AppFactory, fake: FakePlurality) -> None:
     from datetime import timedelta
 
