@@ -265,6 +265,11 @@ class Plurality:
 
     def _start_session(self, profile: Profile, token: str, exp: int) -> None:
         """Store a fresh login under a new session id (no fixation)."""
+        if not isinstance(current_app.session_interface, GuardedSessionInterface):
+            # Something replaced Flask-Session after init_app: a cookie session would hand
+            # the token to the browser. Refuse rather than store the login there.
+            log.error("app.session_interface was replaced after Plurality.init_app; logins are refused")
+            raise SessionStoreUnavailable("The server-side session store is not in place.")
         previous = self._load()
         if previous is not None and previous.profile.id != profile.id:
             session.clear()  # another user's data must not carry over

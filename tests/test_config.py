@@ -331,3 +331,19 @@ def test_environment_is_left_alone(tmp_path: Path, fake: FakePlurality) -> None:
     before = dict(os.environ)
     Plurality(new_app(tmp_path, TESTING=True, **credentials(fake)))
     assert dict(os.environ) == before
+
+
+def test_a_cookie_session_installed_after_init_app_never_holds_a_login(
+    app: Flask, fake: FakePlurality, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flask.sessions import SecureCookieSessionInterface
+
+    app.secret_key = "x" * 32
+    app.session_interface = SecureCookieSessionInterface()
+    response = app.test_client().post(
+        "/plurality/login", json={"token": fake.issue_token()}, headers={"Origin": "http://localhost"}
+    )
+    assert response.status_code == 503
+    assert response.json is not None and response.json["error"] == "session_store_unavailable"
+    assert "Set-Cookie" not in response.headers  # nothing reached the browser
+    assert "replaced after Plurality.init_app" in caplog.text
