@@ -279,7 +279,7 @@ class Plurality:
         login = _Login(profile, token, exp, now, now, revocation, epoch if isinstance(epoch, str) else None)
         session[SESSION_KEY] = login.dump()
         session.permanent = True
-        current_app.session_interface.regenerate(session)  # type: ignore[attr-defined]
+        current_app.session_interface.regenerate(session)
         g._plurality_profile = profile
 
     def _authorize(self, revalidate: Any = _UNSET, app: Flask | None = None) -> Profile | BaseResponse:
