@@ -6,7 +6,6 @@ command; they are listed in :class:`ExitCode` and in the README.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -18,7 +17,6 @@ import uuid
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 import click
 import jwt
@@ -29,6 +27,7 @@ from .client import VALIDATE_PATH
 from .config import config
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .extension import Plurality, get_extension
+from .security import insecure_transport
 from .store import Store, describe_store
 from .tokens import read_claims
 
@@ -194,15 +193,6 @@ def _workers_hint() -> str | None:
     return None
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def config_warnings(app: Flask, store: Store | None) -> list[str]:
     """Settings that work in development and hurt in production (README lists them)."""
     warnings = list(describe_store(app)[1])
@@ -211,16 +201,9 @@ def config_warnings(app: Flask, store: Store | None) -> list[str]:
         warnings.append(f"{hint}: the per-process store above is split between the workers")
     if app.config.get("SESSION_USE_SIGNER") and not app.config.get("SECRET_KEY"):
         warnings.append("SESSION_USE_SIGNER is on but SECRET_KEY is not set: every session will fail")
-    if not config.verify_tls:
-        warnings.append("PLURALITY_VERIFY_TLS is off: anyone on the network path can pose as Plurality")
+    warnings += insecure_transport(app.config)
     if config.fake:
         warnings.append(f"PLURALITY_FAKE is on: a local stand-in at {config.api_url} approves logins, not Plurality")
-    parts = urlsplit(config.api_url)
-    if parts.scheme == "http" and not _loopback(parts.hostname or ""):
-        warnings.append(
-            "PLURALITY_API_URL is plain http to another host: the client secret and users' tokens cross "
-            "the network unencrypted"
-        )
     return warnings
 
 

@@ -244,6 +244,8 @@ class PluralityClient:
         status = response.status_code
         body = _json(response)
         error = body.get("error") or body.get("message") if isinstance(body, dict) else None
+        if not isinstance(error, str):  # a gateway's {"error": {...}} is not Plurality's answer
+            error = None
         if status == 200:
             user = body.get("user") if isinstance(body, dict) else None
             if (

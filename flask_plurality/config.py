@@ -6,6 +6,7 @@ rest of the package reads them through :data:`config`, so no module repeats a de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -56,6 +57,37 @@ def _interval(value: Any, key: str) -> int | None:
     if seconds < 0:
         raise ConfigurationError(f"{key} must not be negative")
     return seconds
+
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"", "0", "false", "no", "off", "none"})
+
+
+def flag(value: Any, key: str) -> bool:
+    """A boolean setting; strings as environment variables give them ("false" is False)."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise ConfigurationError(f"{key} must be true or false, not {value!r}")
+    return bool(value)
+
+
+def fake_mode(value: Any) -> bool | str:
+    """``PLURALITY_FAKE``: off, on, or ``"force"`` (any case)."""
+    if isinstance(value, str) and value.strip().lower() == "force":
+        return "force"
+    return flag(value, "PLURALITY_FAKE")
+
+
+def _number(app_config: Mapping[str, Any], key: str, *, integer: bool = False, minimum: float = 0) -> None:
+    try:
+        number = int(app_config[key]) if integer else float(app_config[key])
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not (math.isfinite(number) and number >= minimum) or isinstance(app_config[key], bool):
+        kind = "a whole number" if integer else "a number"
+        raise ConfigurationError(f"{key} must be {kind} of at least {minimum:g}, not {app_config[key]!r}")
 
 
 def _origins(value: Any) -> list[str]:
@@ -127,8 +159,7 @@ class _Config:
 
     @property
     def fake(self) -> bool | str:
-        value = self._get("PLURALITY_FAKE")
-        return value if value == "force" else bool(value)
+        return fake_mode(self._get("PLURALITY_FAKE"))
 
     @property
     def key_prefix(self) -> str:
@@ -156,11 +187,11 @@ class _Config:
 
     @property
     def revocation_check(self) -> bool:
-        return bool(self._get("PLURALITY_REVOCATION_CHECK"))
+        return flag(self._get("PLURALITY_REVOCATION_CHECK"), "PLURALITY_REVOCATION_CHECK")
 
     @property
     def verify_tls(self) -> bool:
-        return bool(self._get("PLURALITY_VERIFY_TLS"))
+        return flag(self._get("PLURALITY_VERIFY_TLS"), "PLURALITY_VERIFY_TLS")
 
 
 #: The accessor; use inside an app context.
@@ -181,8 +212,14 @@ def check_values(app_config: dict[str, Any]) -> None:
         isinstance(o, str) and "://" in o for o in _origins(origins)
     ):
         raise ConfigurationError("PLURALITY_TRUSTED_ORIGINS must be a list of 'scheme://host[:port]' strings")
-    try:
-        if float(app_config["PLURALITY_TIMEOUT"]) <= 0:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigurationError("PLURALITY_TIMEOUT must be a positive number of seconds") from None
+    # Numbers and flags are checked here, so that a typo fails at start-up, not as a 500
+    # on the first login.
+    _number(app_config, "PLURALITY_TIMEOUT", minimum=0.001)
+    _number(app_config, "PLURALITY_GRACE_PERIOD")
+    _number(app_config, "PLURALITY_BREAKER_COOLDOWN", minimum=0.001)
+    for key in ("PLURALITY_MAX_TOKEN_LENGTH", "PLURALITY_LOGIN_MAX_FAILURES", "PLURALITY_LOGIN_FAILURE_WINDOW",
+                "PLURALITY_BREAKER_THRESHOLD"):
+        _number(app_config, key, integer=True, minimum=1)
+    for key in ("PLURALITY_REVOCATION_CHECK", "PLURALITY_VERIFY_TLS"):
+        flag(app_config[key], key)
+    fake_mode(app_config["PLURALITY_FAKE"])

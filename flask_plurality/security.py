@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from flask import request
 
+from .config import flag
 from .sessiondata import SESSION_KEY
 
 log = logging.getLogger("flask_plurality")
@@ -107,7 +108,7 @@ def redacted_session_class(cls: _S) -> _S:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -115,21 +116,28 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def warn_insecure_transport(app_config: Mapping[str, Any]) -> None:
-    """At ``init_app``: say loudly when the client secret could cross a network unprotected.
+def insecure_transport(app_config: Mapping[str, Any]) -> list[str]:
+    """Why the client secret could cross a network unprotected, if it could.
 
     TLS verification is only ever off through ``PLURALITY_VERIFY_TLS``; plain HTTP is
     accepted (the stand-in, a local proxy) but warned about unless it stays on loopback.
+    ``init_app`` logs these at WARNING and ``flask plurality check`` prints them.
     """
-    if not app_config["PLURALITY_VERIFY_TLS"]:
-        log.warning(
+    found = []
+    if not flag(app_config["PLURALITY_VERIFY_TLS"], "PLURALITY_VERIFY_TLS"):
+        found.append(
             "PLURALITY_VERIFY_TLS is off: Plurality's TLS certificate is not checked, so anyone "
             "on the network path can read the client secret and forge answers. Never in production."
         )
     url = urlsplit(str(app_config["PLURALITY_API_URL"]))
     if url.scheme != "https" and not _is_loopback(url.hostname or ""):
-        log.warning(
-            "PLURALITY_API_URL is not HTTPS (%s://%s): the client secret and tokens would cross the network in clear.",
-            url.scheme,
-            url.hostname,
+        found.append(
+            f"PLURALITY_API_URL is not HTTPS ({url.scheme}://{url.hostname}): the client secret "
+            "and tokens would cross the network in clear."
         )
+    return found
+
+
+def warn_insecure_transport(app_config: Mapping[str, Any]) -> None:
+    for warning in insecure_transport(app_config):
+        log.warning("%s", warning)

@@ -309,7 +309,7 @@ def test_check_warns_about_plain_http_to_another_host(make_app: AppFactory, fake
     # 0.0.0.0 is not a loopback address, though Linux connects it to this machine.
     app = make_app(PLURALITY_API_URL=fake.url.replace("127.0.0.1", "0.0.0.0"))
     result = run(app, "check")
-    assert "warning: PLURALITY_API_URL is plain http to another host" in result.output
+    assert "warning: PLURALITY_API_URL is not HTTPS (http://0.0.0.0)" in result.output
     assert result.exit_code == 3
 
 
@@ -317,7 +317,7 @@ def test_check_warns_about_plain_http_to_another_host(make_app: AppFactory, fake
 def test_check_accepts_plain_http_on_loopback(make_app: AppFactory, fake: FakePlurality, host: str) -> None:
     result = run(make_app(PLURALITY_API_URL=fake.url.replace("127.0.0.1", host)), "check")
     assert result.exit_code == 3
-    assert "plain http" not in result.output
+    assert "not HTTPS" not in result.output
 
 
 @pytest.mark.filterwarnings("ignore:The 'use_signer' option is deprecated:DeprecationWarning")

@@ -347,3 +347,43 @@ def test_a_cookie_session_installed_after_init_app_never_holds_a_login(
     assert response.json is not None and response.json["error"] == "session_store_unavailable"
     assert "Set-Cookie" not in response.headers  # nothing reached the browser
     assert "replaced after Plurality.init_app" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["false", "0", "off", "", "no", False, 0])
+def test_plurality_fake_given_as_an_off_string_stays_off(
+    make_app: AppFactory, fake: FakePlurality, value: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(DEBUG=True, PLURALITY_FAKE=value)
+    assert app.config["PLURALITY_API_URL"] == fake.url  # not replaced by the built-in stand-in
+    assert "PLURALITY_FAKE is on" not in caplog.text
+    assert app.test_client().post("/plurality/fake/token").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("PLURALITY_LOGIN_MAX_FAILURES", "ten"),
+        ("PLURALITY_TIMEOUT", "nan"),
+        ("PLURALITY_TIMEOUT", "inf"),
+        ("PLURALITY_TIMEOUT", 0),
+        ("PLURALITY_GRACE_PERIOD", -1),
+        ("PLURALITY_BREAKER_THRESHOLD", 0),
+        ("PLURALITY_BREAKER_COOLDOWN", "soon"),
+        ("PLURALITY_MAX_TOKEN_LENGTH", None),
+        ("PLURALITY_LOGIN_FAILURE_WINDOW", True),
+        ("PLURALITY_VERIFY_TLS", "maybe"),
+        ("PLURALITY_FAKE", "sometimes"),
+    ],
+)
+def test_a_bad_number_or_flag_fails_at_init_app_naming_the_key(make_app: AppFactory, key: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=key):
+        make_app(**{key: value})
+
+
+def test_numbers_and_flags_from_the_environment_work(make_app: AppFactory) -> None:
+    app = make_app(PLURALITY_TIMEOUT="2.5", PLURALITY_LOGIN_MAX_FAILURES="3", PLURALITY_VERIFY_TLS="true")
+    assert app.config["PLURALITY_TIMEOUT"] == "2.5"  # read through the accessor as 2.5
+    with app.app_context():
+        from flask_plurality.config import config
+
+        assert config.timeout == 2.5 and config.login_max_failures == 3 and config.verify_tls is True

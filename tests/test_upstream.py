@@ -436,3 +436,17 @@ def test_get_only_on_a_post_only_server(make_app: AppFactory, fake: FakePluralit
 
 def test_trailing_slash_in_api_url(make_app: AppFactory, fake: FakePlurality) -> None:
     assert validate(make_app(PLURALITY_API_URL=fake.url + "/"), fake.issue_token()).id
+
+
+@pytest.mark.parametrize("body", ['{"error": {"code": "unauthorized"}}', '{"error": ["x"]}', '{"message": 401}'])
+def test_a_gateway_401_with_a_non_string_error_is_an_outage_not_a_500(
+    make_app: AppFactory, fake: FakePlurality, canned: Canned, body: str
+) -> None:
+    app = make_app(PLURALITY_API_URL=canned(401, body, JSON))
+    exc = refusal(app, fake.issue_token())
+    assert type(exc) is UpstreamUnavailable
+    response = app.test_client().post(
+        "/plurality/login", json={"token": fake.issue_token()}, headers={"Origin": "http://localhost"}
+    )
+    assert response.status_code == 503
+    assert response.json is not None and response.json["error"] == "upstream_unavailable"
