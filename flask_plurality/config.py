@@ -133,10 +133,6 @@ class _Config:
         return float(self._get("PLURALITY_TIMEOUT"))
 
     @property
-    def url_prefix(self) -> str:
-        return str(self._get("PLURALITY_URL_PREFIX"))
-
-    @property
     def revalidate(self) -> int | None:
         return _interval(self._get("PLURALITY_REVALIDATE"), "PLURALITY_REVALIDATE")
 

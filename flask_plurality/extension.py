@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import os
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -22,14 +25,14 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from . import signals
 from .client import PluralityClient, Upstream
-from .config import DEFAULTS, _Config, check_values, config
+from .config import DEFAULTS, _Config, check_values, config, fake_mode
 from .exceptions import ConfigurationError, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .profile import Profile
 from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, store_unavailable
 from .security import warn_insecure_transport
 from .sessiondata import SESSION_KEY, _Login
 from .singleflight import SingleFlight
-from .store import REVOCATION_EPOCH, GuardedSessionInterface, Store, store_for
+from .store import REVOCATION_EPOCH, GuardedSessionInterface, Store, store_failed, store_for
 from .tokens import read_claims, token_hash
 
 if TYPE_CHECKING:
@@ -40,6 +43,10 @@ log = logging.getLogger("flask_plurality")
 #: A revocation outlives every session it can concern (tokens live one day).
 REVOCATION_TTL: Final = 2 * 86400
 _UNSET: Final = object()
+#: Seconds between two looks at the answer cache while another process asks (jittered).
+_POLL: Final = (0.02, 0.05)
+#: Below this much time left, asking upstream is not worth starting: it is an outage.
+_MIN_ASK_BUDGET: Final = 0.1
 
 UnauthorizedHandler = Callable[[], ResponseReturnValue]
 
@@ -78,7 +85,7 @@ class Plurality:
             app.config.setdefault(key, copy.copy(value))
         check_values(app.config)
         state = _AppState()
-        if app.config["PLURALITY_FAKE"]:
+        if fake_mode(app.config["PLURALITY_FAKE"]):
             state.fake = _start_fake(app)
         for key in ("PLURALITY_CLIENT_ID", "PLURALITY_CLIENT_SECRET"):
             if not app.config.get(key):
@@ -181,24 +188,22 @@ class Plurality:
         again and again); a "yes" is written only when ``interval`` > 0, lives
         min(interval, exp), and is reused while younger than ``interval``. Keyed by the
         client id and a hash of the token, never the token. Concurrent askers in this
-        process share one upstream call (single flight).
+        process share one upstream call (single flight); across processes, an interval
+        revalidation first takes an ``asking:`` marker in the store, and a process that
+        finds it taken waits for the holder's answer instead of asking too.
         """
-        key = self._key("answer", f"{config.client_id}:{token_hash(token)}")
+        name = f"{config.client_id}:{token_hash(token)}"
+        key = self._key("answer", name)
         store = self._store()
         hit = _cached_answer(store.get(key), interval)
         if hit is not None:
             return hit
         upstream = self._upstream()  # only now: a cache hit need not build it
 
-        def call() -> _Answer:
-            # Checked again inside the flight: a caller that missed the cache just before
-            # the previous flight landed must not start a second upstream call.
-            hit = _cached_answer(store.get(key), interval)
-            if hit is not None:
-                return hit
+        def ask(budget: Upstream) -> _Answer:
             at = time.time()  # when we asked: the answer is no fresher than that
             try:
-                user = self.client.validate(token, upstream)
+                user = self.client.validate(token, budget)
             except InvalidToken as exc:
                 store.set(key, {"ok": False, "reason": exc.reason}, math.ceil(exp - time.time()))
                 raise
@@ -206,8 +211,57 @@ class Plurality:
                 store.set(key, {"ok": True, "at": at, "user": user}, min(interval, math.ceil(exp - at)))
             return _Answer(user, at, cached=False)
 
-        answer, _ = self._flight.do(f"{upstream.api_url} {key}", call, wait=upstream.timeout + 1)
-        return answer
+        def call() -> _Answer:
+            # Checked again inside the flight: a caller that missed the cache just before
+            # the previous flight landed must not start a second upstream call.
+            hit = _cached_answer(store.get(key), interval)
+            if hit is not None:
+                return hit
+            if not interval or not store.shared:
+                # interval 0 ("always") wants an answer asked for after this request
+                # arrived, and writes no "yes" for others to wait on.
+                return ask(upstream)
+            return self._ask_once(store, key, self._key("asking", name), interval, upstream, ask)
+
+        # "always" callers share only flights that asked upstream fresh, never one that may
+        # return an interval caller's cached answer.
+        flight = f"{upstream.api_url} {key} {'fresh' if not interval else 'cached'}"
+        return self._flight.do(flight, call, wait=upstream.timeout + 1)
+
+    @staticmethod
+    def _ask_once(
+        store: Store, key: str, marker: str, interval: int, upstream: Upstream, ask: Callable[[Upstream], _Answer]
+    ) -> _Answer:
+        """Ask upstream only if no other process is asking about this token right now.
+
+        The holder of ``marker`` asks and stores the answer; the others poll the answer
+        cache. If the holder gives up without an answer (an outage), one waiter takes the
+        marker and asks with what is left of its own budget: a request never spends more
+        than ``PLURALITY_TIMEOUT`` here in all, and when that is spent it is an outage
+        (the outage policy decides), as for a waiter of the in-process single flight.
+        """
+        deadline = time.monotonic() + upstream.timeout
+        ttl = math.ceil(upstream.timeout) + 1  # outlives the holder's call; a crashed holder's expires
+        floor = min(_MIN_ASK_BUDGET, upstream.timeout / 2)
+        budget = upstream
+        while True:
+            if store.add(marker, 1, ttl):
+                try:
+                    # The previous holder may have stored its answer and let go just now.
+                    hit = _cached_answer(store.get(key), interval)
+                    if hit is not None:
+                        return hit
+                    return ask(budget)
+                finally:
+                    with contextlib.suppress(SessionStoreUnavailable):  # logged; the marker expires anyway
+                        store.delete(marker)
+            hit = _wait_for_answer(store, key, marker, interval, deadline)
+            if hit is not None:
+                return hit
+            left = deadline - time.monotonic()
+            budget = dataclasses.replace(upstream, timeout=left)
+            if left < floor:
+                raise UpstreamUnavailable("Another worker's call to Plurality ran out of time.", reason="timeout")
 
     def _load(self) -> _Login | None:
         return _Login.load(session.get(SESSION_KEY))
@@ -279,7 +333,10 @@ class Plurality:
         login = _Login(profile, token, exp, now, now, revocation, epoch if isinstance(epoch, str) else None)
         session[SESSION_KEY] = login.dump()
         session.permanent = True
-        current_app.session_interface.regenerate(session)
+        try:
+            current_app.session_interface.regenerate(session)  # deletes the old id's entry
+        except Exception as exc:
+            raise store_failed(exc) from None
         g._plurality_profile = profile
 
     def _authorize(self, revalidate: Any = _UNSET, app: Flask | None = None) -> Profile | BaseResponse:
@@ -372,6 +429,20 @@ def _cached_answer(entry: Any, interval: int) -> _Answer | None:
     return None
 
 
+def _wait_for_answer(store: Store, key: str, marker: str, interval: int, deadline: float) -> _Answer | None:
+    """Poll the answer cache while another process holds ``marker``: its answer (a "no"
+    raises), or ``None`` once the marker is gone without one or ``deadline`` passes."""
+    while True:
+        hit = _cached_answer(store.get(key), interval)
+        if hit is not None:
+            return hit
+        left = deadline - time.monotonic()
+        if left <= 0 or store.get(marker) is None:
+            # Gone: the answer may have landed between the two reads.
+            return _cached_answer(store.get(key), interval) if left > 0 else None
+        time.sleep(min(left, random.uniform(*_POLL)))
+
+
 def _prefers_html() -> bool:
     best = request.accept_mimetypes.best_match(["application/json", "text/html"])
     return best == "text/html"
@@ -391,8 +462,7 @@ def _state() -> _AppState:
 
 def _start_fake(app: Flask) -> FakePlurality:
     """PLURALITY_FAKE: point the app at the built-in stand-in, never silently in production."""
-    mode = app.config["PLURALITY_FAKE"]
-    if mode != "force" and not (app.debug or app.testing):
+    if fake_mode(app.config["PLURALITY_FAKE"]) != "force" and not (app.debug or app.testing):
         raise ConfigurationError(
             "PLURALITY_FAKE is on but the app is neither in debug nor in testing mode: a "
             "production app must not accept fake logins. Set PLURALITY_FAKE = 'force' to insist."

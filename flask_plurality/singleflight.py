@@ -34,8 +34,8 @@ class SingleFlight(Generic[T]):
         self._lock = threading.Lock()
         self._calls: dict[str, _Call[T]] = {}
 
-    def do(self, key: str, fn: Callable[[], T], wait: float) -> tuple[T, bool]:
-        """Return (result, shared): ``shared`` is ``True`` for the waiters.
+    def do(self, key: str, fn: Callable[[], T], wait: float) -> T:
+        """``fn()``'s result, computed once for all the callers that overlap.
 
         A waiter that gives up after ``wait`` seconds raises
         :class:`UpstreamUnavailable` (``reason="timeout"``); the leader carries on.
@@ -55,7 +55,7 @@ class SingleFlight(Generic[T]):
                 with self._lock:
                     del self._calls[key]
                 call.done.set()
-            return call.result, False
+            return call.result
         if not call.done.wait(wait):
             raise UpstreamUnavailable("Plurality is slow to answer.", reason="timeout")
         if call.error is not None:
@@ -66,4 +66,4 @@ class SingleFlight(Generic[T]):
             except Exception:  # an exception type copy cannot rebuild
                 error = call.error
             raise error from None
-        return call.result, True  # type: ignore[return-value]
+        return call.result  # type: ignore[return-value]

@@ -7,12 +7,17 @@ JSON types. Also here: the guard that turns an unreachable store into a clean 50
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import math
 import os
+import struct
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
@@ -52,6 +57,11 @@ class Store(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def add(self, key: str, value: Any, ttl: int) -> bool:
+        """Set ``key`` only if it is absent (or expired), atomically across every process
+        sharing the store; ``True`` if this call set it."""
+        ...
+
     def incr(self, key: str, ttl: int) -> tuple[int, int]:
         """Add one to a counter whose window of ``ttl`` seconds starts at its first
         count; return (count, seconds left in the window)."""
@@ -66,7 +76,8 @@ class Store(Protocol):
         ...
 
 
-def _guard(exc: Exception) -> SessionStoreUnavailable:
+def store_failed(exc: Exception) -> SessionStoreUnavailable:
+    """Log a store failure (type and message; never a value) and give the error to raise."""
     log.error("The session store failed: %s: %s", type(exc).__name__, exc)
     return SessionStoreUnavailable("The session store is unavailable.")
 
@@ -83,7 +94,7 @@ class RedisStore:
         try:
             raw = self.client.get(key)
         except Exception as exc:
-            raise _guard(exc) from None
+            raise store_failed(exc) from None
         if raw is None:
             return None
         try:
@@ -95,13 +106,19 @@ class RedisStore:
         try:
             self.client.set(key, json.dumps(value), ex=max(1, ttl))
         except Exception as exc:
-            raise _guard(exc) from None
+            raise store_failed(exc) from None
 
     def delete(self, key: str) -> None:
         try:
             self.client.delete(key)
         except Exception as exc:
-            raise _guard(exc) from None
+            raise store_failed(exc) from None
+
+    def add(self, key: str, value: Any, ttl: int) -> bool:
+        try:
+            return bool(self.client.set(key, json.dumps(value), nx=True, ex=max(1, ttl)))
+        except Exception as exc:
+            raise store_failed(exc) from None
 
     def incr(self, key: str, ttl: int) -> tuple[int, int]:
         try:
@@ -110,11 +127,11 @@ class RedisStore:
                 self.client.expire(key, ttl)
                 return count, ttl
             left = int(self.client.ttl(key))
+            if left < 0:  # lost its expiry (a crash between INCR and EXPIRE): restart the window
+                self.client.expire(key, ttl)
+                left = ttl
         except Exception as exc:
-            raise _guard(exc) from None
-        if left < 0:  # lost its expiry (a crash between INCR and EXPIRE): restart the window
-            self.client.expire(key, ttl)
-            left = ttl
+            raise store_failed(exc) from None
         return count, left
 
     def read_epoch(self, key: str) -> Any:
@@ -127,7 +144,7 @@ class RedisStore:
             pipe.ttl(key)
             raw, left = pipe.execute()
         except Exception as exc:
-            raise _guard(exc) from None
+            raise store_failed(exc) from None
         if raw is None:
             return 0, 0
         return int(raw), max(int(left), 1)
@@ -159,7 +176,7 @@ class CacheLibStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise _guard(exc) from None
+            raise store_failed(exc) from None
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         known = self._epochs.get(key)
         if known is not None and known[0] == stamp:
@@ -172,19 +189,33 @@ class CacheLibStore:
         try:
             return self.cache.get(key)
         except Exception as exc:
-            raise _guard(exc) from None
+            raise store_failed(exc) from None
 
     def set(self, key: str, value: Any, ttl: int) -> None:
+        # FileSystemCache expires at int(now) + ttl: one second more, or an entry written
+        # at x.99 with a ttl of 1 would live 0.01 s (readers check ages themselves).
+        grain = 1 if isinstance(self.cache, FileSystemCache) else 0
         try:
-            self.cache.set(key, value, timeout=max(1, ttl))
+            self.cache.set(key, value, timeout=max(1, ttl) + grain)
         except Exception as exc:
-            raise _guard(exc) from None
+            raise store_failed(exc) from None
 
     def delete(self, key: str) -> None:
         try:
             self.cache.delete(key)
         except Exception as exc:
-            raise _guard(exc) from None
+            raise store_failed(exc) from None
+
+    def add(self, key: str, value: Any, ttl: int) -> bool:
+        if isinstance(self.cache, FileSystemCache):
+            try:
+                return _add_file(self.cache, key, value, max(1, ttl))
+            except Exception as exc:
+                raise store_failed(exc) from None
+        try:  # SimpleCache: under its lock; cachelib's Redis and memcached: their own atomic add
+            return bool(self.cache.add(key, value, timeout=max(1, ttl)))
+        except Exception as exc:
+            raise store_failed(exc) from None
 
     def incr(self, key: str, ttl: int) -> tuple[int, int]:
         now = time.time()
@@ -204,6 +235,75 @@ class CacheLibStore:
         if isinstance(value, list) and len(value) == 2 and value[1] > now:
             return int(value[0]), float(value[1])
         return 0, now
+
+
+def _add_file(cache: FileSystemCache, key: str, value: Any, ttl: int) -> bool:
+    """``FileSystemCache.add`` checks for the file, then writes it: two processes can both
+    "add". Here the complete entry is written to a temporary file and hard-linked to the
+    key's file name, which fails if that name exists: one winner, and readers never see
+    half a file. An expired entry is replaced; two processes replacing the same expired
+    entry at once may both win (an extra upstream call, nothing worse)."""
+    filename = cache._get_filename(key)
+    fd, tmp = tempfile.mkstemp(suffix=cache._fs_transaction_suffix, dir=cache._path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("I", int(time.time()) + ttl))
+            cache.serializer.dump(value, f)
+        if cache._mode is not None:
+            os.chmod(tmp, cache._mode)
+        try:
+            os.link(tmp, filename)
+        except FileExistsError:
+            if cache.get(key) is not None:  # held, not expired
+                return False
+            os.replace(tmp, filename)
+            return True
+        except OSError:  # no hard links on this filesystem: cachelib's own, less strict add
+            return bool(cache.add(key, value, timeout=ttl))
+        cache._update_count(delta=1)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+#: Seconds between two sweeps of expired session files (FileSystemCache), per process.
+SWEEP_INTERVAL: Final = 3600.0
+
+
+def sweep_expired(cache: FileSystemCache) -> None:
+    """Delete the expired entries of a FileSystemCache (sessions, answers, counters)."""
+    try:
+        cache._remove_expired(time.time())
+    except Exception as exc:  # a sweep must never take a worker down
+        log.warning("Sweeping expired session files failed: %s", type(exc).__name__)
+
+
+Upsert = Callable[[timedelta, ServerSideSession, str], None]
+
+
+def _still_stored(inner: SessionInterface) -> Callable[[timedelta, ServerSideSession, str, Upsert], None] | None:
+    """An upsert that writes only over an existing entry, for backends that can do it
+    cheaply: Redis ``SET ... XX`` (atomic, no extra round trip), FileSystemCache one
+    ``stat`` first. ``None`` for other backends (they keep last-writer-wins)."""
+    client = _redis_client(inner)
+    if client is not None:
+
+        def redis_xx(lifetime: timedelta, session: ServerSideSession, store_id: str, upsert: Upsert) -> None:
+            data = inner.serializer.encode(session)  # type: ignore[attr-defined]
+            client.set(store_id, data, ex=max(1, int(lifetime.total_seconds())), xx=True)
+
+        return redis_xx
+    cache = getattr(inner, "cache", None)
+    filename = getattr(cache, "_get_filename", None)
+    if isinstance(cache, FileSystemCache) and filename is not None:
+
+        def file_exists(lifetime: timedelta, session: ServerSideSession, store_id: str, upsert: Upsert) -> None:
+            if os.path.exists(filename(store_id)):
+                upsert(lifetime, session, store_id)
+
+        return file_exists
+    return None
 
 
 def _redis_client(inner: SessionInterface) -> Redis | None:
@@ -349,8 +449,17 @@ class GuardedSessionInterface(SessionInterface):
                 return cast(datetime | None, expires)
             return min(cast(datetime, expires), datetime.now(UTC) + cap)
 
+        still_stored = _still_stored(inner)
+
         def upsert_session(lifetime: timedelta, session: ServerSideSession, store_id: str) -> None:
-            upsert(session_lifetime_cap(lifetime), session, store_id)
+            lifetime = session_lifetime_cap(lifetime)
+            if getattr(session, "loaded_sid", None) == session.sid and still_stored is not None:
+                # A session read from the store is written back only if it is still there:
+                # a logout, revoke or login elsewhere that deleted it while this request
+                # ran must not be undone by this request's (refresh-each-request) save.
+                still_stored(lifetime, session, store_id, upsert)
+            else:
+                upsert(lifetime, session, store_id)
 
         def get_cookie_secure(app: Flask) -> bool:
             return bool(secure(app)) or (has_request_context() and request.is_secure)
@@ -371,6 +480,14 @@ class GuardedSessionInterface(SessionInterface):
                 return cast(dict[str, Any], inner.serializer.decode(raw)) if raw else None
 
             inner._retrieve_session_data = retrieve_session_data
+        # The default FileSystemCache has no item limit (a limit would evict live
+        # sessions), so nothing would ever delete an abandoned login's file: sweep expired
+        # files about once an hour per process, in a thread, off the request's path.
+        cache = getattr(inner, "cache", None)
+        self._sweep: Callable[[], None] | None = None
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+        if isinstance(cache, FileSystemCache) and hasattr(cache, "_remove_expired"):
+            self._sweep = lambda: sweep_expired(cache)
         # repr(session) must not show the token (debug logs, error reporters).
         inner.session_class = redacted_session_class(inner.session_class)
 
@@ -383,22 +500,28 @@ class GuardedSessionInterface(SessionInterface):
         try:
             session = self.inner.open_session(app, request)
         except Exception as exc:
-            _guard(exc)
+            store_failed(exc)
             return UnavailableSession(sid=None)
         finally:
             _epoch_read.reset(reading)
         if box:
             #: ``revoke_user``'s epoch as it was when this session was read (Redis only).
             session.revocation_epoch = _json_str(box[0])
+        if session.sid == request.cookies.get(app.config["SESSION_COOKIE_NAME"]):
+            #: Read from the store under this id (else: a new session, a new id).
+            session.loaded_sid = session.sid
         return session  # type: ignore[no-any-return]
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         if isinstance(session, UnavailableSession):
             return
+        if self._sweep is not None and time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+            threading.Thread(target=self._sweep, name="plurality-session-sweep", daemon=True).start()
         try:
             self.inner.save_session(app, session, response)
         except Exception as exc:
-            _guard(exc)
+            store_failed(exc)
             from .responses import store_unavailable_into
 
             store_unavailable_into(response)
