@@ -371,7 +371,7 @@ class Plurality:
                 return self._unauthorized(clear=True)
             except UpstreamUnavailable as exc:
                 # Grace counts from the last *good* answer, which a failure never moves.
-                allowed = config.on_upstream_error == "allow" and now - login.validated_at < config.grace_period
+                allowed = cfg.on_upstream_error == "allow" and now - login.validated_at < cfg.grace_period
                 signals.revalidation_failed.send(app, profile=login.profile, reason=exc.reason, allowed=allowed)
                 if allowed:
                     log.info("Revalidation of user %s failed (%s); let in (grace period)", login.profile.id, exc.reason)

@@ -207,7 +207,9 @@ class CacheLibStore:
             raise store_failed(exc) from None
 
     def add(self, key: str, value: Any, ttl: int) -> bool:
-        if isinstance(self.cache, FileSystemCache):
+        if isinstance(self.cache, FileSystemCache) and all(
+            hasattr(self.cache, name) for name in ("_get_filename", "_path", "_fs_transaction_suffix", "serializer")
+        ):  # cachelib's internals as of 0.13-0.17; a later cachelib falls back to its own add
             try:
                 return _add_file(self.cache, key, value, max(1, ttl))
             except Exception as exc:
