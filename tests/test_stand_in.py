@@ -8,8 +8,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -308,17 +309,42 @@ def test_reset(fake: FakePlurality) -> None:
     assert [c.outcome for c in fake.calls] == [0, 200]
 
 
-def test_timeout_hangs_and_stop_is_prompt() -> None:
-    fake = FakePlurality().start()
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Poll until ``condition()`` holds; the deadline is a bound for a loaded machine, not a measurement."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_timeout_hangs_until_stop_lets_it_go() -> None:
+    """A hung call outlives the client's patience, and ``stop()`` ends it instead of
+    waiting out ``hang_seconds`` (an hour here: only stop() can release it)."""
+    fake = FakePlurality(hang_seconds=3600).start()
+    released: list[BaseException] = []
+
+    def patient_call() -> None:
+        try:
+            call(fake, fake.issue_token(), timeout=120)
+        except requests.RequestException as exc:
+            released.append(exc)
+
+    patient = threading.Thread(target=patient_call, daemon=True)
     try:
         fake.fail_next("timeout")
         with pytest.raises(requests.ReadTimeout):
             call(fake, fake.issue_token(), timeout=0.3)
+        wait_for(lambda: len(fake.calls) == 1, "the hung call to be recorded")
         assert [c.outcome for c in fake.calls] == [0]
+        fake.fail_next("timeout")
+        patient.start()
+        wait_for(lambda: len(fake.calls) == 2, "the second call to hang")
+        assert patient.is_alive()  # still hanging: nothing answers it
     finally:
-        started = time.monotonic()
         fake.stop()
-    assert time.monotonic() - started < 1
+    patient.join(timeout=60)  # far below both the hang (3600 s) and the client's timeout (120 s)
+    assert not patient.is_alive(), "stop() left a hanging call waiting"
+    assert len(released) == 1 and isinstance(released[0], requests.ConnectionError), released
 
 
 def test_timeout_gives_up_without_answer() -> None:
@@ -335,11 +361,14 @@ def test_unknown_fault_is_refused(fake: FakePlurality, kind: Any) -> None:
 
 
 def test_latency(fake: FakePlurality) -> None:
+    """The answer is held back ``latency`` seconds: a client that waits less gets none."""
     token = fake.issue_token()
-    fake.latency = 0.3
-    started = time.monotonic()
-    assert call(fake, token)[0] == 200
-    assert time.monotonic() - started >= 0.3
+    fake.latency = 1.0
+    with pytest.raises(requests.ReadTimeout):
+        call(fake, token, timeout=0.2)
+    assert call(fake, token, timeout=30)[0] == 200
+    wait_for(lambda: len(fake.calls) == 2, "both calls to be answered")
+    assert [c.outcome for c in fake.calls] == [200, 200]
 
 
 # -- methods and routing ------------------------------------------------------------
