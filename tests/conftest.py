@@ -114,6 +114,23 @@ def redis_url_or_skip() -> str:
     return url
 
 
+try:
+    import redis
+except ImportError:  # the Redis tests skip (or fail to import) without it; nothing else needs it
+    pass
+else:
+
+    class CountingRedis(redis.Redis):
+        """A real Redis client (a subclass, as a Redis-compatible server's client may be)
+        that remembers the commands it sends, in ``sent`` (set it to a list first)."""
+
+        sent: list[str]
+
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            self.sent.append(str(args[0]))
+            return super().execute_command(*args, **options)
+
+
 @pytest.fixture
 def redis_client() -> Iterator[Any]:
     """A real Redis client on a database flushed before and after the test."""

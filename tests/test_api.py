@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,6 +12,7 @@ from blinker import Signal
 from conftest import AppFactory, login
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.local import LocalProxy
 
 import flask_plurality
 from flask_plurality import (
@@ -24,11 +25,9 @@ from flask_plurality import (
     UpstreamUnavailable,
     signals,
 )
-from flask_plurality.client import Upstream
 from flask_plurality.testing import FakePlurality
 
 OWN = {"Origin": "http://localhost"}
-SECRET = "s3cret-that-must-never-show-up"
 
 
 @contextmanager
@@ -49,19 +48,23 @@ def recording(signal: Signal) -> Iterator[list[tuple[Any, dict[str, Any]]]]:
 
 
 def test_public_api() -> None:
-    for name in (
-        "Plurality",
-        "plurality_required",
-        "current_profile",
-        "PluralityError",
-        "ConfigurationError",
-        "InvalidToken",
-        "UpstreamUnavailable",
-        "CredentialsRejected",
-        "signals",
-    ):
+    """Each name SPEC promises is exported, and is the kind of thing SPEC says it is."""
+    kinds: dict[str, Callable[[Any], bool]] = {
+        "Plurality": lambda obj: isinstance(obj, type) and callable(obj.init_app),
+        "plurality_required": inspect.isfunction,
+        "current_profile": lambda obj: type(obj) is LocalProxy,
+        "PluralityError": lambda obj: isinstance(obj, type) and issubclass(obj, Exception),
+        "ConfigurationError": lambda obj: isinstance(obj, type) and issubclass(obj, PluralityError),
+        "InvalidToken": lambda obj: isinstance(obj, type) and issubclass(obj, PluralityError),
+        "UpstreamUnavailable": lambda obj: isinstance(obj, type) and issubclass(obj, PluralityError),
+        "CredentialsRejected": lambda obj: isinstance(obj, type) and issubclass(obj, UpstreamUnavailable),
+        "signals": inspect.ismodule,
+    }
+    for name, is_kind in kinds.items():
         assert name in flask_plurality.__all__
-        assert getattr(flask_plurality, name) is not None
+        assert is_kind(getattr(flask_plurality, name)), (name, getattr(flask_plurality, name))
+    for name in ("logged_in", "logged_out", "login_failed", "revalidated", "revalidation_failed"):
+        assert isinstance(getattr(signals, name), Signal), name
 
 
 def test_error_hierarchy() -> None:
@@ -124,22 +127,24 @@ def test_signals_are_per_app(make_app: AppFactory, fake: FakePlurality) -> None:
 
 
 @pytest.mark.parametrize(
-    ("setup", "reason"),
+    ("setup", "reason", "status"),
     [
-        (lambda fake: "junk.junk.junk", "malformed"),
-        (lambda fake: fake.issue_token(ttl=-1), "expired"),
-        (lambda fake: _revoked(fake), "rejected"),
-        (lambda fake: _other_client(fake), "wrong_client"),
-        (lambda fake: _failing(fake, 503), "http_503"),
-        (lambda fake: _failing(fake, 429), "rate_limited"),
-        (lambda fake: _failing(fake, "garbage"), "bad_response"),
+        (lambda fake: "junk.junk.junk", "malformed", 401),
+        (lambda fake: fake.issue_token(ttl=-1), "expired", 401),
+        (lambda fake: _revoked(fake), "rejected", 401),
+        (lambda fake: _other_client(fake), "wrong_client", 401),
+        (lambda fake: _failing(fake, 503), "http_503", 503),
+        (lambda fake: _failing(fake, 429), "rate_limited", 503),
+        (lambda fake: _failing(fake, "garbage"), "bad_response", 503),
     ],
     ids=["malformed", "expired", "revoked", "wrong-client", "503", "429", "garbage"],
 )
-def test_login_failed_says_why(app: Flask, client: FlaskClient, fake: FakePlurality, setup: Any, reason: str) -> None:
+def test_login_failed_says_why(
+    app: Flask, client: FlaskClient, fake: FakePlurality, setup: Any, reason: str, status: int
+) -> None:
     token = setup(fake)
     with recording(signals.login_failed) as failures, recording(signals.logged_in) as logins:
-        assert login(client, token).status_code in (401, 503)
+        assert login(client, token).status_code == status
     assert logins == []
     assert len(failures) == 1
     sender, kwargs = failures[0]
@@ -195,45 +200,11 @@ def test_revalidated_and_revalidation_failed(app: Flask, client: FlaskClient, fa
 def test_no_revalidation_signal_without_revalidation(client: FlaskClient, fake: FakePlurality) -> None:
     login(client, fake.issue_token())
     with recording(signals.revalidated) as ok, recording(signals.revalidation_failed) as failed:
-        client.get("/protected")
+        assert client.get("/protected").status_code == 200
     assert ok == [] and failed == []
 
 
 # -- nothing secret in a repr ---------------------------------------------------------
-
-
-def test_reprs_never_show_the_secret(make_app: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
-    with FakePlurality(client_id="repr-client", client_secret=SECRET) as fake:
-        app = make_app(PLURALITY_CLIENT_ID=fake.client_id, PLURALITY_CLIENT_SECRET=SECRET, PLURALITY_API_URL=fake.url)
-        plurality: Plurality = app.extensions["plurality"]
-        token = fake.issue_token(user_id="r")
-        with app.app_context():
-            upstream = plurality._upstream()
-            profile = plurality.validate(token)
-        direct = Upstream(fake.url, "repr-client", SECRET, "POST", 1.0)
-        texts = [
-            repr(plurality),
-            str(plurality),
-            repr(plurality.client),
-            repr(upstream),
-            str(upstream),
-            repr(direct),
-            repr(fake),
-            str(fake),
-            repr(profile),
-            str(profile),
-            repr(app.extensions.get("plurality.state")),
-        ]
-        client = app.test_client()
-        login(client, token)
-        texts.append(client.get("/plurality/session").get_data(as_text=True))
-    for text in texts:
-        assert SECRET not in text, text
-        assert token not in text, text
-    assert "repr-client" in repr(upstream)  # the id is not secret and helps debugging
-    assert SECRET not in caplog.text
-    assert token not in caplog.text
 
 
 def test_profile_repr_leaves_out_raw() -> None:

@@ -102,7 +102,7 @@ def test_a_failed_probe_reopens_it(make_app: AppFactory, fake: FakePlurality) ->
 def test_only_one_probe_while_half_open(make_app: AppFactory, fake: FakePlurality) -> None:
     """After the cool-down, the first request probes; a request arriving while the probe
     is in flight fails fast instead of piling onto a Plurality that may still be down."""
-    app = breaker_app(make_app, PLURALITY_TIMEOUT=3.0)
+    app = breaker_app(make_app, PLURALITY_TIMEOUT=10.0)
     probe_client, other_client = app.test_client(), app.test_client()
     assert login(probe_client, fake.issue_token()).status_code == 200
     assert login(other_client, fake.issue_token()).status_code == 200
@@ -111,7 +111,7 @@ def test_only_one_probe_while_half_open(make_app: AppFactory, fake: FakePluralit
         probe_client.post("/sensitive")
     time.sleep(COOLDOWN + 0.1)
 
-    fake.latency = 1.0
+    fake.latency = 2.5  # the probe stays in flight while the second request arrives, even on a slow machine
     statuses: list[int] = []
     probe = threading.Thread(target=lambda: statuses.append(probe_client.post("/sensitive").status_code))
     probe.start()

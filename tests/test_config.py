@@ -221,17 +221,6 @@ def test_session_set_up_before_the_extension_is_kept(tmp_path: Path, fake: FakeP
     assert cache.get("mine:" + cookie.value) is not None
 
 
-@pytest.mark.redis
-def test_redis_sessions(make_app: AppFactory, fake: FakePlurality, redis_client: Any) -> None:
-    app = make_app(session_redis=redis_client)
-    client = app.test_client()
-    login(client, fake.issue_token())
-    cookie = client.get_cookie("session")
-    assert cookie is not None
-    assert redis_client.exists("session:" + cookie.value) == 1
-    assert not (Path(app.instance_path) / "plurality_sessions").exists()
-
-
 # -- fake mode -----------------------------------------------------------------------
 
 

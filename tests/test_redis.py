@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import redis
 from cachelib import SimpleCache
-from conftest import AppFactory, login, redis_url_or_skip
+from conftest import AppFactory, CountingRedis, login, redis_url_or_skip
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -169,17 +169,6 @@ def test_everything_the_extension_stores_is_under_its_prefix(
         value = redis_client.get(key) or b""
         assert token.encode() not in value or key.startswith("session:")
         assert bad.encode() not in value
-
-
-class CountingRedis(redis.Redis):
-    """A real client (a subclass, as a Redis-compatible server's client may be) that
-    remembers the commands it sends."""
-
-    sent: list[str]
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.sent.append(str(args[0]))
-        return super().execute_command(*args, **options)
 
 
 @pytest.mark.redis

@@ -6,9 +6,8 @@ import time
 from typing import Any
 
 import pytest
-import redis
 from cachelib.file import FileSystemCache
-from conftest import AppFactory, login, redis_url_or_skip
+from conftest import AppFactory, CountingRedis, login, redis_url_or_skip
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -126,16 +125,6 @@ def test_revocation_can_be_switched_off(make_app: AppFactory, fake: FakePluralit
     revoke(app, user)
     assert client.get("/protected").status_code == 200
     assert client.get("/plurality/session").status_code == 200
-
-
-class CountingRedis(redis.Redis):
-    """A real Redis client that counts the commands it sends."""
-
-    sent: list[str]
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.sent.append(str(args[0]))
-        return super().execute_command(*args, **options)
 
 
 @pytest.mark.redis

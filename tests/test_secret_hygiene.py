@@ -24,7 +24,7 @@ from flask_plurality import (
     UpstreamUnavailable,
     current_profile,
 )
-from flask_plurality.client import PluralityClient
+from flask_plurality.client import PluralityClient, Upstream
 from flask_plurality.testing import FakePlurality, live_server
 
 CLIENT_ID = "hygiene-client"
@@ -249,13 +249,19 @@ def test_no_repr_shows_the_token_or_secret(hfake: FakePlurality, secret: str, tm
         return {}
 
     client = app.test_client()
-    assert client.post("/plurality/login", json={"token": token}).status_code == 200
-    assert client.get("/reprs").status_code == 200
-    with client.session_transaction() as sess:
-        shown.append(repr(sess))
-    standalone = PluralityClient()
-    shown.append(repr(standalone))
-    standalone.close()
+    with everything_at_debug() as logs:
+        assert client.post("/plurality/login", json={"token": token}).status_code == 200
+        assert client.get("/reprs").status_code == 200
+        session_answer = client.get("/plurality/session")
+        assert session_answer.status_code == 200
+        shown.append(session_answer.get_data(as_text=True))
+        with client.session_transaction() as sess:
+            shown.append(repr(sess))
+        standalone = PluralityClient()
+        shown.append(repr(standalone))
+        standalone.close()
+        direct = Upstream(hfake.url, CLIENT_ID, secret, "POST", 1.0)  # built by hand, not by the extension
+        shown.extend((repr(direct), str(direct)))
 
     everything = "\n".join(shown)
     assert "Upstream(api_url=" in everything  # the reprs were taken
@@ -263,4 +269,8 @@ def test_no_repr_shows_the_token_or_secret(hfake: FakePlurality, secret: str, tm
         if what.startswith("wrong"):
             continue
         assert value not in everything, f"{what} in a repr"
+        assert value not in logs.text, f"{what} in the logs"
     assert "'token': '<redacted>'" in everything  # the session shows that it holds a token
+    assert CLIENT_ID in repr(direct)  # the id is not secret and helps debugging
+    with app.app_context():
+        assert CLIENT_ID in repr(app.extensions["plurality"]._upstream())

@@ -9,14 +9,16 @@ import logging
 import os
 import struct
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jwt
 import pytest
 from conftest import AppFactory, login
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.test import TestResponse
 
 from flask_plurality.testing import FakePlurality
 
@@ -32,6 +34,27 @@ def logged_in(client: FlaskClient) -> bool:
     return client.get("/protected").status_code == 200
 
 
+def stored(app: Flask, sid: str) -> Any:
+    """The session's entry in the (cachelib) store, or None."""
+    interface: Any = app.session_interface
+    return interface.cache.get(interface.key_prefix + sid)
+
+
+def refused(response: TestResponse, status: int, code: str, *secrets: str) -> None:
+    """SPEC's error shape: JSON ``{"error", "message"}``, no trace, nothing secret."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error", "message"}
+    assert body["error"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text
+    for secret in secrets:
+        assert secret not in text
+        assert all(secret not in value for value in response.headers.values())
+
+
 # -- fixation and replay ------------------------------------------------------------
 
 
@@ -40,22 +63,29 @@ def test_login_gives_the_session_a_new_id(client: FlaskClient, fake: FakePlurali
         sess["cart"] = ["apple"]
     before = session_cookie(client)
     assert before
+    app = client.application
+    assert stored(app, before) is not None
 
     assert login(client, fake.issue_token()).status_code == 200
 
     after = session_cookie(client)
     assert after and after != before
-    # The old id is gone from the store: whoever knew it holds nothing.
-    old = client.application.test_client()
+    assert stored(app, before) is None  # the old entry is gone, not just orphaned
+    assert stored(app, after) is not None
+    # Whoever knew (or planted) the old id holds nothing: no login, no anonymous data.
+    old = app.test_client()
     old.set_cookie("session", before)
     assert old.get("/protected").status_code == 401
     assert old.get("/plurality/session").status_code == 401
+    with old.session_transaction() as sess:
+        assert "cart" not in sess
 
 
 def test_a_planted_session_id_is_never_adopted(client: FlaskClient, fake: FakePlurality) -> None:
     client.set_cookie("session", "attacker-chose-this-id")
     assert login(client, fake.issue_token()).status_code == 200
     assert session_cookie(client) != "attacker-chose-this-id"
+    assert stored(client.application, "attacker-chose-this-id") is None
     attacker = client.application.test_client()
     attacker.set_cookie("session", "attacker-chose-this-id")
     assert attacker.get("/protected").status_code == 401
@@ -75,15 +105,18 @@ def test_a_cookie_replayed_after_logout_is_dead(client: FlaskClient, fake: FakeP
     assert login(client, fake.issue_token()).status_code == 200
     stolen = session_cookie(client)
     assert stolen
+    assert logged_in(client)
     response = client.post("/plurality/logout", json={}, headers=SAME)
     assert response.status_code == 200
     assert response.get_json() == {"authenticated": False}
 
     thief = client.application.test_client()
     thief.set_cookie("session", stolen)
-    assert thief.get("/protected").status_code == 401
+    refused(thief.get("/protected"), 401, "login_required")
     assert thief.get("/plurality/session").status_code == 401
     assert thief.post("/sensitive").status_code == 401
+    assert thief.get("/async").status_code == 401
+    assert thief.get("/items").status_code == 401
 
 
 # -- the origin rule ----------------------------------------------------------------
@@ -100,6 +133,7 @@ def test_a_cookie_replayed_after_logout_is_dead(client: FlaskClient, fake: FakeP
         {"Origin": "http://localhost.evil.example"},
         {"Referer": "https://evil.example/page"},
         {"Referer": "http://localhost:5000/page"},
+        {"Referer": "not a url"},
         {"Origin": "https://evil.example", "Referer": "http://localhost/page"},  # Origin wins
     ],
     ids=lambda h: " ".join(f"{k}={v!r}" for k, v in h.items()),
@@ -109,22 +143,25 @@ def test_a_foreign_origin_cannot_log_in(client: FlaskClient, fake: FakePlurality
     as_json = client.post("/plurality/login", json={"token": token}, headers=headers)
     as_form = client.post("/plurality/login", data={"token": token}, headers=headers)
     for response in (as_json, as_form):
-        assert response.status_code == 403
-        assert response.get_json()["error"] == "forbidden_origin"
+        refused(response, 403, "forbidden_origin", token)
     assert fake.calls == []
     assert not logged_in(client)
+    assert client.get("/plurality/session").status_code == 401
 
 
 def test_a_form_post_without_origin_or_referer_is_refused(client: FlaskClient, fake: FakePlurality) -> None:
+    """A cross-site HTML form can send these types; with no header to vouch for it, refuse."""
     token = fake.issue_token()
     form = client.post("/plurality/login", data={"token": token})
+    multipart = client.post("/plurality/login", data={"token": token}, content_type="multipart/form-data")
     text = client.post("/plurality/login", data=json.dumps({"token": token}), content_type="text/plain")
-    assert form.status_code == 403 and text.status_code == 403
+    for response in (form, multipart, text):
+        refused(response, 403, "forbidden_origin", token)
     assert fake.calls == []
 
 
 def test_a_json_post_without_origin_or_referer_is_allowed(client: FlaskClient, fake: FakePlurality) -> None:
-    """A non-browser client; a cross-site HTML form cannot send application/json."""
+    """A non-browser client (curl, a mobile app); a cross-site HTML form cannot send JSON."""
     response = client.post("/plurality/login", json={"token": fake.issue_token()})
     assert response.status_code == 200
     assert len(fake.calls) == 1
@@ -153,14 +190,25 @@ def test_trusted_origins_are_allowed_and_only_those(make_app: AppFactory, fake: 
     for origin in ("http://app.example.com", "https://app.example.com:8443", "http://127.0.0.1:3001"):
         response = client.post("/plurality/login", json={"token": fake.issue_token()}, headers={"Origin": origin})
         assert response.status_code == 403, origin
+    # The setting may also be a list.
+    listed = make_app(PLURALITY_TRUSTED_ORIGINS=["https://shop.example"]).test_client()
+    assert login(listed, fake.issue_token(), headers={"Origin": "https://shop.example:443"}).status_code == 200
+    assert login(listed, fake.issue_token(), headers={"Origin": "https://evil.example"}).status_code == 403
 
 
 def test_a_foreign_origin_cannot_log_the_user_out(client: FlaskClient, fake: FakePlurality) -> None:
     assert login(client, fake.issue_token()).status_code == 200
-    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {}):
-        response = client.post("/plurality/logout", data={}, headers=headers)
-        assert response.status_code == 403
+    attempts: list[tuple[dict[str, str] | None, dict[str, str]]] = [
+        ({}, {"Origin": "https://evil.example"}),
+        ({}, {"Origin": "null"}),
+        ({}, {}),
+        ({"x": "1"}, {}),  # a form with neither Origin nor Referer
+        (None, {"Origin": "https://evil.example"}),  # no body at all
+    ]
+    for data, headers in attempts:
+        refused(client.post("/plurality/logout", data=data, headers=headers), 403, "forbidden_origin")
     assert logged_in(client)
+    assert client.get("/plurality/session").status_code == 200
     assert client.post("/plurality/logout", data={}, headers=SAME).status_code == 200
     assert not logged_in(client)
 
@@ -229,11 +277,19 @@ def test_a_safe_next_redirects_form_posts(client: FlaskClient, fake: FakePlurali
 # -- input limits, before any upstream call -----------------------------------------
 
 
-def test_a_body_over_16_kib_is_refused_by_its_content_length(client: FlaskClient, fake: FakePlurality) -> None:
-    body = json.dumps({"token": fake.issue_token(), "pad": "x" * 16 * 1024})
-    response = client.post("/plurality/login", data=body, content_type="application/json", headers=SAME)
-    assert response.status_code == 413
-    assert response.get_json()["error"] == "payload_too_large"
+@pytest.mark.parametrize("kind", ["json", "form", "text"])
+def test_a_body_over_16_kib_is_refused_by_its_content_length(
+    client: FlaskClient, fake: FakePlurality, kind: str
+) -> None:
+    token, pad = fake.issue_token(), "x" * (16 * 1024 + 1)
+    if kind == "json":
+        body = json.dumps({"token": token, "pad": pad})
+        response = client.post("/plurality/login", data=body, content_type="application/json", headers=SAME)
+    elif kind == "form":
+        response = client.post("/plurality/login", data={"token": token, "pad": pad}, headers=SAME)
+    else:
+        response = client.post("/plurality/login", data=pad, content_type="text/plain", headers=SAME)
+    refused(response, 413, "payload_too_large")
     assert fake.calls == []
 
 
@@ -248,7 +304,7 @@ def test_a_streamed_body_over_16_kib_is_refused(client: FlaskClient, fake: FakeP
         headers={**SAME, "Transfer-Encoding": "chunked"},
         environ_overrides={"wsgi.input_terminated": True},
     )
-    assert response.status_code == 413
+    refused(response, 413, "payload_too_large")
     assert fake.calls == []
 
 
@@ -268,12 +324,22 @@ def test_a_form_with_the_token_first_and_padding_after_is_still_too_large(
     assert fake.calls == []
 
 
-def test_a_body_of_exactly_16_kib_is_read(client: FlaskClient, fake: FakePlurality) -> None:
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_of_exactly_16_kib_is_read(client: FlaskClient, fake: FakePlurality, chunked: bool) -> None:
     token = fake.issue_token()
     skeleton = json.dumps({"token": token, "pad": ""})
     body = json.dumps({"token": token, "pad": "x" * (16 * 1024 - len(skeleton))})
     assert len(body) == 16 * 1024
-    response = client.post("/plurality/login", data=body, content_type="application/json", headers=SAME)
+    if chunked:
+        response = client.post(
+            "/plurality/login",
+            input_stream=io.BytesIO(body.encode()),
+            content_type="application/json",
+            headers={**SAME, "Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},
+        )
+    else:
+        response = client.post("/plurality/login", data=body, content_type="application/json", headers=SAME)
     assert response.status_code == 200
 
 
@@ -295,8 +361,7 @@ def test_a_body_of_exactly_16_kib_is_read(client: FlaskClient, fake: FakePlurali
 )
 def test_a_token_that_is_not_a_string_is_a_bad_request(client: FlaskClient, fake: FakePlurality, body: Any) -> None:
     response = client.post("/plurality/login", data=json.dumps(body), content_type="application/json", headers=SAME)
-    assert response.status_code == 400
-    assert response.get_json()["error"] == "invalid_request"
+    refused(response, 400, "invalid_request")
     assert fake.calls == []
 
 
@@ -316,9 +381,23 @@ def junk_tokens(fake: FakePlurality) -> list[str]:
     good = fake.issue_token()
     header, payload, signature = good.split(".")
     no_alg = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"  # {"alg":"none","typ":"JWT"}
+
+    def signed(**exp: Any) -> str:  # properly signed by the stand-in, but exp is missing or wrong
+        claims = {"id": "u", "uniqueSessionId": "s", "iat": 1, **exp}
+        return jwt.encode(claims, fake.signing_key, algorithm="HS256")
+
     return [
         "not-a-jwt",
         "a.b.c",
+        "aa.bb.cc",
+        "x" * 300,
+        good + "=",
+        good.replace(".", " "),
+        "eyJhbGciOiJub25lIn0.eyJleHAiOjk5OTk5OTk5OTl9.",  # alg none, far exp, no signature
+        jwt.encode({"exp": 9999999999}, "k" * 48, algorithm="HS384"),  # not how Plurality signs
+        signed(),
+        signed(exp="tomorrow"),
+        signed(exp=True),
         good + "." + signature,
         f"{header}.{payload}.",  # alg none style: empty signature
         f"{no_alg}.{payload}.{signature}",
@@ -335,6 +414,7 @@ def junk_tokens(fake: FakePlurality) -> list[str]:
         f"{header}.eyJleHAiOjFlMTJ9.{signature}",  # {"exp":1e12}: year 33658
         fake.issue_token(ttl=367 * 86400),  # a Plurality token lives a day, not over a year
         fake.issue_token(ttl=-10),  # expired
+        fake.issue_token(ttl=0),  # expires now
     ]
 
 
@@ -343,10 +423,9 @@ def test_junk_and_expired_tokens_never_reach_plurality(client: FlaskClient, fake
         # One client each: the point here is the shape check, not the throttle.
         client_ip = {"REMOTE_ADDR": f"192.0.2.{i}"}
         response = client.post("/plurality/login", json={"token": token}, headers=SAME, environ_base=client_ip)
-        assert response.status_code == 401, token
-        assert response.get_json()["error"] == "invalid_token"
-        assert token not in response.get_data(as_text=True)
+        refused(response, 401, "invalid_token", token)
     assert fake.calls == []
+    assert client.get("/plurality/session").status_code == 401
 
 
 def test_max_token_length_is_configurable(make_app: AppFactory, fake: FakePlurality) -> None:
@@ -363,12 +442,16 @@ def test_max_token_length_is_configurable(make_app: AppFactory, fake: FakePlural
 
 def test_the_session_cookie_is_httponly_lax_and_not_secure_on_http(client: FlaskClient, fake: FakePlurality) -> None:
     token = fake.issue_token(ttl=3600)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
     assert login(client, token).status_code == 200
     cookie = client.get_cookie("session")
     assert cookie is not None
     assert cookie.http_only
     assert cookie.same_site == "Lax"
+    assert cookie.path == "/"
     assert not cookie.secure
+    assert cookie.expires is not None
+    assert exp - 60 <= cookie.expires.timestamp() <= exp  # capped at the token, not far short of it
 
 
 def test_the_session_cookie_is_secure_on_https(client: FlaskClient, fake: FakePlurality) -> None:
@@ -430,8 +513,11 @@ def test_a_login_lasts_no_longer_than_its_token(make_app: AppFactory, fake: Fake
         assert client.get("/protected").status_code == 200
 
 
-def test_a_shorter_app_lifetime_wins_over_the_token(make_app: AppFactory, fake: FakePlurality) -> None:
-    app = make_app(PERMANENT_SESSION_LIFETIME=60)
+@pytest.mark.parametrize("lifetime", [60, timedelta(minutes=1)], ids=["seconds", "timedelta"])
+def test_a_shorter_app_lifetime_wins_over_the_token(
+    make_app: AppFactory, fake: FakePlurality, lifetime: int | timedelta
+) -> None:
+    app = make_app(PERMANENT_SESSION_LIFETIME=lifetime)
     client = app.test_client()
     assert login(client, fake.issue_token(ttl=86400)).status_code == 200
     cookie = client.get_cookie("session")
@@ -442,13 +528,25 @@ def test_a_shorter_app_lifetime_wins_over_the_token(make_app: AppFactory, fake: 
 
 @pytest.mark.redis
 def test_a_redis_session_expires_with_its_token(make_app: AppFactory, fake: FakePlurality, redis_client: Any) -> None:
+    """Stored in Redis (no session folder on disk) with the token's TTL, read back whole,
+    and deleted at logout."""
     app = make_app(session_redis=redis_client)
     client = app.test_client()
-    assert login(client, fake.issue_token(ttl=300)).status_code == 200
+    token = fake.issue_token(ttl=300, user_id="u-redis", email=None)
+    assert login(client, token).status_code == 200
     cookie = client.get_cookie("session")
     assert cookie is not None
-    ttl = redis_client.ttl("session:" + cookie.value)
+    key = "session:" + cookie.value
+    assert redis_client.exists(key) == 1
+    ttl = redis_client.ttl(key)
     assert 290 <= ttl <= 300
+    assert not os.path.exists(os.path.join(app.instance_path, "plurality_sessions"))
+    assert client.get("/protected").get_json() == {"id": "u-redis", "email": None}
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert client.get("/plurality/session").get_json()["profile"]["expires_at"] == exp
+    assert client.post("/plurality/logout", json={}, headers=SAME).status_code == 200
+    assert redis_client.exists(key) == 0
+    assert client.get("/protected").status_code == 401
 
 
 def test_answers_about_the_login_are_never_cached(client: FlaskClient, fake: FakePlurality) -> None:

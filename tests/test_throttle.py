@@ -34,10 +34,22 @@ def refused_token(fake: FakePlurality) -> str:
     return token
 
 
-def assert_throttled(response: TestResponse, window: int) -> None:
+def assert_throttled(response: TestResponse, window: int, *secrets: str) -> None:
+    """429 in SPEC's error shape, a Retry-After within the window, and no token echoed."""
     assert response.status_code == 429
-    assert response.get_json()["error"] == "too_many_attempts"
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error", "message"} and body["message"]
+    assert body["error"] == "too_many_attempts"
     assert 1 <= int(response.headers["Retry-After"]) <= window
+    for secret in secrets:
+        assert secret not in response.get_data(as_text=True)
+        assert all(secret not in value for value in response.headers.values())
+
+
+def assert_refused_token(response: TestResponse) -> None:
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "invalid_token"
 
 
 @pytest.fixture
@@ -50,16 +62,18 @@ def test_a_client_that_keeps_failing_is_throttled_without_upstream_calls(
 ) -> None:
     client = throttled_app.test_client()
     for _ in range(LIMIT):
-        assert post(client, refused_token(fake)).status_code == 401
+        assert_refused_token(post(client, refused_token(fake)))
     assert len(fake.calls) == LIMIT
 
     # Even a good token: this client has used up its attempts.
-    assert_throttled(post(client, fake.issue_token()), 300)
+    good = fake.issue_token()
+    assert_throttled(post(client, good), 300, good)
     assert_throttled(post(client, refused_token(fake)), 300)
     assert_throttled(post(client, "junk"), 300)
     assert len(fake.calls) == LIMIT
-    # Another client is not affected.
+    # Another client is not affected, in this browser or another.
     assert post(client, fake.issue_token(), ip="198.51.100.1").status_code == 200
+    assert post(throttled_app.test_client(), good, ip="198.51.100.3").status_code == 200
 
 
 def test_junk_tokens_count_as_failures_too(throttled_app: Flask, fake: FakePlurality) -> None:
@@ -74,17 +88,20 @@ def test_one_token_failing_from_many_clients_is_throttled(throttled_app: Flask, 
     client = throttled_app.test_client()
     token = refused_token(fake)
     for i in range(LIMIT):
-        assert post(client, token, ip=f"192.0.2.{i}").status_code == 401
-    assert_throttled(post(client, token, ip="192.0.2.200"), 300)
+        assert_refused_token(post(throttled_app.test_client(), token, ip=f"192.0.2.{i}"))
+    assert_throttled(post(throttled_app.test_client(), token, ip="192.0.2.200"), 300, token)
     assert len(fake.calls) == 1  # the refusal itself is remembered, then the token throttled
     assert post(client, fake.issue_token(), ip="192.0.2.201").status_code == 200
 
 
 def test_upstream_outages_and_successes_do_not_count(throttled_app: Flask, fake: FakePlurality) -> None:
+    """Plurality being down is nobody's brute force: neither the client nor the token is held back."""
     client = throttled_app.test_client()
+    token = fake.issue_token()
     fake.fail_next(503, times=LIMIT + 1)
     for _ in range(LIMIT + 1):
-        assert post(client, fake.issue_token()).status_code == 503  # not the user's fault
+        assert post(client, token).status_code == 503  # not the user's fault
+    assert post(client, token).status_code == 200
     for _ in range(LIMIT + 1):
         assert post(client, fake.issue_token()).status_code == 200
 
