@@ -10,6 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from flask.views import MethodView
+from werkzeug.test import TestResponse
 
 from flask_plurality import Plurality, current_profile, plurality_required
 from flask_plurality.testing import FakePlurality
@@ -86,6 +87,22 @@ def app(make_app: AppFactory) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+def error_of(response: TestResponse, status: int, code: str, *secrets: str) -> dict[str, Any]:
+    """The SPEC error shape: JSON, ``{"error", "message"}``, nothing secret or internal."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error", "message"}
+    assert body["error"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text
+    for secret in secrets:
+        assert secret not in text
+        assert all(secret not in value for value in response.headers.values())
+    return body
 
 
 def login(client: FlaskClient, token: str, **kwargs: Any) -> Any:

@@ -8,10 +8,9 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import AppFactory, login
+from conftest import AppFactory, error_of, login
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
 
 from flask_plurality import ConfigurationError
 from flask_plurality.testing import FakePlurality
@@ -23,22 +22,6 @@ DOCS_TOKEN = (
     "ZTgxNjkxZDk3MSIsImlhdCI6MTczOTYyMzU0NCwiZXhwIjoxNzM5NzA5OTQ0fQ.HhMdOI-8vNVGmCl"
     "rHJuMasfcOdJFaQ-VgxsH4zlgDug"
 )
-
-
-def error_of(response: TestResponse, status: int, code: str, *secrets: str) -> dict[str, Any]:
-    """The SPEC error shape: JSON, ``{"error", "message"}``, nothing secret or internal."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert set(body) == {"error", "message"}
-    assert body["error"] == code
-    assert isinstance(body["message"], str) and body["message"]
-    text = response.get_data(as_text=True)
-    assert "Traceback" not in text
-    for secret in secrets:
-        assert secret not in text
-        assert all(secret not in value for value in response.headers.values())
-    return body
 
 
 def session_state(client: FlaskClient) -> int:

@@ -14,11 +14,10 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import AppFactory, login
+from conftest import AppFactory, error_of, login
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.middleware.proxy_fix import ProxyFix
-from werkzeug.test import TestResponse
 
 from flask_plurality.testing import FakePlurality
 
@@ -38,21 +37,6 @@ def stored(app: Flask, sid: str) -> Any:
     """The session's entry in the (cachelib) store, or None."""
     interface: Any = app.session_interface
     return interface.cache.get(interface.key_prefix + sid)
-
-
-def refused(response: TestResponse, status: int, code: str, *secrets: str) -> None:
-    """SPEC's error shape: JSON ``{"error", "message"}``, no trace, nothing secret."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert set(body) == {"error", "message"}
-    assert body["error"] == code
-    assert isinstance(body["message"], str) and body["message"]
-    text = response.get_data(as_text=True)
-    assert "Traceback" not in text
-    for secret in secrets:
-        assert secret not in text
-        assert all(secret not in value for value in response.headers.values())
 
 
 # -- fixation and replay ------------------------------------------------------------
@@ -112,7 +96,7 @@ def test_a_cookie_replayed_after_logout_is_dead(client: FlaskClient, fake: FakeP
 
     thief = client.application.test_client()
     thief.set_cookie("session", stolen)
-    refused(thief.get("/protected"), 401, "login_required")
+    error_of(thief.get("/protected"), 401, "login_required")
     assert thief.get("/plurality/session").status_code == 401
     assert thief.post("/sensitive").status_code == 401
     assert thief.get("/async").status_code == 401
@@ -143,7 +127,7 @@ def test_a_foreign_origin_cannot_log_in(client: FlaskClient, fake: FakePlurality
     as_json = client.post("/plurality/login", json={"token": token}, headers=headers)
     as_form = client.post("/plurality/login", data={"token": token}, headers=headers)
     for response in (as_json, as_form):
-        refused(response, 403, "forbidden_origin", token)
+        error_of(response, 403, "forbidden_origin", token)
     assert fake.calls == []
     assert not logged_in(client)
     assert client.get("/plurality/session").status_code == 401
@@ -156,7 +140,7 @@ def test_a_form_post_without_origin_or_referer_is_refused(client: FlaskClient, f
     multipart = client.post("/plurality/login", data={"token": token}, content_type="multipart/form-data")
     text = client.post("/plurality/login", data=json.dumps({"token": token}), content_type="text/plain")
     for response in (form, multipart, text):
-        refused(response, 403, "forbidden_origin", token)
+        error_of(response, 403, "forbidden_origin", token)
     assert fake.calls == []
 
 
@@ -206,7 +190,7 @@ def test_a_foreign_origin_cannot_log_the_user_out(client: FlaskClient, fake: Fak
         (None, {"Origin": "https://evil.example"}),  # no body at all
     ]
     for data, headers in attempts:
-        refused(client.post("/plurality/logout", data=data, headers=headers), 403, "forbidden_origin")
+        error_of(client.post("/plurality/logout", data=data, headers=headers), 403, "forbidden_origin")
     assert logged_in(client)
     assert client.get("/plurality/session").status_code == 200
     assert client.post("/plurality/logout", data={}, headers=SAME).status_code == 200
@@ -289,7 +273,7 @@ def test_a_body_over_16_kib_is_refused_by_its_content_length(
         response = client.post("/plurality/login", data={"token": token, "pad": pad}, headers=SAME)
     else:
         response = client.post("/plurality/login", data=pad, content_type="text/plain", headers=SAME)
-    refused(response, 413, "payload_too_large")
+    error_of(response, 413, "payload_too_large")
     assert fake.calls == []
 
 
@@ -304,7 +288,7 @@ def test_a_streamed_body_over_16_kib_is_refused(client: FlaskClient, fake: FakeP
         headers={**SAME, "Transfer-Encoding": "chunked"},
         environ_overrides={"wsgi.input_terminated": True},
     )
-    refused(response, 413, "payload_too_large")
+    error_of(response, 413, "payload_too_large")
     assert fake.calls == []
 
 
@@ -361,7 +345,7 @@ def test_a_body_of_exactly_16_kib_is_read(client: FlaskClient, fake: FakePlurali
 )
 def test_a_token_that_is_not_a_string_is_a_bad_request(client: FlaskClient, fake: FakePlurality, body: Any) -> None:
     response = client.post("/plurality/login", data=json.dumps(body), content_type="application/json", headers=SAME)
-    refused(response, 400, "invalid_request")
+    error_of(response, 400, "invalid_request")
     assert fake.calls == []
 
 
@@ -423,7 +407,7 @@ def test_junk_and_expired_tokens_never_reach_plurality(client: FlaskClient, fake
         # One client each: the point here is the shape check, not the throttle.
         client_ip = {"REMOTE_ADDR": f"192.0.2.{i}"}
         response = client.post("/plurality/login", json={"token": token}, headers=SAME, environ_base=client_ip)
-        refused(response, 401, "invalid_token", token)
+        error_of(response, 401, "invalid_token", token)
     assert fake.calls == []
     assert client.get("/plurality/session").status_code == 401
 
