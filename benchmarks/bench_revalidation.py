@@ -38,7 +38,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_plurality import Plurality, current_profile, plurality_required, signals
-from flask_plurality.testing import FakePlurality, live_server
+from flask_plurality.testing import FakePlurality, config_for, live_server
 
 SESSIONS = 20
 INTERVAL = 1  # seconds, table 1
@@ -93,9 +93,7 @@ def _app(fake: FakePlurality, store: dict[str, Any], tmp: str) -> Flask:
     app = Flask("bench_revalidation", instance_path=tmp)
     app.config.update(
         TESTING=True,
-        PLURALITY_CLIENT_ID=fake.client_id,
-        PLURALITY_CLIENT_SECRET=fake.client_secret,
-        PLURALITY_API_URL=fake.url,
+        **config_for(fake),
         PLURALITY_LOGIN_MAX_FAILURES=10**9,
         **store,
     )

@@ -32,7 +32,7 @@ from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, store_unavail
 from .security import warn_insecure_transport
 from .sessiondata import SESSION_KEY, _Login
 from .singleflight import SingleFlight
-from .store import REVOCATION_EPOCH, GuardedSessionInterface, Store, store_failed, store_for
+from .store import REVOCATION_EPOCH, GuardedSessionInterface, Store, store_errors_as_unavailable, store_for
 from .tokens import read_claims, token_hash
 
 if TYPE_CHECKING:
@@ -333,10 +333,8 @@ class Plurality:
         login = _Login(profile, token, exp, now, now, revocation, epoch if isinstance(epoch, str) else None)
         session[SESSION_KEY] = login.dump()
         session.permanent = True
-        try:
+        with store_errors_as_unavailable():
             current_app.session_interface.regenerate(session)  # deletes the old id's entry
-        except Exception as exc:
-            raise store_failed(exc) from None
         g._plurality_profile = profile
 
     def _authorize(self, revalidate: Any = _UNSET, app: Flask | None = None) -> Profile | BaseResponse:

@@ -17,7 +17,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
@@ -82,6 +82,17 @@ def store_failed(exc: Exception) -> SessionStoreUnavailable:
     return SessionStoreUnavailable("The session store is unavailable.")
 
 
+@contextlib.contextmanager
+def store_errors_as_unavailable() -> Iterator[None]:
+    """Any failure of the store client becomes :class:`SessionStoreUnavailable` (a 503)."""
+    try:
+        yield
+    except SessionStoreUnavailable:
+        raise
+    except Exception as exc:
+        raise store_failed(exc) from None
+
+
 class RedisStore:
     """Redis or any server that speaks its protocol (Valkey, KeyDB, Dragonfly...)."""
 
@@ -91,10 +102,8 @@ class RedisStore:
         self.client = client
 
     def get(self, key: str) -> Any:
-        try:
+        with store_errors_as_unavailable():
             raw = self.client.get(key)
-        except Exception as exc:
-            raise store_failed(exc) from None
         if raw is None:
             return None
         try:
@@ -103,25 +112,19 @@ class RedisStore:
             return None
 
     def set(self, key: str, value: Any, ttl: int) -> None:
-        try:
+        with store_errors_as_unavailable():
             self.client.set(key, json.dumps(value), ex=max(1, ttl))
-        except Exception as exc:
-            raise store_failed(exc) from None
 
     def delete(self, key: str) -> None:
-        try:
+        with store_errors_as_unavailable():
             self.client.delete(key)
-        except Exception as exc:
-            raise store_failed(exc) from None
 
     def add(self, key: str, value: Any, ttl: int) -> bool:
-        try:
+        with store_errors_as_unavailable():
             return bool(self.client.set(key, json.dumps(value), nx=True, ex=max(1, ttl)))
-        except Exception as exc:
-            raise store_failed(exc) from None
 
     def incr(self, key: str, ttl: int) -> tuple[int, int]:
-        try:
+        with store_errors_as_unavailable():
             count = int(self.client.incr(key))
             if count == 1:
                 self.client.expire(key, ttl)
@@ -130,21 +133,17 @@ class RedisStore:
             if left < 0:  # lost its expiry (a crash between INCR and EXPIRE): restart the window
                 self.client.expire(key, ttl)
                 left = ttl
-        except Exception as exc:
-            raise store_failed(exc) from None
         return count, left
 
     def read_epoch(self, key: str) -> Any:
         return self.get(key)
 
     def peek(self, key: str) -> tuple[int, int]:
-        try:
+        with store_errors_as_unavailable():
             pipe = self.client.pipeline(transaction=False)
             pipe.get(key)
             pipe.ttl(key)
             raw, left = pipe.execute()
-        except Exception as exc:
-            raise store_failed(exc) from None
         if raw is None:
             return 0, 0
         return int(raw), max(int(left), 1)
@@ -186,38 +185,29 @@ class CacheLibStore:
         return value
 
     def get(self, key: str) -> Any:
-        try:
+        with store_errors_as_unavailable():
             return self.cache.get(key)
-        except Exception as exc:
-            raise store_failed(exc) from None
 
     def set(self, key: str, value: Any, ttl: int) -> None:
         # FileSystemCache expires at int(now) + ttl: one second more, or an entry written
         # at x.99 with a ttl of 1 would live 0.01 s (readers check ages themselves).
         grain = 1 if isinstance(self.cache, FileSystemCache) else 0
-        try:
+        with store_errors_as_unavailable():
             self.cache.set(key, value, timeout=max(1, ttl) + grain)
-        except Exception as exc:
-            raise store_failed(exc) from None
 
     def delete(self, key: str) -> None:
-        try:
+        with store_errors_as_unavailable():
             self.cache.delete(key)
-        except Exception as exc:
-            raise store_failed(exc) from None
 
     def add(self, key: str, value: Any, ttl: int) -> bool:
         if isinstance(self.cache, FileSystemCache) and all(
             hasattr(self.cache, name) for name in ("_get_filename", "_path", "_fs_transaction_suffix", "serializer")
         ):  # cachelib's internals as of 0.13-0.17; a later cachelib falls back to its own add
-            try:
+            with store_errors_as_unavailable():
                 return _add_file(self.cache, key, value, max(1, ttl))
-            except Exception as exc:
-                raise store_failed(exc) from None
-        try:  # SimpleCache: under its lock; cachelib's Redis and memcached: their own atomic add
+        # SimpleCache: under its lock; cachelib's Redis and memcached: their own atomic add.
+        with store_errors_as_unavailable():
             return bool(self.cache.add(key, value, timeout=max(1, ttl)))
-        except Exception as exc:
-            raise store_failed(exc) from None
 
     def incr(self, key: str, ttl: int) -> tuple[int, int]:
         now = time.time()

@@ -13,7 +13,7 @@ from flask.views import MethodView
 from werkzeug.test import TestResponse
 
 from flask_plurality import Plurality, current_profile, plurality_required
-from flask_plurality.testing import FakePlurality
+from flask_plurality.testing import FakePlurality, config_for
 
 AppFactory = Callable[..., Flask]
 
@@ -30,9 +30,7 @@ def build_app(fake: FakePlurality, instance_path: str, *, session_redis: Any = N
     app = Flask("testapp", instance_path=instance_path)
     app.config.update(
         TESTING=True,
-        PLURALITY_CLIENT_ID=fake.client_id,
-        PLURALITY_CLIENT_SECRET=fake.client_secret,
-        PLURALITY_API_URL=fake.url,
+        **config_for(fake),
         PLURALITY_TIMEOUT=2.0,
     )
     if session_redis is not None:

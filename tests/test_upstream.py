@@ -21,7 +21,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from flask_plurality import CredentialsRejected, InvalidToken, Plurality, Profile, UpstreamUnavailable
-from flask_plurality.testing import FakePlurality
+from flask_plurality.testing import FakePlurality, config_for
 
 DOCS_TOKEN = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6ImNkODY4MjFlLTRiMDMtNGU3ZS04ZDg5LT"
@@ -394,16 +394,12 @@ def test_auto_remembers_per_api_url(fake: FakePlurality, tmp_path: Any) -> None:
         first = Flask("a", instance_path=str(tmp_path / "a"))
         first.config.update(
             TESTING=True,
-            PLURALITY_CLIENT_ID=fake.client_id,
-            PLURALITY_CLIENT_SECRET=fake.client_secret,
-            PLURALITY_API_URL=fake.url,
+            **config_for(fake),
         )
         second = Flask("b", instance_path=str(tmp_path / "b"))
         second.config.update(
             TESTING=True,
-            PLURALITY_CLIENT_ID=modern.client_id,
-            PLURALITY_CLIENT_SECRET=modern.client_secret,
-            PLURALITY_API_URL=modern.url,
+            **config_for(modern),
         )
         plurality.init_app(first)
         plurality.init_app(second)
