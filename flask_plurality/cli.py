@@ -309,7 +309,7 @@ def fake_server_command(host: str, port: int) -> None:
     Prints its URL, the demo credentials and a sample token. Fake logins: never point a
     production app at it.
     """
-    from .testing import main
+    from .fake import main
 
     try:
         status = main(["--host", host, "--port", str(port)])

@@ -36,7 +36,7 @@ from .store import REVOCATION_EPOCH, GuardedSessionInterface, Store, store_error
 from .tokens import read_claims, token_hash
 
 if TYPE_CHECKING:
-    from .testing import FakePlurality
+    from .fake import FakePlurality
 
 log = logging.getLogger("flask_plurality")
 
@@ -465,7 +465,7 @@ def _start_fake(app: Flask) -> FakePlurality:
             "PLURALITY_FAKE is on but the app is neither in debug nor in testing mode: a "
             "production app must not accept fake logins. Set PLURALITY_FAKE = 'force' to insist."
         )
-    from .testing import shared_fake
+    from .fake import shared_fake
 
     fake = shared_fake()
     app.config["PLURALITY_API_URL"] = fake.url

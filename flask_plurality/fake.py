@@ -1,0 +1,609 @@
+"""A stand-in for Plurality's token validation API, for tests and demos.
+
+Plurality signs its tokens with a secret no application ever sees, so a test
+suite cannot mint real ones, and calling the real service from CI is slow and
+flaky. :class:`FakePlurality` is a real HTTP server on loopback that signs its
+own tokens and answers ``/api/user/validate`` the way the real one does (same
+status codes, same plain-text versus JSON bodies, same check order), so the
+extension's client code runs unchanged against it. It can also misbehave on
+request (timeouts, resets, proxy errors) to exercise the unhappy paths.
+
+Run it on its own with ``python -m flask_plurality.testing`` (or ``flask plurality fake-server``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import binascii
+import dataclasses
+import hmac
+import html
+import http
+import json
+import secrets
+import signal
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Self
+
+import jwt
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+__all__ = ["FakePlurality", "ValidateCall", "main", "shared_fake"]
+
+VALIDATE_PATH: Final = "/api/user/validate"
+
+_TEXT: Final = "text/html; charset=utf-8"  # what Express's res.send(string) sends
+_JSON: Final = "application/json; charset=utf-8"
+_FAULT_KINDS: Final = frozenset({"timeout", "reset", "garbage", "wrong_shape"})
+
+
+class _Keep:
+    """Marker for "leave this field as it is" (or random for a new user)."""
+
+    def __repr__(self) -> str:
+        return "<random>"
+
+
+_RANDOM: Final = _Keep()
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidateCall:
+    """One request received on the validate path, for tests to assert on."""
+
+    method: str
+    auth_ok: bool
+    client_id: str | None
+    token: str | None
+    outcome: int
+    """The status answered; 0 when no HTTP answer was sent (reset, timeout)."""
+
+
+@dataclasses.dataclass
+class _User:
+    id: str
+    email: str | None
+    auth_address: str | None
+    proxy_address: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fault:
+    kind: int | str
+    retry_after: int | None
+
+
+class _DropConnection(ConnectionResetError):
+    """Raised from the WSGI app so werkzeug drops the request without answering.
+
+    werkzeug treats a ``ConnectionError`` from the app as "client went away" and
+    writes nothing, which is exactly the "no HTTP answer" we want.
+    """
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log: tests stay quiet, and nothing about requests is printed."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+def _random_address() -> str:
+    return "0x" + secrets.token_hex(20)
+
+
+def _json_bytes(value: object) -> bytes:
+    # JSON.stringify's exact bytes: compact, non-ASCII left as is.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _express_404(method: str, path: str) -> Response:
+    """Express's default "no route" page (finalhandler), byte for byte."""
+    message = html.escape(f"Cannot {method} {path}", quote=True)
+    body = (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n'
+        "<head>\n"
+        '<meta charset="utf-8">\n'
+        "<title>Error</title>\n"
+        "</head>\n"
+        "<body>\n"
+        f"<pre>{message}</pre>\n"
+        "</body>\n"
+        "</html>\n"
+    )
+    response = Response(body, 404, content_type=_TEXT)
+    response.headers["Content-Security-Policy"] = "default-src 'none'"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _proxy_page(status: int, retry_after: int | None) -> Response:
+    """The small HTML error page a proxy in front of the API would send."""
+    try:
+        title = f"{status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        title = str(status)
+    body = (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    )
+    response = Response(body, status, content_type="text/html")
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def _parse_basic(header: str | None) -> tuple[bool, str | None, str | None]:
+    """Split an Authorization header into (present, client id, secret).
+
+    ``present`` is False when there is no Basic header at all (upstream's #3);
+    id or secret is None when the header does not decode to both (#4).
+    """
+    if header is None:
+        return False, None, None
+    scheme, _, param = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False, None, None
+    try:
+        decoded = base64.b64decode(param.strip(), validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return True, None, None
+    client_id, colon, secret = decoded.partition(":")
+    return True, client_id or None, (secret if colon and secret else None)
+
+
+class FakePlurality:
+    """Plurality's validate API on a loopback port, with tokens it signs itself.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    Attributes tests may change while it runs: ``latency`` (seconds added
+    before every answer), ``legacy`` (answer the older ``{"user": ...}``
+    shape) and ``methods`` (which methods the validate route accepts).
+    """
+
+    DEMO_CLIENT_ID: Final = "demo-client"
+    DEMO_CLIENT_SECRET: Final = "demo-secret"  # noqa: S105 - published demo value
+
+    def __init__(
+        self,
+        client_id: str = DEMO_CLIENT_ID,
+        client_secret: str = DEMO_CLIENT_SECRET,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        signing_key: str | None = None,
+        hang_seconds: float = 30.0,
+    ) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.host = host
+        self.port = port
+        if signing_key is not None and len(signing_key.encode()) < 32:
+            # PyJWT warns about short HMAC keys, and that warning would turn
+            # into an error in a suite run with -W error, far from the cause.
+            raise ValueError("signing_key must be at least 32 bytes")
+        #: The HS256 key tokens are signed with; tests may use it to forge
+        #: tokens the real service could have issued (odd payloads etc.).
+        self.signing_key = signing_key or secrets.token_urlsafe(48)
+        self.hang_seconds = hang_seconds
+        self.latency = 0.0
+        self.legacy = False
+        self.methods: set[str] = {"POST", "GET"}
+
+        self._lock = threading.Lock()
+        self._clients: dict[str, str] = {client_id: client_secret}
+        self._users: dict[str, _User] = {}
+        # uniqueSessionId -> (client id, user id): the user-to-client-app link
+        self._links: dict[str, tuple[str, str]] = {}
+        self._revoked: set[str] = set()
+        self._faults: deque[_Fault] = deque()
+        self._calls: list[ValidateCall] = []
+        self._stopping = threading.Event()
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        # Never show the secret or the signing key.
+        where = self.url if self._server is not None else "stopped"
+        return f"<FakePlurality {self.client_id!r} {where}>"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> Self:
+        """Bind and serve in a daemon thread; returns self for chaining."""
+        with self._lock:
+            if self._server is not None:
+                return self
+            self._stopping.clear()
+            server = make_server(
+                self.host,
+                self.port,
+                self._wsgi,
+                threaded=True,
+                request_handler=_QuietHandler,
+            )
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"FakePlurality:{server.port}",
+                daemon=True,
+            )
+            self._server, self._thread = server, thread
+        thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; returns promptly even while a call is hanging."""
+        with self._lock:
+            server, thread = self._server, self._thread
+            self._server = None
+            self._thread = None
+        self._stopping.set()  # wakes hanging "timeout" faults and latency waits
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Base URL, what ``PLURALITY_API_URL`` should be set to."""
+        server = self._server
+        if server is not None:
+            port = server.port
+        elif self.port:
+            port = self.port
+        else:
+            raise RuntimeError("FakePlurality has no port until start() is called")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port}/api"
+
+    @property
+    def validate_url(self) -> str:
+        """The full URL of the validate route, for calling it directly."""
+        return self.url + "/user/validate"
+
+    # -- state tests drive ---------------------------------------------------
+
+    def add_client(self, client_id: str, client_secret: str) -> None:
+        """Register another client app, e.g. to test tokens of another app (#7)."""
+        with self._lock:
+            self._clients[client_id] = client_secret
+
+    def issue_token(
+        self,
+        user_id: str | None = None,
+        email: str | None = "demo@example.com",
+        ttl: int = 86400,
+        *,
+        client_id: str | None = None,
+        auth_address: str | _Keep | None = _RANDOM,
+        proxy_address: str | _Keep | None = _RANDOM,
+        iat: int | None = None,
+    ) -> str:
+        """Sign a token as the widget would get it after a login.
+
+        The user record is created or updated (``email``, and the addresses
+        when given; left out they keep their value, random for a new user).
+        Every token gets its own ``uniqueSessionId``, bound to ``client_id``
+        (the default client unless given). A negative ``ttl`` gives a token
+        that has already expired.
+        """
+        client = self.client_id if client_id is None else client_id
+        issued_at = int(time.time()) if iat is None else iat
+        with self._lock:
+            if client not in self._clients:
+                raise ValueError(f"unknown client id {client!r}; add_client() it first")
+            uid = str(uuid.uuid4()) if user_id is None else user_id
+            user = self._users.get(uid)
+            if user is None:
+                user = self._users[uid] = _User(uid, email, None, None)
+                user.auth_address = _random_address()
+                user.proxy_address = _random_address()
+            user.email = email
+            if not isinstance(auth_address, _Keep):
+                user.auth_address = auth_address
+            if not isinstance(proxy_address, _Keep):
+                user.proxy_address = proxy_address
+            session_id = str(uuid.uuid4())
+            self._links[session_id] = (client, uid)
+        payload = {
+            "id": uid,
+            "uniqueSessionId": session_id,
+            "iat": issued_at,
+            "exp": issued_at + ttl,
+        }
+        return jwt.encode(payload, self.signing_key, algorithm="HS256")
+
+    def revoke(self, token: str) -> None:
+        """Make upstream answer 403 ``Invalid token`` for this token from now on."""
+        with self._lock:
+            self._revoked.add(token)
+
+    def fail_next(self, kind: int | str, *, times: int = 1, retry_after: int | None = None) -> None:
+        """Answer the next ``times`` validate calls with a fault.
+
+        ``kind``: an HTTP status (500 gives upstream's own JSON error, any other
+        a proxy's HTML page, with ``Retry-After`` when ``retry_after`` is set),
+        ``"timeout"`` (hang ``hang_seconds``, then close without answering),
+        ``"reset"`` (TCP reset, no answer), ``"garbage"`` (200, not JSON) or
+        ``"wrong_shape"`` (200, JSON without a user). Faults queue up in order.
+        """
+        if isinstance(kind, bool) or not ((isinstance(kind, int) and 400 <= kind <= 599) or kind in _FAULT_KINDS):
+            raise ValueError(f"unknown fault {kind!r}")
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        with self._lock:
+            self._faults.extend([_Fault(kind, retry_after)] * times)
+
+    @property
+    def calls(self) -> list[ValidateCall]:
+        """A copy of the validate calls received so far, oldest first."""
+        with self._lock:
+            return list(self._calls)
+
+    def reset_calls(self) -> None:
+        """Forget the calls received so far, e.g. after a test's setup logins."""
+        with self._lock:
+            self._calls.clear()
+
+    # -- the HTTP side -------------------------------------------------------
+
+    def _wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(environ)
+        response = self._dispatch(request)
+        return response(environ, start_response)
+
+    def _dispatch(self, request: Request) -> Response:
+        path = request.path
+        # Express routes ignore case and one trailing slash by default.
+        on_route = path.lower().removesuffix("/") == VALIDATE_PATH
+        if not on_route:
+            return _express_404(request.method, path)
+
+        if self.latency > 0:
+            self._stopping.wait(self.latency)
+
+        # Everything a call records is read up front, whatever it is answered.
+        token = self._read_token(request)
+        present, client_id, secret = _parse_basic(request.headers.get("Authorization"))
+        with self._lock:
+            known_secret = self._clients.get(client_id) if client_id else None
+            fault = self._faults.popleft() if self._faults else None
+        auth_ok = (
+            known_secret is not None
+            and secret is not None
+            and hmac.compare_digest(known_secret.encode(), secret.encode())
+        )
+
+        def record(outcome: int) -> None:
+            call = ValidateCall(request.method, auth_ok, client_id, token, outcome)
+            with self._lock:
+                self._calls.append(call)
+
+        if fault is not None:
+            return self._fault(request, fault, record)
+
+        method = request.method
+        methods = set(self.methods)
+        if method == "HEAD" and "GET" in methods:
+            method = "GET"  # Express answers HEAD with the GET route
+        if method not in methods:
+            record(404)
+            return _express_404(request.method, path)
+
+        response = self._validate(token, present, client_id, secret, known_secret)
+        record(response.status_code)
+        return response
+
+    @staticmethod
+    def _read_token(request: Request) -> str | None:
+        # express.json() parses only application/json bodies, whatever the
+        # method: the docs' curl sends its token with GET.
+        if request.mimetype != "application/json":
+            return None
+        try:
+            body: Any = json.loads(request.get_data(cache=False))
+        except ValueError:
+            return None
+        token = body.get("token") if isinstance(body, dict) else None
+        return token if isinstance(token, str) and token else None
+
+    def _validate(
+        self,
+        token: str | None,
+        present: bool,
+        client_id: str | None,
+        secret: str | None,
+        known_secret: str | None,
+    ) -> Response:
+        """Upstream's checks, in upstream's order (UPSTREAM.md, rows 1-7)."""
+        if token is None:
+            return Response("Token is missing", 401, content_type=_TEXT)
+        claims = self._verify(token)
+        if claims is None:
+            return Response("Invalid token", 403, content_type=_TEXT)
+        if not present:
+            return self._json(401, {"message": "Unauthorized"})
+        if client_id is None or secret is None:
+            return self._json(401, {"error": "Unauthorized"})
+        if known_secret is None:
+            return self._json(401, {"error": "Invalid Client ID"})
+        if not hmac.compare_digest(known_secret.encode(), secret.encode()):
+            return self._json(401, {"error": "Invalid Client Secret"})
+        with self._lock:
+            link = self._links.get(str(claims.get("uniqueSessionId")))
+            user = self._users.get(link[1]) if link else None
+            if link is None or user is None or link[0] != client_id:
+                user_json = None
+            else:
+                user_json = {
+                    "id": user.id,
+                    "email": user.email,
+                    "authAddress": user.auth_address,
+                    "proxyAddress": user.proxy_address,
+                }
+        if user_json is None:
+            return self._json(401, {"error": "user does not belong to the given client"})
+        if self.legacy:
+            return self._json(200, {"user": user_json})
+        return self._json(200, {"success": True, "user": user_json})
+
+    def _verify(self, token: str) -> dict[str, Any] | None:
+        with self._lock:
+            if token in self._revoked:
+                return None
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self.signing_key,
+                algorithms=["HS256"],
+                # jsonwebtoken, which upstream uses, does not reject a future iat.
+                options={"verify_iat": False},
+            )
+        except jwt.InvalidTokenError:
+            return None
+        return claims
+
+    @staticmethod
+    def _json(status: int, value: object) -> Response:
+        return Response(_json_bytes(value), status, content_type=_JSON)
+
+    def _fault(
+        self,
+        request: Request,
+        fault: _Fault,
+        record: Callable[[int], None],
+    ) -> Response:
+        kind = fault.kind
+        if kind == "reset":
+            record(0)
+            self._drop(request, reset=True)
+        if kind == "timeout":
+            record(0)  # recorded now: the client gives up long before we answer
+            self._stopping.wait(self.hang_seconds)
+            self._drop(request, reset=False)
+        if kind == "garbage":
+            record(200)
+            return Response("<html>oops</html>", 200, content_type=_TEXT)
+        if kind == "wrong_shape":
+            record(200)
+            return self._json(200, {"success": True})
+        assert isinstance(kind, int)
+        record(kind)
+        if kind == 500:
+            body = {"error": "An error occurred while processing your request"}
+            response = self._json(500, body)
+            if fault.retry_after is not None:
+                response.headers["Retry-After"] = str(fault.retry_after)
+            return response
+        return _proxy_page(kind, fault.retry_after)
+
+    @staticmethod
+    def _drop(request: Request, *, reset: bool) -> NoReturn:
+        """End the connection without an HTTP answer (a RST when ``reset``).
+
+        SO_LINGER 0 makes the final close send RST instead of FIN. Shutting
+        down the read side makes werkzeug's keep-alive loop see EOF and close
+        the socket right away rather than wait for another request line.
+        """
+        sock: socket.socket = request.environ["werkzeug.socket"]
+        try:
+            if reset:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.shutdown(socket.SHUT_RD)
+            if reset:
+                # Only marks the socket closed: the real close (RST) happens
+                # when werkzeug closes its reader, before socketserver's own
+                # shutdown(SHUT_WR) could send a polite FIN first.
+                sock.close()
+        except OSError:
+            pass
+        raise _DropConnection("dropped on purpose by FakePlurality")
+
+
+_shared: FakePlurality | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_fake() -> FakePlurality:
+    """The process-wide stand-in behind ``PLURALITY_FAKE``, started on first use.
+
+    One per process, so every app (and every test) in fake mode shares the
+    demo credentials, port and user records.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            fake = FakePlurality().start()
+            atexit.register(fake.stop)
+            _shared = fake
+        return _shared
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stand-in in the foreground until Ctrl-C (or SIGTERM)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m flask_plurality.testing",
+        description="Serve a stand-in for Plurality's token validation API.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    parser.add_argument("--port", type=int, default=0, help="default: a random free port")
+    args = parser.parse_args(argv)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
+    # never turns Ctrl-C into KeyboardInterrupt.
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    fake = FakePlurality(host=args.host, port=args.port)
+    try:
+        fake.start()
+        token = fake.issue_token()
+        print(
+            f"Plurality stand-in running at {fake.url}  (fake logins, not for production)\n"
+            f"  PLURALITY_API_URL={fake.url}\n"
+            f"  PLURALITY_CLIENT_ID={fake.client_id}\n"
+            f"  PLURALITY_CLIENT_SECRET={fake.client_secret}\n"
+            "Sample token (user demo@example.com, valid 24 hours):\n"
+            f"  {token}\n"
+            "Try it:\n"
+            f"  curl -X POST {fake.validate_url} -H 'Content-Type: application/json' "
+            f'-u {fake.client_id}:{fake.client_secret} -d \'{{"token": "{token}"}}\'\n'
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("Stopped.", flush=True)
+    finally:
+        fake.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
