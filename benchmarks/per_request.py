@@ -262,7 +262,7 @@ def _app(store: str, fake: FakePlurality, redis_url: str | None, instance: str, 
     if config:  # the serializer is chosen when Flask-Session starts: build again
         from flask_session import Session
 
-        from flask_plurality.store import GuardedSessionInterface
+        from flask_plurality.sessions import GuardedSessionInterface
 
         app.config.update(config)
         Session(app)

@@ -10,8 +10,9 @@ from .exceptions import (
     SessionStoreUnavailable,
     UpstreamUnavailable,
 )
-from .extension import Plurality, get_extension
+from .extension import Plurality
 from .profile import AnonymousProfile, Profile
+from .state import get_extension
 
 __version__ = "0.1.0"
 

@@ -16,20 +16,24 @@ import time
 import uuid
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import jwt
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from .answers import upstream_settings
 from .client import VALIDATE_PATH
 from .config import config
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
-from .extension import Plurality, get_extension
 from .security import insecure_transport
-from .store import Store, describe_store
+from .state import get_extension
+from .store import Store, describe_store, get_store, key
 from .tokens import read_claims
+
+if TYPE_CHECKING:
+    from .extension import Plurality
 
 plurality_cli = AppGroup("plurality", help="Plurality login tools: check, validate, fake-server, revoke-user.")
 
@@ -139,7 +143,7 @@ def probe(extension: Plurality, token: str | None) -> tuple[ExitCode, str]:
             local = exc  # still call upstream, with the junk token, to prove reachability
     sent = token if token is not None and local is None else _junk_token()
     try:
-        user = extension.client.validate(sent, extension._upstream())
+        user = extension.client.validate(sent, upstream_settings())
     except CredentialsRejected as exc:
         return ExitCode.CREDENTIALS_REJECTED, f"credentials rejected: {_credentials_detail(exc)}"
     except UpstreamUnavailable as exc:
@@ -160,14 +164,14 @@ def probe(extension: Plurality, token: str | None) -> tuple[ExitCode, str]:
 # -- the session store --------------------------------------------------------------
 
 
-def _store_works(extension: Plurality) -> tuple[Store | None, str | None]:
+def _store_works() -> tuple[Store | None, str | None]:
     """Write, read back and delete a probe key; (store, None) or (None, what failed)."""
     try:
-        store = extension._store()
-        key = extension._key("check", secrets.token_hex(8))
-        store.set(key, 1, 30)
-        value = store.get(key)
-        store.delete(key)
+        store = get_store()
+        probe_key = key("check", secrets.token_hex(8))
+        store.set(probe_key, 1, 30)
+        value = store.get(probe_key)
+        store.delete(probe_key)
     except SessionStoreUnavailable:
         return None, "cannot be reached"
     if value != 1:
@@ -230,7 +234,7 @@ def check_command(token: str | None) -> None:
     click.echo(f"Plurality API:  {config.api_url}{VALIDATE_PATH} (method {config.validate_method.lower()})")
     click.echo(f"client id:      {config.client_id}")
     click.echo(f"session store:  {describe_store(app)[0]}")
-    store, store_problem = _store_works(extension)
+    store, store_problem = _store_works()
     if store_problem:
         click.echo(f"session store UNAVAILABLE: {store_problem}")
     for warning in config_warnings(app, store):
@@ -286,7 +290,7 @@ def revoke_user_command(user_id: str) -> None:
         click.echo("not revoked: PLURALITY_REVOCATION_CHECK is off, so the app never looks at revocations", err=True)
         _exit(ExitCode.NO_EFFECT)
     try:
-        if not extension._store().shared:
+        if not get_store().shared:
             click.echo(
                 f"not revoked: the session store is per process ({describe_store(app)[0]}); "
                 "a revocation made here cannot reach the running app",

@@ -44,7 +44,7 @@ _METHODS: Final = ("AUTO", "POST", "GET")
 _POLICIES: Final = ("deny", "allow")
 
 
-def _interval(value: Any, key: str) -> int | None:
+def parse_interval(value: Any, key: str) -> int | None:
     """Normalise a revalidation setting: None/False never, True/0 always, N seconds."""
     if value is None or value is False:
         return None
@@ -97,10 +97,10 @@ def _origins(value: Any) -> list[str]:
     return list(value)
 
 
-class _Config:
+class ConfigView:
     """Typed, read-only view of the current app's ``PLURALITY_*`` keys.
 
-    ``_Config(app.config)`` reads one mapping directly: the per-request check builds one
+    ``ConfigView(app.config)`` reads one mapping directly: the per-request check builds one
     so that it resolves ``current_app`` once, not once per key.
     """
 
@@ -134,7 +134,7 @@ class _Config:
 
     @property
     def revalidate(self) -> int | None:
-        return _interval(self._get("PLURALITY_REVALIDATE"), "PLURALITY_REVALIDATE")
+        return parse_interval(self._get("PLURALITY_REVALIDATE"), "PLURALITY_REVALIDATE")
 
     @property
     def on_upstream_error(self) -> str:
@@ -191,7 +191,7 @@ class _Config:
 
 
 #: The accessor; use inside an app context.
-config: Final = _Config()
+config: Final = ConfigView()
 
 
 def check_values(app_config: dict[str, Any]) -> None:
@@ -202,7 +202,7 @@ def check_values(app_config: dict[str, Any]) -> None:
     policy = str(app_config["PLURALITY_ON_UPSTREAM_ERROR"]).lower()
     if policy not in _POLICIES:
         raise ConfigurationError(f"PLURALITY_ON_UPSTREAM_ERROR must be 'deny' or 'allow'; not {policy!r}")
-    _interval(app_config["PLURALITY_REVALIDATE"], "PLURALITY_REVALIDATE")
+    parse_interval(app_config["PLURALITY_REVALIDATE"], "PLURALITY_REVALIDATE")
     origins = app_config["PLURALITY_TRUSTED_ORIGINS"]
     if not isinstance(origins, str | list | tuple | set | frozenset) or not all(
         isinstance(o, str) and "://" in o for o in _origins(origins)

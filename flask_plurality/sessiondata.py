@@ -18,10 +18,10 @@ from .profile import Profile
 SESSION_KEY: Final = "_plurality"
 
 
-class _Login:
+class Login:
     """A login as stored in the session (plain JSON types only)."""
 
-    __slots__ = ("epoch", "exp", "login_at", "profile", "revocation", "token", "validated_at")
+    __slots__ = ("checked_epoch", "exp", "login_at", "profile", "stamp", "token", "validated_at")
 
     def __init__(
         self,
@@ -30,25 +30,23 @@ class _Login:
         exp: int,
         login_at: float,
         validated_at: float,
-        revocation: str | None = None,
-        epoch: str | None = None,
+        stamp: str | None = None,
+        checked_epoch: str | None = None,
     ) -> None:
         self.profile = profile
         self.token = token
         self.exp = exp
         self.login_at = login_at
         self.validated_at = validated_at
-        #: The user's ``revoke_user`` marker when this login began (``None``: there was
-        #: none). A different marker later means the user was revoked after this login;
-        #: comparing markers, not clocks, keeps machines with skewed clocks honest.
-        self.revocation = revocation
-        #: The store-wide revocation epoch (see ``store.REVOCATION_EPOCH``) under which
-        #: this login was last found not revoked; while it has not changed, a protected
-        #: request needs no revocation read of its own.
-        self.epoch = epoch
+        #: The user's revocation stamp when this login began (``None``: there was none);
+        #: see :mod:`.revocation`.
+        self.stamp = stamp
+        #: The revocation epoch under which this login was last found not revoked;
+        #: while it has not changed, a protected request reads no stamp.
+        self.checked_epoch = checked_epoch
 
     @classmethod
-    def load(cls, data: Any) -> _Login | None:
+    def load(cls, data: Any) -> Login | None:
         if not isinstance(data, dict):
             return None
         profile = Profile.from_session(data.get("profile"))
@@ -62,8 +60,8 @@ class _Login:
             or not isinstance(validated_at, int | float)
         ):
             return None
-        revocation = data.get("revocation")
-        if revocation is not None and not isinstance(revocation, str):
+        stamp = data.get("revocation")
+        if stamp is not None and not isinstance(stamp, str):
             return None
         epoch = data.get("epoch")
         return cls(
@@ -72,7 +70,7 @@ class _Login:
             exp,
             float(login_at),
             float(validated_at),
-            revocation,
+            stamp,
             epoch if isinstance(epoch, str) else None,
         )
 
@@ -83,8 +81,9 @@ class _Login:
             "exp": self.exp,
             "login_at": self.login_at,
             "validated_at": self.validated_at,
-            "revocation": self.revocation,
-            "epoch": self.epoch,
+            # Stored under their first names, so sessions survive an upgrade.
+            "revocation": self.stamp,
+            "epoch": self.checked_epoch,
         }
 
 

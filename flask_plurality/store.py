@@ -2,7 +2,8 @@
 
 They live beside the sessions, in the same Redis or cachelib cache, so that every
 worker and every machine that shares the sessions shares them too. Values are plain
-JSON types. Also here: the guard that turns an unreachable store into a clean 503.
+JSON types. One :class:`Store` per backend family, each using that backend's own
+atomic operations; :func:`get_store` finds the one behind the app's sessions.
 """
 
 from __future__ import annotations
@@ -15,32 +16,24 @@ import math
 import os
 import struct
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from cachelib import BaseCache, SimpleCache
 from cachelib.file import FileSystemCache
-from flask import Flask, Request, Response, has_request_context, request
-from flask.sessions import SessionInterface, SessionMixin
-from flask_session.base import ServerSideSession, ServerSideSessionInterface
+from flask import Flask, current_app
+from flask.sessions import SessionInterface
 
+from .config import config
 from .exceptions import SessionStoreUnavailable
-from .security import redacted_session_class
-from .sessiondata import session_lifetime_cap
+from .state import get_state
 
 if TYPE_CHECKING:
     from redis import Redis
 
 log = logging.getLogger("flask_plurality")
 
-#: Key (after ``PLURALITY_KEY_PREFIX``) that ``revoke_user`` changes on every revocation.
-#: On Redis it is read together with the session (one MGET), so the revocation check of
-#: a protected request costs no round trip while nobody was revoked since the login.
-REVOCATION_EPOCH: Final = "revocations:epoch"
 #: Longest a request should wait for a stalled Redis before answering 503, in seconds.
 SLOW_STORE_WARNING: Final = 3.0
 
@@ -71,14 +64,20 @@ class Store(Protocol):
         """(count, seconds left) of a counter, (0, 0) when there is none."""
         ...
 
-    def read_epoch(self, key: str) -> Any:
-        """:meth:`get` for a key read on every protected request and written rarely."""
+    def get_rarely_written(self, key: str) -> Any:
+        """:meth:`get` for a key read on every protected request and written rarely
+        (the revocation epoch): backends may answer it from a cheaper check."""
         ...
 
 
-def store_failed(exc: Exception) -> SessionStoreUnavailable:
-    """Log a store failure (type and message; never a value) and give the error to raise."""
+def log_store_failure(exc: Exception) -> None:
+    """Log a store failure: its type and message, never a value."""
     log.error("The session store failed: %s: %s", type(exc).__name__, exc)
+
+
+def unavailable_error(exc: Exception) -> SessionStoreUnavailable:
+    """Log a store failure and build the error to raise for it."""
+    log_store_failure(exc)
     return SessionStoreUnavailable("The session store is unavailable.")
 
 
@@ -90,7 +89,7 @@ def store_errors_as_unavailable() -> Iterator[None]:
     except SessionStoreUnavailable:
         raise
     except Exception as exc:
-        raise store_failed(exc) from None
+        raise unavailable_error(exc) from None
 
 
 class RedisStore:
@@ -135,7 +134,7 @@ class RedisStore:
                 left = ttl
         return count, left
 
-    def read_epoch(self, key: str) -> Any:
+    def get_rarely_written(self, key: str) -> Any:
         return self.get(key)
 
     def peek(self, key: str) -> tuple[int, int]:
@@ -156,11 +155,11 @@ class CacheLibStore:
     def __init__(self, cache: BaseCache, *, shared: bool) -> None:
         self.cache = cache
         self.shared = shared
-        # read_epoch on FileSystemCache: key -> its file, and (file's identity, value).
+        # get_rarely_written on FileSystemCache: key -> its file, and (file's identity, value).
         self._epoch_files: dict[str, str] = {}
         self._epochs: dict[str, tuple[tuple[int, int, int], Any]] = {}
 
-    def read_epoch(self, key: str) -> Any:
+    def get_rarely_written(self, key: str) -> Any:
         """On FileSystemCache, one ``stat`` instead of opening and unpickling a file:
         cachelib writes through a temporary file and a rename, so any write changes the
         file's inode and mtime, and only then is the value read again."""
@@ -175,7 +174,7 @@ class CacheLibStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise store_failed(exc) from None
+            raise unavailable_error(exc) from None
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         known = self._epochs.get(key)
         if known is not None and known[0] == stamp:
@@ -259,46 +258,7 @@ def _add_file(cache: FileSystemCache, key: str, value: Any, ttl: int) -> bool:
             os.remove(tmp)
 
 
-#: Seconds between two sweeps of expired session files (FileSystemCache), per process.
-SWEEP_INTERVAL: Final = 3600.0
-
-
-def sweep_expired(cache: FileSystemCache) -> None:
-    """Delete the expired entries of a FileSystemCache (sessions, answers, counters)."""
-    try:
-        cache._remove_expired(time.time())
-    except Exception as exc:  # a sweep must never take a worker down
-        log.warning("Sweeping expired session files failed: %s", type(exc).__name__)
-
-
-Upsert = Callable[[timedelta, ServerSideSession, str], None]
-
-
-def _still_stored(inner: SessionInterface) -> Callable[[timedelta, ServerSideSession, str, Upsert], None] | None:
-    """An upsert that writes only over an existing entry, for backends that can do it
-    cheaply: Redis ``SET ... XX`` (atomic, no extra round trip), FileSystemCache one
-    ``stat`` first. ``None`` for other backends (they keep last-writer-wins)."""
-    client = _redis_client(inner)
-    if client is not None:
-
-        def redis_xx(lifetime: timedelta, session: ServerSideSession, store_id: str, upsert: Upsert) -> None:
-            data = inner.serializer.encode(session)  # type: ignore[attr-defined]
-            client.set(store_id, data, ex=max(1, int(lifetime.total_seconds())), xx=True)
-
-        return redis_xx
-    cache = getattr(inner, "cache", None)
-    filename = getattr(cache, "_get_filename", None)
-    if isinstance(cache, FileSystemCache) and filename is not None:
-
-        def file_exists(lifetime: timedelta, session: ServerSideSession, store_id: str, upsert: Upsert) -> None:
-            if os.path.exists(filename(store_id)):
-                upsert(lifetime, session, store_id)
-
-        return file_exists
-    return None
-
-
-def _redis_client(inner: SessionInterface) -> Redis | None:
+def redis_client(inner: SessionInterface) -> Redis | None:
     """The ``redis.Redis`` (or subclass: any server speaking its protocol) behind ``inner``."""
     client = getattr(inner, "client", None)
     if client is None:
@@ -328,10 +288,28 @@ def _connection_setting(client: Redis, name: str) -> Any:
     return None
 
 
+def unwrap(interface: SessionInterface) -> SessionInterface:
+    """Flask-Session's own interface, inside the guard :mod:`.sessions` puts around it."""
+    return cast(SessionInterface, getattr(interface, "inner", interface))
+
+
+def get_store(app: Flask | None = None) -> Store:
+    """The store behind ``app``'s sessions (default: the current app), found once."""
+    state = get_state(app)
+    if state.store is None:
+        state.store = store_for((app or current_app).session_interface)
+    return state.store
+
+
+def key(kind: str, name: str) -> str:
+    """The store key of one of the extension's entries (``PLURALITY_KEY_PREFIX`` first)."""
+    return f"{config.key_prefix}{kind}:{name}"
+
+
 def store_for(interface: SessionInterface) -> Store:
     """Find the store behind Flask-Session's interface; fall back to one per process."""
-    inner = interface.inner if isinstance(interface, GuardedSessionInterface) else interface
-    client = _redis_client(inner)
+    inner = unwrap(interface)
+    client = redis_client(inner)
     if client is not None:
         return RedisStore(client)
     cache = getattr(inner, "cache", None)
@@ -350,10 +328,9 @@ def describe_store(app: Flask) -> tuple[str, list[str]]:
 
     Looks at the configuration only; it never connects to the store.
     """
-    interface = app.session_interface
-    inner = interface.inner if isinstance(interface, GuardedSessionInterface) else interface
+    inner = unwrap(app.session_interface)
     warnings: list[str] = []
-    client = _redis_client(inner)
+    client = redis_client(inner)
     if client is not None:
         kwargs = client.connection_pool.connection_kwargs
         where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
@@ -398,122 +375,3 @@ def describe_store(app: Flask) -> tuple[str, list[str]]:
         f"{type(inner).__name__}; they stay per process. Use SESSION_TYPE='redis' or 'cachelib'."
     )
     return type(inner).__name__, warnings
-
-
-class UnavailableSession(ServerSideSession):  # type: ignore[misc]
-    """Stands in for a session the store could not load: empty, and never saved."""
-
-    store_error = True
-
-
-#: While Flask-Session loads a session from Redis: (epoch key, box for what was read).
-_epoch_read: ContextVar[tuple[str, list[Any]] | None] = ContextVar("plurality_epoch_read", default=None)
-
-
-def _json_str(raw: Any) -> str | None:
-    try:
-        value = json.loads(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return value if isinstance(value, str) else None
-
-
-class GuardedSessionInterface(SessionInterface):
-    """Wraps Flask-Session's interface so a store outage is a 503, not a 500 with a trace.
-
-    Loading fails -> an empty :class:`UnavailableSession` that is never written back (so
-    nothing already stored is overwritten); protected routes and login answer 503
-    ``session_store_unavailable``. Saving fails -> the response becomes that 503 too,
-    instead of a 200 whose login was never stored.
-    """
-
-    def __init__(self, inner: ServerSideSessionInterface) -> None:
-        self.inner = inner
-        # Flask-Session calls these on itself while saving; shadowing them on the
-        # instance keeps every backend's own save logic while (1) no cookie or stored
-        # entry outlives the login's token and (2) the cookie is Secure on HTTPS.
-        expiration, upsert, secure = inner.get_expiration_time, inner._upsert_session, inner.get_cookie_secure
-
-        def get_expiration_time(app: Flask, session: SessionMixin) -> datetime | None:
-            expires = expiration(app, session)
-            cap = session_lifetime_cap(timedelta.max)
-            if expires is None or cap == timedelta.max:
-                return cast(datetime | None, expires)
-            return min(cast(datetime, expires), datetime.now(UTC) + cap)
-
-        still_stored = _still_stored(inner)
-
-        def upsert_session(lifetime: timedelta, session: ServerSideSession, store_id: str) -> None:
-            lifetime = session_lifetime_cap(lifetime)
-            if getattr(session, "loaded_sid", None) == session.sid and still_stored is not None:
-                # A session read from the store is written back only if it is still there:
-                # a logout, revoke or login elsewhere that deleted it while this request
-                # ran must not be undone by this request's (refresh-each-request) save.
-                still_stored(lifetime, session, store_id, upsert)
-            else:
-                upsert(lifetime, session, store_id)
-
-        def get_cookie_secure(app: Flask) -> bool:
-            return bool(secure(app)) or (has_request_context() and request.is_secure)
-
-        inner.get_expiration_time = get_expiration_time
-        inner._upsert_session = upsert_session
-        inner.get_cookie_secure = get_cookie_secure
-        client = _redis_client(inner)
-        if client is not None:
-            # Read the revocation epoch in the same round trip as the session (MGET).
-            def retrieve_session_data(store_id: str) -> dict[str, Any] | None:
-                pending = _epoch_read.get()
-                if pending is None:
-                    raw = client.get(store_id)
-                else:
-                    raw, epoch = client.mget([store_id, pending[0]])
-                    pending[1].append(epoch)
-                return cast(dict[str, Any], inner.serializer.decode(raw)) if raw else None
-
-            inner._retrieve_session_data = retrieve_session_data
-        # The default FileSystemCache has no item limit (a limit would evict live
-        # sessions), so nothing would ever delete an abandoned login's file: sweep expired
-        # files about once an hour per process, in a thread, off the request's path.
-        cache = getattr(inner, "cache", None)
-        self._sweep: Callable[[], None] | None = None
-        self._next_sweep = time.monotonic() + SWEEP_INTERVAL
-        if isinstance(cache, FileSystemCache) and hasattr(cache, "_remove_expired"):
-            self._sweep = lambda: sweep_expired(cache)
-        # repr(session) must not show the token (debug logs, error reporters).
-        inner.session_class = redacted_session_class(inner.session_class)
-
-    def __getattr__(self, name: str) -> Any:  # regenerate(), key_prefix, client...
-        return getattr(self.inner, name)
-
-    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
-        box: list[Any] = []
-        reading = _epoch_read.set((str(app.config.get("PLURALITY_KEY_PREFIX", "plurality:")) + REVOCATION_EPOCH, box))
-        try:
-            session = self.inner.open_session(app, request)
-        except Exception as exc:
-            store_failed(exc)
-            return UnavailableSession(sid=None)
-        finally:
-            _epoch_read.reset(reading)
-        if box:
-            #: ``revoke_user``'s epoch as it was when this session was read (Redis only).
-            session.revocation_epoch = _json_str(box[0])
-        if session.sid == request.cookies.get(app.config["SESSION_COOKIE_NAME"]):
-            #: Read from the store under this id (else: a new session, a new id).
-            session.loaded_sid = session.sid
-        return session  # type: ignore[no-any-return]
-
-    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        if isinstance(session, UnavailableSession):
-            return
-        if self._sweep is not None and time.monotonic() >= self._next_sweep:
-            self._next_sweep = time.monotonic() + SWEEP_INTERVAL
-            threading.Thread(target=self._sweep, name="plurality-session-sweep", daemon=True).start()
-        try:
-            self.inner.save_session(app, session, response)
-        except Exception as exc:
-            store_failed(exc)
-            from .responses import store_unavailable_into
-
-            store_unavailable_into(response)

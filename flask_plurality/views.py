@@ -9,13 +9,15 @@ from flask import Blueprint, Response, current_app, g, redirect, request, sessio
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
 
-from . import signals
+from . import signals, throttle
 from .config import config
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
-from .extension import _state, get_extension
+from .logins import PROFILE_ATTR, current_login_profile, start_login
+from .profile import Profile
 from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, json_response, store_unavailable
 from .security import client_bucket, origin_allowed, safe_next
-from .tokens import read_claims, token_hash
+from .state import get_extension, get_state
+from .tokens import read_claims
 
 log = logging.getLogger("flask_plurality")
 
@@ -72,12 +74,10 @@ def _done(body: dict[str, Any], next_: str | None) -> BaseResponse:
     return json_response(body)
 
 
-def _failed(reason: str, *, throttle_keys: list[str] | None = None) -> None:
+def _failed(reason: str, *, counters: dict[str, str] | None = None) -> None:
     signals.login_failed.send(current_app._get_current_object(), profile=None, reason=reason)  # type: ignore[attr-defined]
-    if throttle_keys:
-        store = get_extension()._store()
-        for key in throttle_keys:
-            store.incr(key, config.login_failure_window)
+    if counters:
+        throttle.count_failure(counters)
 
 
 @blueprint.after_request
@@ -101,36 +101,26 @@ def login() -> BaseResponse:
         return store_unavailable()
     # Failed logins are counted per client and per token, in the shared store, before
     # anything else: a throttled request never costs an upstream call.
-    client = client_bucket()
-    throttles = {
-        f"client {client}": extension._key("fail-ip", client),
-        "this token": extension._key("fail-token", token_hash(token)),
-    }
-    keys = list(throttles.values())
+    counters = throttle.buckets(client_bucket(), token)
     try:
-        store = extension._store()
-        for who, key in throttles.items():
-            count, left = store.peek(key)
-            if count >= config.login_max_failures:
-                log.warning("Too many failed Plurality logins from %s; refusing for %d s", who, left)
-                _failed("too_many_attempts")
-                return json_error(429, "too_many_attempts", retry_after=left)
+        wait = throttle.refused_for(counters)
+        if wait is not None:
+            _failed("too_many_attempts")
+            return json_error(429, "too_many_attempts", retry_after=wait)
         try:
             claims = read_claims(token, max_length=config.max_token_length)
-            user = extension._ask(token, claims["exp"])
+            answer = extension.answers.lookup(token, claims["exp"])
         except InvalidToken as exc:
             log.info("Plurality login refused: %s", exc.reason)
-            _failed(exc.reason, throttle_keys=keys)
+            _failed(exc.reason, counters=counters)
             return json_error(401, "invalid_token")
         except UpstreamUnavailable as exc:
             _failed(exc.reason)
             if not isinstance(exc, CredentialsRejected):
                 log.warning("Plurality login could not be checked: %s", exc.reason)
             return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
-        from .profile import Profile
-
-        profile = Profile.from_upstream(user, claims)
-        extension._start_session(profile, token, int(claims["exp"]))
+        profile = Profile.from_upstream(answer.user, claims)
+        start_login(profile, token, int(claims["exp"]))
     except SessionStoreUnavailable:
         return store_unavailable()
     log.info("Plurality login for user %s", profile.id)
@@ -155,19 +145,19 @@ def current_session() -> Response:
     if getattr(session, "store_error", False):
         return store_unavailable()
     try:
-        profile = get_extension()._current(strict=True)  # checks revoke_user, like a protected route
+        profile = current_login_profile(strict=True)  # checks revoke_user, like a protected route
     except SessionStoreUnavailable:
         return store_unavailable()
     if profile is None:
         return json_error(401, "login_required", headers=CHALLENGE)
-    g._plurality_profile = profile
+    setattr(g, PROFILE_ATTR, profile)
     return json_response({"authenticated": True, "profile": profile.to_json()})
 
 
 @blueprint.post("/fake/token")
 def fake_token() -> Response:
     """Demo mode only: a token minted by the stand-in, shaped like the widget's answer."""
-    fake = _state().fake
+    fake = get_state().fake
     if fake is None:
         return json_error(404, "not_found")
     data = request.get_json(silent=True)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from blinker import Signal
-from conftest import AppFactory, login
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import SAME_ORIGIN, AppFactory, login
 from werkzeug.local import LocalProxy
 
 import flask_plurality
@@ -26,8 +26,6 @@ from flask_plurality import (
     signals,
 )
 from flask_plurality.testing import FakePlurality
-
-OWN = {"Origin": "http://localhost"}
 
 
 @contextmanager
@@ -101,8 +99,8 @@ def test_validate_in_a_request_does_not_log_anyone_in(make_app: AppFactory, fake
 def test_logged_in_and_logged_out(app: Flask, client: FlaskClient, fake: FakePlurality) -> None:
     with recording(signals.logged_in) as logins, recording(signals.logged_out) as logouts:
         login(client, fake.issue_token(user_id="sig"))
-        client.post("/plurality/logout", headers=OWN)
-        client.post("/plurality/logout", headers=OWN)  # nobody logged in any more
+        client.post("/plurality/logout", headers=SAME_ORIGIN)
+        client.post("/plurality/logout", headers=SAME_ORIGIN)  # nobody logged in any more
     assert len(logins) == 1
     sender, kwargs = logins[0]
     assert sender is app

@@ -9,9 +9,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import AppFactory, login
 from flask import Flask
-from test_outages import captured, session_is_live, stored_login
+from helpers import AppFactory, captured, login, session_is_live, stored_login
 
 from flask_plurality import Plurality, plurality_required, signals
 from flask_plurality.client import _Breaker

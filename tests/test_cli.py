@@ -21,8 +21,8 @@ import requests
 from cachelib import FileSystemCache, SimpleCache
 from click.testing import Result
 from flask import Flask
-from flask.testing import FlaskClient
 from flask_session.base import ServerSideSessionInterface
+from helpers import free_port, login
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -43,15 +43,6 @@ def run(app: Flask, *args: str, input: str | None = None) -> Result:
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
     return result
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def login(client: FlaskClient, token: str) -> Any:
-    return client.post("/plurality/login", json={"token": token}, headers={"Origin": "http://localhost"})
 
 
 def last_line(result: Result) -> str:

@@ -10,16 +10,15 @@ from typing import Any
 
 import pytest
 from cachelib import SimpleCache
-from conftest import AppFactory, build_app, login
 from flask import Flask
 from flask_session import Session
+from helpers import SAME_ORIGIN, AppFactory, build_app, login
 
 from flask_plurality import ConfigurationError, Plurality, get_extension
 from flask_plurality.config import DEFAULTS
 from flask_plurality.testing import FakePlurality
 
 ROOT = Path(__file__).resolve().parents[1]
-OWN = {"Origin": "http://localhost"}
 
 
 def new_app(tmp_path: Path, **config: Any) -> Flask:
@@ -330,7 +329,7 @@ def test_a_cookie_session_installed_after_init_app_never_holds_a_login(
     app.secret_key = "x" * 32
     app.session_interface = SecureCookieSessionInterface()
     response = app.test_client().post(
-        "/plurality/login", json={"token": fake.issue_token()}, headers={"Origin": "http://localhost"}
+        "/plurality/login", json={"token": fake.issue_token()}, headers=SAME_ORIGIN
     )
     assert response.status_code == 503
     assert response.json is not None and response.json["error"] == "session_store_unavailable"

@@ -20,12 +20,11 @@ from typing import Any
 import pytest
 import requests
 from cachelib.file import FileSystemCache
-from conftest import AppFactory, login
 from flask import Flask
-from test_outages import age_session, captured
+from helpers import AppFactory, age_session, captured, login
 
 from flask_plurality import signals
-from flask_plurality.store import CacheLibStore, RedisStore
+from flask_plurality.store import CacheLibStore, RedisStore, get_store
 from flask_plurality.testing import FakePlurality, live_server
 from flask_plurality.tokens import token_hash
 
@@ -149,7 +148,7 @@ def test_the_marker_names_a_hash_of_the_token_and_is_released(
     token = fake.issue_token()
     (cookie,) = stale_sessions(worker_a, token, 1)
     with worker_a.app_context():
-        store = worker_a.extensions["plurality"]._store()
+        store = get_store()
     marker = f"plurality:asking:{fake.client_id}:{token_hash(token)}"
     fake.latency = 0.5
     held: list[Any] = []

@@ -6,16 +6,15 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import AppFactory, login
 from flask import Flask
 from flask.testing import FlaskClient
 from flask.views import MethodView
+from helpers import AppFactory, login
 
 from flask_plurality import Plurality, current_profile, plurality_required
 from flask_plurality.security import safe_next
 from flask_plurality.testing import FakePlurality
 
-OWN = {"Origin": "http://localhost"}
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
 

@@ -12,7 +12,6 @@ import base64
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from flask import Flask
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # examples/ is not installed; it is imported from the checkout
     sys.path.insert(0, str(ROOT))
+
+from helpers import SAME_ORIGIN, free_port  # noqa: E402
 
 from examples.app import WIDGET_SCRIPTS, create_app  # noqa: E402
 from flask_plurality import ConfigurationError  # noqa: E402
@@ -89,7 +90,7 @@ def test_demo_mode_serves_the_whole_flow(tmp_path: Path) -> None:
 
     token = client.post("/plurality/fake/token", json={"email": "carol@example.com"}).json["pluralityToken"]
     before = validate_calls()
-    assert client.post("/plurality/login", json={"token": token}, headers={"Origin": "http://localhost"}).json[
+    assert client.post("/plurality/login", json={"token": token}, headers=SAME_ORIGIN).json[
         "authenticated"
     ]
     assert validate_calls() == before + 1
@@ -108,7 +109,7 @@ def test_demo_mode_serves_the_whole_flow(tmp_path: Path) -> None:
     assert validate_calls() == before + 2  # revalidate=True asked Plurality again
     assert client.post("/api/transfer", data={"x": "1"}).status_code == 415  # forms (cross-site) refused
 
-    assert client.post("/plurality/logout", json={}, headers={"Origin": "http://localhost"}).status_code == 200
+    assert client.post("/plurality/logout", json={}, headers=SAME_ORIGIN).status_code == 200
     assert client.get("/profile", headers={"Accept": "text/html"}).status_code == 302
     assert client.get("/api/me").status_code == 401
 
@@ -136,7 +137,7 @@ def test_real_mode_embeds_the_widget_and_never_sends_the_secret(fake: FakePlural
     assert client.post("/plurality/fake/token").status_code == 404
 
     token = fake.issue_token(email="dave@example.com", client_id="sample-app-id")
-    assert client.post("/plurality/login", json={"token": token}, headers={"Origin": "http://localhost"}).json[
+    assert client.post("/plurality/login", json={"token": token}, headers=SAME_ORIGIN).json[
         "authenticated"
     ]
     assert fake.calls[-1].client_id == "sample-app-id" and fake.calls[-1].auth_ok
@@ -181,11 +182,6 @@ def test_env_file_switches_to_real_mode(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(ConfigurationError, match="PLURALITY_CLIENT_SECRET"):
         create_app(env_file=only_id, instance_path=str(tmp_path / "i3"))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.slow

@@ -19,9 +19,9 @@ from urllib.parse import urlencode
 
 import jwt
 import pytest
-from conftest import build_app
 from flask import Flask, request
 from flask.testing import FlaskClient
+from helpers import SAME_ORIGIN, build_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.exceptions import BadHost
@@ -393,7 +393,7 @@ def test_only_jwt_shaped_unexpired_tokens_reach_plurality(world: World, data: st
     token = data.draw(tokens(world))
     client = world.lenient.test_client()
     before = len(world.fake.calls)
-    response = client.post("/plurality/login", json={"token": token}, headers={"Origin": "http://localhost"})
+    response = client.post("/plurality/login", json={"token": token}, headers=SAME_ORIGIN)
     calls = world.fake.calls[before:]
     check_answer(response, {200, 400, 401}, secrets_of(world, token))
     if not isinstance(token, str) or not token:

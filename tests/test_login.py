@@ -8,14 +8,13 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import AppFactory, error_of, login
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import SAME_ORIGIN, AppFactory, error_of, login
 
 from flask_plurality import ConfigurationError
 from flask_plurality.testing import FakePlurality
 
-OWN = {"Origin": "http://localhost"}
 DOCS_TOKEN = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI6ImNkODY4MjFlLTRiMDMtNGU3ZS04ZDg5LT"
     "RiNzZmZjNmZmU0OSIsInVuaXF1ZVNlc3Npb25JZCI6ImU5M2I0ZDQ1LTg0ZDAtNDRhOS05YzU1LTgy"
@@ -80,7 +79,7 @@ def test_form_post_with_safe_next_redirects_303(client: FlaskClient, fake: FakeP
         data["next"] = "/dashboard?tab=1"
     else:
         url += "?next=/dashboard%3Ftab%3D1"
-    response = client.post(url, data=data, headers=OWN)
+    response = client.post(url, data=data, headers=SAME_ORIGIN)
     assert response.status_code == 303
     assert response.headers["Location"] in ("/dashboard?tab=1", "/dashboard%3Ftab%3D1")
     assert session_state(client) == 200
@@ -110,7 +109,7 @@ def test_form_post_with_same_origin_referer_is_allowed(client: FlaskClient, fake
     ],
 )
 def test_unsafe_next_gives_json_not_a_redirect(client: FlaskClient, fake: FakePlurality, next_: str) -> None:
-    response = client.post("/plurality/login", data={"token": fake.issue_token(), "next": next_}, headers=OWN)
+    response = client.post("/plurality/login", data={"token": fake.issue_token(), "next": next_}, headers=SAME_ORIGIN)
     assert response.status_code == 200
     assert "Location" not in response.headers
     assert response.get_json()["authenticated"] is True
@@ -118,7 +117,7 @@ def test_unsafe_next_gives_json_not_a_redirect(client: FlaskClient, fake: FakePl
 
 def test_json_login_ignores_next(client: FlaskClient, fake: FakePlurality) -> None:
     """Scripts get JSON; only form posts (browsers navigating) are redirected."""
-    response = client.post("/plurality/login?next=/home", json={"token": fake.issue_token()}, headers=OWN)
+    response = client.post("/plurality/login?next=/home", json={"token": fake.issue_token()}, headers=SAME_ORIGIN)
     assert response.status_code == 200
     assert response.get_json()["authenticated"] is True
 
@@ -150,13 +149,13 @@ def test_login_as_another_user_replaces_the_first(client: FlaskClient, fake: Fak
     ],
 )
 def test_bad_bodies_are_400(client: FlaskClient, fake: FakePlurality, data: bytes, content_type: str) -> None:
-    response = client.post("/plurality/login", data=data, content_type=content_type, headers=OWN)
+    response = client.post("/plurality/login", data=data, content_type=content_type, headers=SAME_ORIGIN)
     error_of(response, 400, "invalid_request")
     assert fake.calls == []
 
 
 def test_no_body_at_all_is_400(client: FlaskClient, fake: FakePlurality) -> None:
-    error_of(client.post("/plurality/login", headers=OWN), 400, "invalid_request")
+    error_of(client.post("/plurality/login", headers=SAME_ORIGIN), 400, "invalid_request")
     assert fake.calls == []
 
 
@@ -261,7 +260,7 @@ def test_chunked_body_over_real_http(app: Flask, fake: FakePlurality, size: int,
 
 def test_logout_body_over_16_kib_is_413(client: FlaskClient, fake: FakePlurality) -> None:
     login(client, fake.issue_token())
-    response = client.post("/plurality/logout", json={"pad": "x" * 17000}, headers=OWN)
+    response = client.post("/plurality/logout", json={"pad": "x" * 17000}, headers=SAME_ORIGIN)
     error_of(response, 413, "payload_too_large")
     assert session_state(client) == 200
 
@@ -444,7 +443,7 @@ def test_route_missing_for_both_methods_is_503(client: FlaskClient, fake: FakePl
 
 def test_logout_json(client: FlaskClient, fake: FakePlurality) -> None:
     login(client, fake.issue_token())
-    response = client.post("/plurality/logout", headers=OWN)
+    response = client.post("/plurality/logout", headers=SAME_ORIGIN)
     assert response.status_code == 200
     assert response.mimetype == "application/json"
     assert response.get_json() == {"authenticated": False}
@@ -453,7 +452,7 @@ def test_logout_json(client: FlaskClient, fake: FakePlurality) -> None:
 
 
 def test_logout_when_nobody_is_logged_in(client: FlaskClient) -> None:
-    response = client.post("/plurality/logout", json={}, headers=OWN)
+    response = client.post("/plurality/logout", json={}, headers=SAME_ORIGIN)
     assert response.status_code == 200
     assert response.get_json() == {"authenticated": False}
 
@@ -466,7 +465,7 @@ def test_logout_without_headers_with_json_body(client: FlaskClient, fake: FakePl
 
 def test_logout_form_post_with_safe_next_redirects(client: FlaskClient, fake: FakePlurality) -> None:
     login(client, fake.issue_token())
-    response = client.post("/plurality/logout", data={"next": "/bye"}, headers=OWN)
+    response = client.post("/plurality/logout", data={"next": "/bye"}, headers=SAME_ORIGIN)
     assert response.status_code == 303
     assert response.headers["Location"] == "/bye"
     assert session_state(client) == 401
@@ -474,14 +473,14 @@ def test_logout_form_post_with_safe_next_redirects(client: FlaskClient, fake: Fa
 
 def test_logout_form_post_with_unsafe_next_gives_json(client: FlaskClient, fake: FakePlurality) -> None:
     login(client, fake.issue_token())
-    response = client.post("/plurality/logout", data={"next": "https://evil.example/"}, headers=OWN)
+    response = client.post("/plurality/logout", data={"next": "https://evil.example/"}, headers=SAME_ORIGIN)
     assert response.status_code == 200
     assert response.get_json() == {"authenticated": False}
 
 
 def test_logout_with_bad_json_is_400_and_keeps_the_session(client: FlaskClient, fake: FakePlurality) -> None:
     login(client, fake.issue_token())
-    response = client.post("/plurality/logout", data=b"{nope", content_type="application/json", headers=OWN)
+    response = client.post("/plurality/logout", data=b"{nope", content_type="application/json", headers=SAME_ORIGIN)
     error_of(response, 400, "invalid_request")
     assert session_state(client) == 200
 
@@ -489,7 +488,7 @@ def test_logout_with_bad_json_is_400_and_keeps_the_session(client: FlaskClient, 
 def test_logout_makes_no_upstream_call(client: FlaskClient, fake: FakePlurality) -> None:
     login(client, fake.issue_token())
     fake.reset_calls()
-    client.post("/plurality/logout", headers=OWN)
+    client.post("/plurality/logout", headers=SAME_ORIGIN)
     assert fake.calls == []
 
 
@@ -523,7 +522,7 @@ def test_wrong_methods_are_refused(client: FlaskClient, method: str) -> None:
 def test_custom_url_prefix(make_app: AppFactory, fake: FakePlurality) -> None:
     app: Flask = make_app(PLURALITY_URL_PREFIX="/auth/plurality")
     client = app.test_client()
-    response = client.post("/auth/plurality/login", json={"token": fake.issue_token()}, headers=OWN)
+    response = client.post("/auth/plurality/login", json={"token": fake.issue_token()}, headers=SAME_ORIGIN)
     assert response.status_code == 200
     assert client.get("/auth/plurality/session").status_code == 200
     assert client.get("/plurality/session").status_code == 404
@@ -563,7 +562,7 @@ def test_arbitrary_bodies_never_give_a_500(make_app: AppFactory, fake: FakePlura
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(body=bodies, content_type=content_types, path=st.sampled_from(["/plurality/login", "/plurality/logout"]))
     def check(body: bytes, content_type: str, path: str) -> None:
-        response = client.post(path, data=body, content_type=content_type or None, headers=OWN)
+        response = client.post(path, data=body, content_type=content_type or None, headers=SAME_ORIGIN)
         assert response.status_code in (200, 400, 401, 413), (body, content_type, response.status_code)
         assert response.mimetype == "application/json"
         assert "Traceback" not in response.get_data(as_text=True)

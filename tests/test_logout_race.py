@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import AppFactory
+from helpers import SAME_ORIGIN, AppFactory
 
 from flask_plurality import plurality_required
 from flask_plurality.testing import FakePlurality, live_server
@@ -65,7 +65,7 @@ def test_sessions_still_refresh_while_they_exist(make_app: AppFactory, fake: Fak
     app = make_app()
     client = app.test_client()
     assert client.post(
-        "/plurality/login", json={"token": fake.issue_token()}, headers={"Origin": "http://localhost"}
+        "/plurality/login", json={"token": fake.issue_token()}, headers=SAME_ORIGIN
     ).status_code == 200
     with client.session_transaction() as sess:
         sess["cart"] = ["apple"]

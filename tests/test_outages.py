@@ -10,16 +10,12 @@ signals, and that no log line carries the token or the secret.
 from __future__ import annotations
 
 import logging
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import AppFactory, login
 from flask import Flask
-from flask.testing import FlaskClient
+from helpers import AppFactory, age_session, captured, free_port, login, session_is_live, stored_login
 
 from flask_plurality import signals
 from flask_plurality.responses import DEFAULT_RETRY_AFTER
@@ -28,60 +24,12 @@ from flask_plurality.testing import FakePlurality
 OTHER_CLIENT = ("other-client", "other-secret")
 
 
-# -- helpers shared with test_revalidation.py and test_breaker.py -------------------------
-
-
-def stored_login(app: Flask, client: FlaskClient) -> dict[str, Any] | None:
-    """The login as the session store holds it for ``client``'s cookie, or ``None``."""
-    cookie = client.get_cookie(app.config.get("SESSION_COOKIE_NAME", "session"))
-    if cookie is None:
-        return None
-    interface: Any = app.session_interface
-    store_id = interface.key_prefix + cookie.value
-    if hasattr(interface, "cache"):
-        data = interface.cache.get(store_id)
-    else:
-        raw = interface.client.get(store_id)
-        data = interface.serializer.decode(raw) if raw is not None else None
-    if not isinstance(data, dict):
-        return None
-    value = data.get("_plurality")
-    return dict(value) if isinstance(value, dict) else None
-
-
-def session_is_live(client: FlaskClient) -> bool:
-    """What the page sees: ``/plurality/session`` says 200 or 401."""
-    response = client.get("/plurality/session")
-    assert response.status_code in (200, 401), response.get_data(as_text=True)
-    return response.status_code == 200
-
-
-def age_session(client: FlaskClient, seconds: float) -> None:
-    """Pretend the last good answer is ``seconds`` older (as if that much time had passed)."""
-    with client.session_transaction() as sess:
-        data = dict(sess["_plurality"])
-        data["validated_at"] -= seconds
-        sess["_plurality"] = data
+# -- helpers ------------------------------------------------------------------------------
 
 
 def closed_port_url() -> str:
     """A loopback URL where nothing listens: connections are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/api"
-
-
-@contextmanager
-def captured(signal: Any, app: Flask) -> Iterator[list[dict[str, Any]]]:
-    """The keyword arguments of every ``signal`` sent by ``app`` inside the block."""
-    seen: list[dict[str, Any]] = []
-
-    def receiver(sender: Any, **kwargs: Any) -> None:
-        seen.append(kwargs)
-
-    with signal.connected_to(receiver, sender=app):
-        yield seen
+    return f"http://127.0.0.1:{free_port()}/api"
 
 
 def assert_clean_logs(caplog: pytest.LogCaptureFixture, *secrets: str) -> None:

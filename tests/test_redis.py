@@ -13,9 +13,9 @@ import msgspec
 import pytest
 import redis
 from cachelib import SimpleCache
-from conftest import AppFactory, CountingRedis, login, redis_url_or_skip
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import SAME_ORIGIN, AppFactory, CountingRedis, login, redis_url_or_skip
 
 from flask_plurality import Plurality, current_profile, plurality_required
 from flask_plurality.store import RedisStore, describe_store, store_for
@@ -90,7 +90,7 @@ def test_login_check_and_logout_round_trip(redis_app: Flask, redis_client: Any, 
     assert len(fake.calls) == 1  # the checks never asked Plurality
 
     key = "session:" + client.get_cookie("session").value  # type: ignore[union-attr]
-    assert client.post("/plurality/logout", json={}, headers={"Origin": "http://localhost"}).status_code == 200
+    assert client.post("/plurality/logout", json={}, headers=SAME_ORIGIN).status_code == 200
     assert redis_client.exists(key) == 0
     assert client.get("/protected").status_code == 401
 
@@ -107,7 +107,7 @@ def test_session_lives_in_redis_not_in_the_app(make_app: AppFactory, redis_clien
     other = second.test_client()
     other.set_cookie("session", cookie.value)
     assert other.get("/protected").status_code == 200
-    assert other.post("/plurality/logout", json={}, headers={"Origin": "http://localhost"}).status_code == 200
+    assert other.post("/plurality/logout", json={}, headers=SAME_ORIGIN).status_code == 200
     assert client.get("/protected").status_code == 401
 
 

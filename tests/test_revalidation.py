@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 import requests
 from cachelib.file import FileSystemCache
-from conftest import AppFactory, login
 from flask import Flask
 from flask.testing import FlaskClient
-from test_outages import age_session, captured, session_is_live, stored_login
+from helpers import AppFactory, age_session, captured, login, session_is_live, stored_login
 
 from flask_plurality import signals
 from flask_plurality.testing import FakePlurality

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 from cachelib.file import FileSystemCache
-from conftest import AppFactory, CountingRedis, login, redis_url_or_skip
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import AppFactory, CountingRedis, login, redis_url_or_skip
 
 from flask_plurality import Plurality
 from flask_plurality.testing import FakePlurality

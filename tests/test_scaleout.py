@@ -5,7 +5,6 @@ Plurality stand-in runs in this test process."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,18 +16,13 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import redis_url_or_skip
+from helpers import free_port, redis_url_or_skip
 
 from flask_plurality.testing import FakePlurality
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 TESTS = Path(__file__).resolve().parent
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

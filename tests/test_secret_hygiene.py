@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import build_app
 from flask import Flask, current_app, session
+from helpers import build_app
 
 from flask_plurality import (
     CredentialsRejected,
@@ -24,7 +24,9 @@ from flask_plurality import (
     UpstreamUnavailable,
     current_profile,
 )
+from flask_plurality.answers import upstream_settings
 from flask_plurality.client import PluralityClient, Upstream
+from flask_plurality.logins import load_login
 from flask_plurality.testing import FakePlurality, live_server
 
 CLIENT_ID = "hygiene-client"
@@ -236,14 +238,14 @@ def test_no_repr_shows_the_token_or_secret(hfake: FakePlurality, secret: str, tm
         for obj in (
             plurality,
             plurality.client,
-            plurality._upstream(),
+            upstream_settings(),
             session,
             session._get_current_object(),  # type: ignore[attr-defined]
             current_profile,
             current_profile._get_current_object(),  # type: ignore[attr-defined]
             current_app.session_interface,
             current_app.extensions["plurality.state"],
-            plurality._load(),
+            load_login(),
         ):
             shown.extend((repr(obj), str(obj)))
         return {}
@@ -273,4 +275,4 @@ def test_no_repr_shows_the_token_or_secret(hfake: FakePlurality, secret: str, tm
     assert "'token': '<redacted>'" in everything  # the session shows that it holds a token
     assert CLIENT_ID in repr(direct)  # the id is not secret and helps debugging
     with app.app_context():
-        assert CLIENT_ID in repr(app.extensions["plurality"]._upstream())
+        assert CLIENT_ID in repr(upstream_settings())

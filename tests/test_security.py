@@ -14,14 +14,13 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import AppFactory, error_of, login
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import SAME_ORIGIN, AppFactory, error_of, login
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from flask_plurality.answers import upstream_settings
 from flask_plurality.testing import FakePlurality
-
-SAME = {"Origin": "http://localhost"}
 
 
 def session_cookie(client: FlaskClient) -> str | None:
@@ -90,7 +89,7 @@ def test_a_cookie_replayed_after_logout_is_dead(client: FlaskClient, fake: FakeP
     stolen = session_cookie(client)
     assert stolen
     assert logged_in(client)
-    response = client.post("/plurality/logout", json={}, headers=SAME)
+    response = client.post("/plurality/logout", json={}, headers=SAME_ORIGIN)
     assert response.status_code == 200
     assert response.get_json() == {"authenticated": False}
 
@@ -193,7 +192,7 @@ def test_a_foreign_origin_cannot_log_the_user_out(client: FlaskClient, fake: Fak
         error_of(client.post("/plurality/logout", data=data, headers=headers), 403, "forbidden_origin")
     assert logged_in(client)
     assert client.get("/plurality/session").status_code == 200
-    assert client.post("/plurality/logout", data={}, headers=SAME).status_code == 200
+    assert client.post("/plurality/logout", data={}, headers=SAME_ORIGIN).status_code == 200
     assert not logged_in(client)
 
 
@@ -231,8 +230,8 @@ HOSTILE_NEXT = [
 @pytest.mark.parametrize("target", HOSTILE_NEXT, ids=repr)
 def test_an_unsafe_next_is_ignored(client: FlaskClient, fake: FakePlurality, target: str) -> None:
     for response in (
-        client.post("/plurality/login", data={"token": fake.issue_token(), "next": target}, headers=SAME),
-        client.post("/plurality/logout", data={"next": target}, headers=SAME),
+        client.post("/plurality/login", data={"token": fake.issue_token(), "next": target}, headers=SAME_ORIGIN),
+        client.post("/plurality/logout", data={"next": target}, headers=SAME_ORIGIN),
     ):
         assert response.status_code == 200
         assert "Location" not in response.headers
@@ -241,19 +240,19 @@ def test_an_unsafe_next_is_ignored(client: FlaskClient, fake: FakePlurality, tar
 
 def test_an_unsafe_next_in_the_query_is_ignored(client: FlaskClient, fake: FakePlurality) -> None:
     response = client.post(
-        "/plurality/login", query_string={"next": "//evil.com"}, data={"token": fake.issue_token()}, headers=SAME
+        "/plurality/login", query_string={"next": "//evil.com"}, data={"token": fake.issue_token()}, headers=SAME_ORIGIN
     )
     assert response.status_code == 200 and "Location" not in response.headers
 
 
 @pytest.mark.parametrize("target", ["/dashboard", "/a/b?c=d#e", "/caf%C3%A9", "/javascript:alert(1)"])
 def test_a_safe_next_redirects_form_posts(client: FlaskClient, fake: FakePlurality, target: str) -> None:
-    response = client.post("/plurality/login", data={"token": fake.issue_token(), "next": target}, headers=SAME)
+    response = client.post("/plurality/login", data={"token": fake.issue_token(), "next": target}, headers=SAME_ORIGIN)
     assert response.status_code == 303
     assert response.headers["Location"] == target
     # A script posting JSON gets JSON, whatever next says.
     response = client.post(
-        "/plurality/login", query_string={"next": target}, json={"token": fake.issue_token()}, headers=SAME
+        "/plurality/login", query_string={"next": target}, json={"token": fake.issue_token()}, headers=SAME_ORIGIN
     )
     assert response.status_code == 200 and "Location" not in response.headers
 
@@ -268,11 +267,11 @@ def test_a_body_over_16_kib_is_refused_by_its_content_length(
     token, pad = fake.issue_token(), "x" * (16 * 1024 + 1)
     if kind == "json":
         body = json.dumps({"token": token, "pad": pad})
-        response = client.post("/plurality/login", data=body, content_type="application/json", headers=SAME)
+        response = client.post("/plurality/login", data=body, content_type="application/json", headers=SAME_ORIGIN)
     elif kind == "form":
-        response = client.post("/plurality/login", data={"token": token, "pad": pad}, headers=SAME)
+        response = client.post("/plurality/login", data={"token": token, "pad": pad}, headers=SAME_ORIGIN)
     else:
-        response = client.post("/plurality/login", data=pad, content_type="text/plain", headers=SAME)
+        response = client.post("/plurality/login", data=pad, content_type="text/plain", headers=SAME_ORIGIN)
     error_of(response, 413, "payload_too_large")
     assert fake.calls == []
 
@@ -285,7 +284,7 @@ def test_a_streamed_body_over_16_kib_is_refused(client: FlaskClient, fake: FakeP
         path,
         input_stream=io.BytesIO(body),
         content_type="application/json",
-        headers={**SAME, "Transfer-Encoding": "chunked"},
+        headers={**SAME_ORIGIN, "Transfer-Encoding": "chunked"},
         environ_overrides={"wsgi.input_terminated": True},
     )
     error_of(response, 413, "payload_too_large")
@@ -301,7 +300,7 @@ def test_a_form_with_the_token_first_and_padding_after_is_still_too_large(
         "/plurality/login",
         input_stream=io.BytesIO(body),
         content_type="application/x-www-form-urlencoded",
-        headers={**SAME, "Transfer-Encoding": "chunked"},
+        headers={**SAME_ORIGIN, "Transfer-Encoding": "chunked"},
         environ_overrides={"wsgi.input_terminated": True},
     )
     assert response.status_code == 413
@@ -319,11 +318,11 @@ def test_a_body_of_exactly_16_kib_is_read(client: FlaskClient, fake: FakePlurali
             "/plurality/login",
             input_stream=io.BytesIO(body.encode()),
             content_type="application/json",
-            headers={**SAME, "Transfer-Encoding": "chunked"},
+            headers={**SAME_ORIGIN, "Transfer-Encoding": "chunked"},
             environ_overrides={"wsgi.input_terminated": True},
         )
     else:
-        response = client.post("/plurality/login", data=body, content_type="application/json", headers=SAME)
+        response = client.post("/plurality/login", data=body, content_type="application/json", headers=SAME_ORIGIN)
     assert response.status_code == 200
 
 
@@ -344,7 +343,9 @@ def test_a_body_of_exactly_16_kib_is_read(client: FlaskClient, fake: FakePlurali
     ids=repr,
 )
 def test_a_token_that_is_not_a_string_is_a_bad_request(client: FlaskClient, fake: FakePlurality, body: Any) -> None:
-    response = client.post("/plurality/login", data=json.dumps(body), content_type="application/json", headers=SAME)
+    response = client.post(
+        "/plurality/login", data=json.dumps(body), content_type="application/json", headers=SAME_ORIGIN
+    )
     error_of(response, 400, "invalid_request")
     assert fake.calls == []
 
@@ -356,7 +357,7 @@ def test_a_token_that_is_not_a_string_is_a_bad_request(client: FlaskClient, fake
 )
 def test_broken_json_is_a_bad_request(client: FlaskClient, fake: FakePlurality, body: str) -> None:
     raw = body.encode("latin-1")
-    response = client.post("/plurality/login", data=raw, content_type="application/json", headers=SAME)
+    response = client.post("/plurality/login", data=raw, content_type="application/json", headers=SAME_ORIGIN)
     assert response.status_code == 400
     assert fake.calls == []
 
@@ -406,7 +407,7 @@ def test_junk_and_expired_tokens_never_reach_plurality(client: FlaskClient, fake
     for i, token in enumerate(junk_tokens(fake)):
         # One client each: the point here is the shape check, not the throttle.
         client_ip = {"REMOTE_ADDR": f"192.0.2.{i}"}
-        response = client.post("/plurality/login", json={"token": token}, headers=SAME, environ_base=client_ip)
+        response = client.post("/plurality/login", json={"token": token}, headers=SAME_ORIGIN, environ_base=client_ip)
         error_of(response, 401, "invalid_token", token)
     assert fake.calls == []
     assert client.get("/plurality/session").status_code == 401
@@ -528,7 +529,7 @@ def test_a_redis_session_expires_with_its_token(make_app: AppFactory, fake: Fake
     assert client.get("/protected").get_json() == {"id": "u-redis", "email": None}
     exp = jwt.decode(token, options={"verify_signature": False})["exp"]
     assert client.get("/plurality/session").get_json()["profile"]["expires_at"] == exp
-    assert client.post("/plurality/logout", json={}, headers=SAME).status_code == 200
+    assert client.post("/plurality/logout", json={}, headers=SAME_ORIGIN).status_code == 200
     assert redis_client.exists(key) == 0
     assert client.get("/protected").status_code == 401
 
@@ -537,10 +538,10 @@ def test_answers_about_the_login_are_never_cached(client: FlaskClient, fake: Fak
     """They carry the profile or set the cookie; a shared cache must not hand them to others."""
     answers = [
         client.get("/plurality/session"),
-        client.post("/plurality/login", json={"token": "junk"}, headers=SAME),
+        client.post("/plurality/login", json={"token": "junk"}, headers=SAME_ORIGIN),
         login(client, fake.issue_token()),
         client.get("/plurality/session"),
-        client.post("/plurality/logout", json={}, headers=SAME),
+        client.post("/plurality/logout", json={}, headers=SAME_ORIGIN),
     ]
     for response in answers:
         assert response.headers["Cache-Control"] == "no-store"
@@ -575,6 +576,6 @@ def test_the_client_uses_tls_verification_as_configured(make_app: AppFactory) ->
     """The flag reaches the HTTP call (the only place it matters)."""
     on, off = make_app(), make_app(PLURALITY_VERIFY_TLS=False)
     with on.app_context():
-        assert on.extensions["plurality"]._upstream().verify_tls is True
+        assert upstream_settings().verify_tls is True
     with off.app_context():
-        assert off.extensions["plurality"]._upstream().verify_tls is False
+        assert upstream_settings().verify_tls is False

@@ -12,14 +12,12 @@ from typing import Any
 import jwt
 import msgspec
 import pytest
-from conftest import AppFactory, login
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import SAME_ORIGIN, AppFactory, login
 from werkzeug.http import parse_date
 
 from flask_plurality.testing import FakePlurality
-
-OWN = {"Origin": "http://localhost"}
 
 
 def set_cookie(response: Any, name: str = "session") -> SimpleCookie:
@@ -91,7 +89,7 @@ def test_logout_deletes_the_server_side_entry(make_app: AppFactory, fake: FakePl
     assert stored(app, sid) is not None
     assert os.path.exists(path)
 
-    response = client.post("/plurality/logout", headers=OWN)
+    response = client.post("/plurality/logout", headers=SAME_ORIGIN)
 
     assert stored(app, sid) is None
     assert not os.path.exists(path)
@@ -132,7 +130,7 @@ def test_two_users_never_see_each_others_profile(app: Flask, fake: FakePlurality
         assert bob.get("/plurality/session").get_json()["profile"]["id"] == "bob"
         assert alice.get("/").get_json() == {"user": "alice"}
         assert bob.get("/").get_json() == {"user": "bob"}
-    bob.post("/plurality/logout", headers=OWN)
+    bob.post("/plurality/logout", headers=SAME_ORIGIN)
     assert bob.get("/protected").status_code == 401
     assert alice.get("/protected").get_json()["id"] == "alice"
 

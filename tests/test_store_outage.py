@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,22 +20,16 @@ from typing import Any
 import msgspec
 import pytest
 import redis
-from conftest import AppFactory, login
 from flask import Flask, session
 from flask.testing import FlaskClient
+from helpers import SAME_ORIGIN, AppFactory, free_port, login
 from werkzeug.test import TestResponse
 
 from flask_plurality import plurality_required
 from flask_plurality.testing import FakePlurality
 
 pytestmark = pytest.mark.redis
-ORIGIN = {"Origin": "http://localhost"}
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -165,7 +158,7 @@ def test_store_down_from_the_start_then_up(
         returning.get("/protected"),
         returning.get("/async"),
         returning.get("/plurality/session"),
-        returning.post("/plurality/logout", json={}, headers=ORIGIN),
+        returning.post("/plurality/logout", json={}, headers=SAME_ORIGIN),
     ):
         assert_unavailable(response)
     assert visitor.get("/").get_json() == {"user": None}  # public pages still work
@@ -192,7 +185,7 @@ def test_paused_store_answers_503_then_the_session_is_intact(
     try:
         assert_unavailable(client.get("/protected"))
         assert_unavailable(client.get("/plurality/session"))
-        assert_unavailable(client.post("/plurality/logout", json={}, headers=ORIGIN))
+        assert_unavailable(client.post("/plurality/logout", json={}, headers=SAME_ORIGIN))
         assert_unavailable(login(redis_app.test_client(), fake.issue_token()))
         assert client.get("/").get_json() == {"user": None}
     finally:
@@ -200,7 +193,7 @@ def test_paused_store_answers_503_then_the_session_is_intact(
 
     assert stored(store_client, client) == before  # nothing was overwritten or deleted
     assert_logged_in(client, user_id)
-    assert client.post("/plurality/logout", json={}, headers=ORIGIN).status_code == 200
+    assert client.post("/plurality/logout", json={}, headers=SAME_ORIGIN).status_code == 200
     assert client.get("/protected").status_code == 401
 
 

@@ -9,21 +9,20 @@ from typing import Any
 
 import pytest
 from cachelib.file import FileSystemCache
-from conftest import AppFactory
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import SAME_ORIGIN, AppFactory
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import TestResponse
 
 from flask_plurality.testing import FakePlurality
 
 LIMIT = 3
-SAME = {"Origin": "http://localhost"}
 
 
 def post(client: FlaskClient, token: str, ip: str = "203.0.113.7", **headers: str) -> TestResponse:
     return client.post(
-        "/plurality/login", json={"token": token}, headers={**SAME, **headers}, environ_base={"REMOTE_ADDR": ip}
+        "/plurality/login", json={"token": token}, headers={**SAME_ORIGIN, **headers}, environ_base={"REMOTE_ADDR": ip}
     )
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import AppFactory
 from flask import Flask
+from helpers import SAME_ORIGIN, AppFactory
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
@@ -442,7 +442,7 @@ def test_a_gateway_401_with_a_non_string_error_is_an_outage_not_a_500(
     exc = refusal(app, fake.issue_token())
     assert type(exc) is UpstreamUnavailable
     response = app.test_client().post(
-        "/plurality/login", json={"token": fake.issue_token()}, headers={"Origin": "http://localhost"}
+        "/plurality/login", json={"token": fake.issue_token()}, headers=SAME_ORIGIN
     )
     assert response.status_code == 503
     assert response.json is not None and response.json["error"] == "upstream_unavailable"

@@ -1,0 +1,175 @@
+"""The shared answer cache: ask Plurality about a token as rarely as possible.
+
+Answers live in the session store, so every worker and machine sees them: a "no" is
+reused until the token's ``exp`` (a revoked token is not asked about again and again);
+a "yes" is written only for interval revalidation, lives min(interval, exp), and is
+reused while younger than the interval. Entries are keyed by the client id and a hash
+of the token, never the token.
+
+Concurrent askers in one process share one upstream call (:class:`.SingleFlight`);
+across processes, an interval revalidation first takes an **ask lock** in the store,
+and a process that finds it taken waits for the holder's answer instead of asking too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple
+
+from .client import PluralityClient, Upstream
+from .config import ConfigView, config
+from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
+from .singleflight import SingleFlight
+from .store import Store, get_store, key
+from .tokens import token_hash
+
+#: Seconds between two looks at the answer cache while another process asks (jittered).
+_POLL: Final = (0.02, 0.05)
+#: Below this much time left, asking upstream is not worth starting: it is an outage.
+_MIN_ASK_BUDGET: Final = 0.1
+
+
+class Answer(NamedTuple):
+    """Plurality's ``user`` for a token, when Plurality gave it, and whether it came from the cache."""
+
+    user: dict[str, Any]
+    at: float
+    cached: bool
+
+
+def upstream_settings(cfg: ConfigView = config) -> Upstream:
+    """Where and how to call Plurality, from the app's config."""
+    return Upstream(
+        api_url=cfg.api_url,
+        client_id=cfg.client_id,
+        client_secret=cfg.client_secret,
+        method=cfg.validate_method,
+        timeout=cfg.timeout,
+        verify_tls=cfg.verify_tls,
+        breaker_threshold=cfg.breaker_threshold,
+        breaker_cooldown=cfg.breaker_cooldown,
+    )
+
+
+class AnswerCache:
+    """One per extension object: its upstream client and its in-process single flight."""
+
+    def __init__(self, client: PluralityClient) -> None:
+        self.client = client
+        self._flight: SingleFlight[Answer] = SingleFlight()
+
+    def lookup(self, token: str, exp: int, interval: int = 0) -> Answer:
+        """Plurality's answer for ``token`` (in an app context).
+
+        ``interval`` 0 wants an answer asked for after this call began (a login, or
+        "revalidate always"); ``N`` accepts a cached "yes" younger than N seconds.
+        Raises :class:`InvalidToken` for a "no", :class:`UpstreamUnavailable` when
+        there is no answer to be had.
+        """
+        name = f"{config.client_id}:{token_hash(token)}"
+        answer_key = key("answer", name)
+        store = get_store()
+        hit = _usable(store.get(answer_key), interval)
+        if hit is not None:
+            return hit
+        upstream = upstream_settings()  # only now: a cache hit need not build it
+
+        def ask(budget: Upstream) -> Answer:
+            at = time.time()  # when we asked: the answer is no fresher than that
+            try:
+                user = self.client.validate(token, budget)
+            except InvalidToken as exc:
+                store.set(answer_key, {"ok": False, "reason": exc.reason}, math.ceil(exp - time.time()))
+                raise
+            if interval:
+                store.set(answer_key, {"ok": True, "at": at, "user": user}, min(interval, math.ceil(exp - at)))
+            return Answer(user, at, cached=False)
+
+        def call() -> Answer:
+            # Checked again inside the flight: a caller that missed the cache just before
+            # the previous flight landed must not start a second upstream call.
+            hit = _usable(store.get(answer_key), interval)
+            if hit is not None:
+                return hit
+            if not interval or not store.shared:
+                # interval 0 ("always") wants an answer asked for after this request
+                # arrived, and writes no "yes" for others to wait on.
+                return ask(upstream)
+            return _ask_once_across_processes(store, answer_key, key("asking", name), interval, upstream, ask)
+
+        # "always" callers share only flights that asked upstream fresh, never one that may
+        # return an interval caller's cached answer.
+        flight = f"{upstream.api_url} {answer_key} {'fresh' if not interval else 'cached'}"
+        return self._flight.do(flight, call, wait=upstream.timeout + 1)
+
+
+def _ask_once_across_processes(
+    store: Store, answer_key: str, lock: str, interval: int, upstream: Upstream, ask: Callable[[Upstream], Answer]
+) -> Answer:
+    """Ask upstream only if no other process is asking about this token right now.
+
+    The holder of the ask ``lock`` asks and stores the answer; the others poll the
+    answer cache. If the holder gives up without an answer (an outage), one waiter takes
+    the lock and asks with what is left of its own budget: a request never spends more
+    than ``PLURALITY_TIMEOUT`` here in all, and when that is spent it is an outage (the
+    outage policy decides), as for a waiter of the in-process single flight.
+    """
+    deadline = time.monotonic() + upstream.timeout
+    ttl = math.ceil(upstream.timeout) + 1  # outlives the holder's call; a crashed holder's expires
+    floor = min(_MIN_ASK_BUDGET, upstream.timeout / 2)
+    budget = upstream
+    while True:
+        if store.add(lock, 1, ttl):
+            try:
+                # The previous holder may have stored its answer and let go just now.
+                hit = _usable(store.get(answer_key), interval)
+                if hit is not None:
+                    return hit
+                return ask(budget)
+            finally:
+                with contextlib.suppress(SessionStoreUnavailable):  # logged; the lock expires anyway
+                    store.delete(lock)
+        hit = _wait_for_answer(store, answer_key, lock, interval, deadline)
+        if hit is not None:
+            return hit
+        left = deadline - time.monotonic()
+        budget = dataclasses.replace(upstream, timeout=left)
+        if left < floor:
+            raise UpstreamUnavailable("Another worker's call to Plurality ran out of time.", reason="timeout")
+
+
+def _usable(entry: Any, interval: int) -> Answer | None:
+    """A usable answer-cache entry: raise for a remembered "no"; a "yes" younger than ``interval``."""
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("ok") is False:
+        raise InvalidToken("Plurality refused the token.", reason=str(entry.get("reason") or "rejected"))
+    at, user = entry.get("at"), entry.get("user")
+    if (
+        interval
+        and isinstance(at, int | float)
+        and isinstance(user, dict)
+        and isinstance(user.get("id"), str)
+        and 0 <= time.time() - at < interval
+    ):
+        return Answer(user, float(at), cached=True)
+    return None
+
+
+def _wait_for_answer(store: Store, answer_key: str, lock: str, interval: int, deadline: float) -> Answer | None:
+    """Poll the answer cache while another process holds ``lock``: its answer (a "no"
+    raises), or ``None`` once the lock is gone without one or ``deadline`` passes."""
+    while True:
+        hit = _usable(store.get(answer_key), interval)
+        if hit is not None:
+            return hit
+        left = deadline - time.monotonic()
+        if left <= 0 or store.get(lock) is None:
+            # Gone: the answer may have landed between the two reads.
+            return _usable(store.get(answer_key), interval) if left > 0 else None
+        time.sleep(min(left, random.uniform(*_POLL)))

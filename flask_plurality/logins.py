@@ -1,0 +1,78 @@
+"""The login kept in the server-side session: start one, read the current one.
+
+What a login looks like in ``flask.session`` is :mod:`.sessiondata`'s; this module is
+what the blueprint, the decorator and ``current_profile`` do with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import current_app, g, session
+
+from .exceptions import SessionStoreUnavailable
+from .profile import Profile
+from .revocation import current_epoch, is_revoked, stamp_of
+from .sessiondata import SESSION_KEY, Login
+from .sessions import GuardedSessionInterface
+from .store import store_errors_as_unavailable
+
+log = logging.getLogger("flask_plurality")
+
+#: Where a request keeps its profile once known (``current_profile`` reads it).
+PROFILE_ATTR = "_plurality_profile"
+
+
+def load_login() -> Login | None:
+    """The login stored in this request's session, if any (not checked)."""
+    return Login.load(session.get(SESSION_KEY))
+
+
+def current_login_profile(*, strict: bool = False) -> Profile | None:
+    """The logged-in profile without asking upstream: ``current_profile``'s and
+    ``/session``'s source. A revoked session is cleared (one store read). A store
+    failure means "not logged in", or raises :class:`SessionStoreUnavailable` if
+    ``strict``."""
+    if getattr(session, "store_error", False):
+        return None
+    login = load_login()
+    if login is None or login.exp <= time.time():
+        return None
+    try:
+        if is_revoked(login):
+            session.clear()
+            return None
+    except SessionStoreUnavailable:
+        if strict:
+            raise
+        return None
+    return login.profile
+
+
+def start_login(profile: Profile, token: str, exp: int) -> None:
+    """Store a fresh login under a new session id (no fixation)."""
+    if not isinstance(current_app.session_interface, GuardedSessionInterface):
+        # Something replaced Flask-Session after init_app: a cookie session would hand
+        # the token to the browser. Refuse rather than store the login there.
+        log.error("app.session_interface was replaced after Plurality.init_app; logins are refused")
+        raise SessionStoreUnavailable("The server-side session store is not in place.")
+    previous = load_login()
+    if previous is not None and previous.profile.id != profile.id:
+        session.clear()  # another user's data must not carry over
+    now = time.time()
+    epoch = current_epoch()  # before the stamp: see revocation.is_revoked
+    login = Login(profile, token, exp, now, now, stamp_of(profile.id), epoch)
+    session[SESSION_KEY] = login.dump()
+    session.permanent = True
+    with store_errors_as_unavailable():
+        current_app.session_interface.regenerate(session)  # deletes the old id's entry
+    setattr(g, PROFILE_ATTR, profile)
+
+
+def end_login() -> Login | None:
+    """Clear this request's session (deleting its stored entry); the login it held."""
+    login = load_login()
+    session.clear()
+    g.pop(PROFILE_ATTR, None)
+    return login

@@ -1,0 +1,88 @@
+"""``revoke_user``: refuse every existing session of a user, on every worker and machine.
+
+Plurality cannot do this itself: its logout revokes nothing, and a token stays valid
+upstream until its ``exp``. Two kinds of entries in the shared store do it here:
+
+- a user's **revocation stamp** (``revoked:<user id>``): a fresh random value written by
+  each ``revoke_user``. A login remembers the stamp it began under; a different stamp
+  later means the user was revoked after that login. Comparing stamps, not clocks,
+  keeps machines whose clocks disagree honest.
+- the store-wide **revocation epoch** (``revocations:epoch``), changed by every
+  ``revoke_user``. A login remembers the epoch under which it was last found not
+  revoked; while the epoch is unchanged, a protected request reads no stamp at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any, Final, cast
+
+from flask import Flask, session
+from flask.sessions import SessionMixin
+
+from .config import ConfigView, config
+from .sessiondata import SESSION_KEY, Login
+from .store import get_store, key
+
+log = logging.getLogger("flask_plurality")
+
+#: Key (after ``PLURALITY_KEY_PREFIX``) that ``revoke_user`` changes on every revocation.
+#: On Redis it is read together with the session (one MGET), so the revocation check of
+#: a protected request costs no round trip while nobody was revoked since the login.
+REVOCATION_EPOCH: Final = "revocations:epoch"
+#: A revocation outlives every session it can concern (tokens live one day).
+REVOCATION_TTL: Final = 2 * 86400
+#: Not read with the session (every backend but Redis): read the epoch from the store.
+_NOT_READ: Final = object()
+
+
+def revoke(user_id: str) -> None:
+    """Write a new stamp for ``user_id``, then a new epoch (needs an app context)."""
+    value = f"{int(time.time())}-{secrets.token_hex(8)}"
+    store = get_store()
+    store.set(key("revoked", user_id), value, REVOCATION_TTL)
+    # Then, never before, the epoch every session compares with (see is_revoked).
+    store.set(config.key_prefix + REVOCATION_EPOCH, value, REVOCATION_TTL)
+    log.info("Revoked every session of Plurality user %s", user_id)
+
+
+def stamp_of(user_id: str, app: Flask | None = None) -> str | None:
+    """``user_id``'s revocation stamp; ``None`` if never revoked (or long ago)."""
+    value = get_store(app).get(key("revoked", user_id))
+    return value if isinstance(value, str) else None
+
+
+def current_epoch() -> str | None:
+    """The revocation epoch now: read at login before the stamp (see :func:`is_revoked`)."""
+    value = get_store().get(config.key_prefix + REVOCATION_EPOCH)
+    return value if isinstance(value, str) else None
+
+
+def is_revoked(
+    login: Login, cfg: ConfigView = config, sess: SessionMixin = session, app: Flask | None = None
+) -> bool:
+    """Was ``revoke_user`` called for this user after this login began?
+
+    While the store-wide revocation epoch is the one this login was last checked
+    under (no ``revoke_user`` anywhere since), no per-user read is needed: on Redis the
+    epoch comes in the same MGET as the session, on FileSystemCache from a ``stat``.
+    """
+    if not cfg.revocation_check:
+        return False
+    epoch: Any = getattr(sess, "revocation_epoch", _NOT_READ)  # read with the session (Redis)
+    if epoch is _NOT_READ:
+        raw = get_store(app).get_rarely_written(cfg.key_prefix + REVOCATION_EPOCH)
+        epoch = raw if isinstance(raw, str) else None
+    if epoch == login.checked_epoch:
+        return False
+    stamp = stamp_of(login.profile.id, app)
+    if stamp is not None and stamp != login.stamp:
+        log.info("Refused a revoked session of user %s", login.profile.id)
+        return True
+    # revoke_user writes the stamp before the epoch, and the epoch was read first:
+    # every revocation up to this epoch is seen, so later requests may skip the read.
+    login.checked_epoch = cast(str | None, epoch)
+    sess[SESSION_KEY] = login.dump()
+    return False

@@ -1,0 +1,54 @@
+"""Per-app state, and the one way sibling modules reach the extension.
+
+A leaf module, like flask-jwt-extended's ``internal_utils``: it imports nothing of the
+package at run time but the exceptions, so views, decorators and the CLI find the
+extension through ``current_app`` without importing ``extension.py``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from flask import Flask, current_app
+
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from .extension import Plurality
+    from .fake import FakePlurality
+    from .store import Store
+
+#: Where :meth:`Plurality.init_app` registers the extension and its per-app state.
+EXTENSION_KEY = "plurality"
+STATE_KEY = "plurality.state"
+
+
+class AppState:
+    """Per-app state, kept in ``app.extensions`` (never on the extension object)."""
+
+    __slots__ = ("fake", "store")
+
+    def __init__(self) -> None:
+        #: The extension's own keys (answers, throttles, revocations); found on first use.
+        self.store: Store | None = None
+        #: The stand-in in ``PLURALITY_FAKE`` mode.
+        self.fake: FakePlurality | None = None
+
+
+def get_extension(app: Flask | None = None) -> Plurality:
+    """The extension registered on ``app`` (default: the current app); a clear error if
+    ``init_app`` was not called."""
+    app = app or current_app
+    try:
+        return cast("Plurality", app.extensions[EXTENSION_KEY])
+    except KeyError:
+        raise ConfigurationError("flask-plurality is not set up on this app: call Plurality.init_app(app).") from None
+
+
+def get_state(app: Flask | None = None) -> AppState:
+    """The per-app state :meth:`Plurality.init_app` created."""
+    app = app or current_app
+    try:
+        return cast(AppState, app.extensions[STATE_KEY])
+    except KeyError:
+        raise ConfigurationError("flask-plurality is not set up on this app: call Plurality.init_app(app).") from None

@@ -1,0 +1,183 @@
+"""What the tests share: building apps the README's way, logging in, reading the store.
+
+Fixtures live in conftest.py; everything else a test module needs from another lives
+here, so no test module imports another.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from flask.views import MethodView
+from werkzeug.test import TestResponse
+
+from flask_plurality import Plurality, current_profile, plurality_required
+from flask_plurality.testing import FakePlurality, config_for
+
+AppFactory = Callable[..., Flask]
+
+#: The app's own origin as the test client sees it: what a same-site page sends.
+SAME_ORIGIN = {"Origin": "http://localhost"}
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (right now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build_app(fake: FakePlurality, instance_path: str, *, session_redis: Any = None, **config: Any) -> Flask:
+    """An app as the README wires it, plus a few protected routes used across the tests."""
+    app = Flask("testapp", instance_path=instance_path)
+    app.config.update(
+        TESTING=True,
+        **config_for(fake),
+        PLURALITY_TIMEOUT=2.0,
+    )
+    if session_redis is not None:
+        app.config.update(SESSION_TYPE="redis", SESSION_REDIS=session_redis)
+    app.config.update(config)
+    Plurality(app)
+
+    @app.get("/")
+    def home() -> dict[str, Any]:
+        return {"user": current_profile.id if current_profile else None}
+
+    @app.route("/protected", methods=["GET", "POST", "OPTIONS"])
+    @plurality_required
+    def protected() -> dict[str, Any]:
+        return {"id": current_profile.id, "email": current_profile.email}
+
+    @app.post("/sensitive")
+    @plurality_required(revalidate=True)
+    def sensitive() -> dict[str, Any]:
+        return {"done": True, "id": current_profile.id}
+
+    @app.get("/async")
+    @plurality_required
+    async def async_view() -> dict[str, Any]:
+        return {"id": current_profile.id}
+
+    class Items(MethodView):
+        decorators: ClassVar[list[Callable[..., Any]]] = [plurality_required]
+
+        def get(self) -> dict[str, Any]:
+            return {"items": [], "owner": current_profile.id}
+
+    app.add_url_rule("/items", view_func=Items.as_view("items"))
+    return app
+
+
+def error_of(response: TestResponse, status: int, code: str, *secrets: str) -> dict[str, Any]:
+    """The SPEC error shape: JSON, ``{"error", "message"}``, nothing secret or internal."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error", "message"}
+    assert body["error"] == code
+    assert isinstance(body["message"], str) and body["message"]
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text
+    for secret in secrets:
+        assert secret not in text
+        assert all(secret not in value for value in response.headers.values())
+    return body
+
+
+def login(client: FlaskClient, token: str, **kwargs: Any) -> Any:
+    """POST the token the way the sample page does (JSON, same origin)."""
+    kwargs.setdefault("headers", SAME_ORIGIN)
+    return client.post("/plurality/login", json={"token": token}, **kwargs)
+
+
+def redis_url_or_skip() -> str:
+    url = os.environ.get("PLURALITY_TEST_REDIS_URL")
+    reason = None
+    if not url:
+        reason = "PLURALITY_TEST_REDIS_URL is not set (CI sets redis://127.0.0.1:6379/0)"
+    else:
+        import redis
+
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        except redis.RedisError as exc:
+            reason = f"no Redis answers at {url}: {exc}"
+    if reason:
+        if os.environ.get("PLURALITY_REQUIRE_REDIS"):
+            pytest.fail(f"Redis is required here (PLURALITY_REQUIRE_REDIS): {reason}")
+        pytest.skip(reason)
+    assert url is not None
+    return url
+
+
+try:
+    import redis
+except ImportError:  # the Redis tests skip (or fail to import) without it; nothing else needs it
+    pass
+else:
+
+    class CountingRedis(redis.Redis):
+        """A real Redis client (a subclass, as a Redis-compatible server's client may be)
+        that remembers the commands it sends, in ``sent`` (set it to a list first)."""
+
+        sent: list[str]
+
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            self.sent.append(str(args[0]))
+            return super().execute_command(*args, **options)
+
+
+# -- reading what a login left in the store ---------------------------------------------
+
+
+def stored_login(app: Flask, client: FlaskClient) -> dict[str, Any] | None:
+    """The login as the session store holds it for ``client``'s cookie, or ``None``."""
+    cookie = client.get_cookie(app.config.get("SESSION_COOKIE_NAME", "session"))
+    if cookie is None:
+        return None
+    interface: Any = app.session_interface
+    store_id = interface.key_prefix + cookie.value
+    if hasattr(interface, "cache"):
+        data = interface.cache.get(store_id)
+    else:
+        raw = interface.client.get(store_id)
+        data = interface.serializer.decode(raw) if raw is not None else None
+    if not isinstance(data, dict):
+        return None
+    value = data.get("_plurality")
+    return dict(value) if isinstance(value, dict) else None
+
+
+def session_is_live(client: FlaskClient) -> bool:
+    """What the page sees: ``/plurality/session`` says 200 or 401."""
+    response = client.get("/plurality/session")
+    assert response.status_code in (200, 401), response.get_data(as_text=True)
+    return response.status_code == 200
+
+
+def age_session(client: FlaskClient, seconds: float) -> None:
+    """Pretend the last good answer is ``seconds`` older (as if that much time had passed)."""
+    with client.session_transaction() as sess:
+        data = dict(sess["_plurality"])
+        data["validated_at"] -= seconds
+        sess["_plurality"] = data
+
+
+@contextmanager
+def captured(signal: Any, app: Flask) -> Iterator[list[dict[str, Any]]]:
+    """The keyword arguments of every ``signal`` sent by ``app`` inside the block."""
+    seen: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        seen.append(kwargs)
+
+    with signal.connected_to(receiver, sender=app):
+        yield seen
