@@ -26,7 +26,18 @@ PY = BIN / "python"
 
 
 def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
-    return subprocess.call([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})})  # noqa: S603
+    """Run a command to its end and return its exit code.
+
+    Ctrl-C goes to the whole foreground process group, so the command gets it too and
+    stops in its own way (the demo server says "Stopped."); dev.py waits for that
+    instead of dying with a traceback of its own.
+    """
+    process = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})})  # noqa: S603
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            continue
 
 
 def setup() -> None:
@@ -67,4 +78,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # during set-up: pip has stopped too
+        sys.exit(130)
