@@ -2,7 +2,8 @@
 
 The README's "Testing your app" example is extracted byte for byte and run as a
 project of its own (pytester, in a subprocess, the plugin found only through its
-``pytest11`` entry point), against an app module written the way the quickstart is.
+``pytest11`` entry point), against the README's quickstart ``app.py``, also extracted.
+(``tests/test_packaging.py`` runs the same two files against the built wheel.)
 """
 
 from __future__ import annotations
@@ -23,35 +24,6 @@ pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The user's app, written the way the README's quickstart is, with Flask's tutorial
-# ``create_app(test_config=None)``.
-MYAPP = """
-from flask import Flask
-from flask_plurality import Plurality, current_profile, plurality_required
-
-plurality = Plurality()
-
-
-def create_app(test_config=None):
-    app = Flask(__name__)
-    app.config.from_prefixed_env()
-    if test_config is not None:
-        app.config.from_mapping(test_config)
-    plurality.init_app(app)
-
-    @app.get("/dashboard")
-    @plurality_required
-    def dashboard():
-        return {"user": current_profile.id, "wallet": current_profile.auth_address}
-
-    @app.post("/transfer")
-    @plurality_required(revalidate=True)
-    def transfer():
-        return {"done": True}
-
-    return app
-"""
-
 # What a user's project has: no pytest_plugins line, warnings are errors.
 PYTEST_INI = """
 [pytest]
@@ -71,9 +43,15 @@ def readme_example(title: str) -> str:
     return textwrap.dedent(block.group(1)).strip() + "\n"
 
 
+def quickstart() -> str:
+    """README's quickstart ``app.py``, as a user saves it."""
+    return readme_example("Quickstart")
+
+
 def user_project(pytester: pytest.Pytester, **tests: str) -> None:
+    """A user's project: README's quickstart as ``app.py`` and the given test modules."""
     pytester.makeini(PYTEST_INI)
-    pytester.makepyfile(myapp=MYAPP, **tests)
+    pytester.makepyfile(app=quickstart(), **tests)
 
 
 # -- the README example, run as it stands ------------------------------------------------
@@ -93,7 +71,9 @@ def test_readme_example_really_tests_the_app(pytester: pytest.Pytester) -> None:
     example's assertions are live, not decoration."""
     example = readme_example("Testing your app")
     user_project(pytester, test_readme_example=example)
-    pytester.makepyfile(myapp=MYAPP.replace("    @plurality_required\n    def dashboard", "    def dashboard"))
+    unprotected = quickstart().replace("    @plurality_required\n    def dashboard", "    def dashboard")
+    assert unprotected != quickstart()
+    pytester.makepyfile(app=unprotected)
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=example.count("\ndef test_") - 2, failed=2)
     result.stdout.fnmatch_lines(["*FAILED*test_dashboard_needs_a_login*", "*FAILED*test_logout_ends_the_session*"])
@@ -106,7 +86,7 @@ import pytest
 import requests
 from flask_plurality.testing import FakePlurality, PluralityTestClient
 
-from myapp import create_app
+from app import create_app
 
 
 @pytest.fixture
@@ -170,7 +150,7 @@ ISOLATION_TESTS = """
 import pytest
 from flask_plurality.testing import PluralityTestClient
 
-from myapp import create_app
+from app import create_app
 
 
 @pytest.fixture
