@@ -1,7 +1,7 @@
 """``flask plurality ...``: check a deployment, validate a token, run the stand-in, revoke a user.
 
 The exit codes are an interface that deploy scripts rely on, the same for every
-command; they are listed in :class:`ExitCode` and in the README.
+command; they are listed in :class:`ExitCode` and in the docs (docs/cli.rst).
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def _workers_hint() -> str | None:
 
 
 def config_warnings(app: Flask, store: Store | None) -> list[str]:
-    """Settings that work in development and hurt in production (README lists them)."""
+    """Settings that work in development and hurt in production (docs/cli.rst lists them)."""
     warnings = list(describe_store(app)[1])
     hint = _workers_hint()
     if store is not None and not store.shared and hint:
