@@ -422,3 +422,28 @@ def test_demo_under_gunicorn_with_one_worker_logs_in(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_demo_under_flask_run_debug_starts_despite_the_reloader(tmp_path: Path) -> None:
+    """``flask run --debug`` loads the app in the reloader's parent and again in the child
+    that serves: the one-process rule must let that child start."""
+    port = free_port()
+    log = tmp_path / "flask.log"
+    factory = f"examples.app:create_app(instance_path={str(tmp_path / 'instance')!r})"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", factory, "run", "--debug", "--port", str(port)],
+            cwd=ROOT,
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/", server, log)
+        assert demo_login(f"http://127.0.0.1:{port}") == 200
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert "Demo mode runs in one process only" not in log.read_text()
