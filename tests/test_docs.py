@@ -70,3 +70,22 @@ def test_reference_pages_fit_a_1280_px_window(chromium: Any, built_docs: Path, p
         from flask_plurality.config import DEFAULTS
 
         assert measured["tables"][0]["rows"] == len(DEFAULTS) + 1  # a header and one row per key
+
+
+def test_readme_widget_snippet_loads_the_builds_the_sample_pins() -> None:
+    """README's plain-page snippet and the sample app load the same React and widget
+    builds (the sample pins them with Subresource Integrity), and the React snippet
+    installs the same widget version."""
+    import re
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from examples.app import WIDGET_SCRIPTS
+
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    section = readme[readme.index("\nThe widget in your page\n") : readme.index("\nTesting your app\n")]
+    assert re.findall(r'<script src="([^"]+)"', section) == [src for src, _ in WIDGET_SCRIPTS]
+    version = re.search(r"smart-profile-wallet@([\d.]+)/", WIDGET_SCRIPTS[-1][0])
+    assert version is not None
+    assert f"npm install @plurality-network/smart-profile-wallet@{version.group(1)}" in section
+    assert "https://developer.plurality.network" in readme and "Invalid domain" in section
