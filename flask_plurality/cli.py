@@ -1,7 +1,7 @@
 """``flask plurality ...``: check a deployment, validate a token, run the stand-in, revoke a user.
 
 The exit codes are an interface that deploy scripts rely on, the same for every
-command; they are listed in :class:`ExitCode` and in the README.
+command; they are listed in :class:`ExitCode` and in the docs (docs/cli.rst).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .client import VALIDATE_PATH
 from .config import config
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .security import insecure_transport
-from .state import get_extension
+from .state import get_extension, get_state
 from .store import Store, describe_store, get_store, key
 from .tokens import read_claims
 
@@ -198,7 +198,7 @@ def _workers_hint() -> str | None:
 
 
 def config_warnings(app: Flask, store: Store | None) -> list[str]:
-    """Settings that work in development and hurt in production (README lists them)."""
+    """Settings that work in development and hurt in production (docs/cli.rst lists them)."""
     warnings = list(describe_store(app)[1])
     hint = _workers_hint()
     if store is not None and not store.shared and hint:
@@ -247,6 +247,16 @@ def check_command(token: str | None) -> None:
     _exit(ExitCode.STORE_UNAVAILABLE if store_problem else code)
 
 
+_DEMO_MODE_NOTE = (
+    "note: this app runs in demo mode (PLURALITY_FAKE), so the stand-in that checked the token "
+    "was started by this very command, with a signing key of its own: a token from "
+    "'flask plurality fake-server' or from a running demo app is signed with another key, and "
+    "only that process can accept it. To check such a token here, point the app at that "
+    "fake-server instead: PLURALITY_API_URL, PLURALITY_CLIENT_ID and PLURALITY_CLIENT_SECRET as "
+    "it printed them, and PLURALITY_FAKE off."
+)
+
+
 @plurality_cli.command("validate")
 @click.argument("token")
 def validate_command(token: str) -> None:
@@ -260,6 +270,8 @@ def validate_command(token: str) -> None:
         profile = get_extension().validate(token)
     except InvalidToken as exc:
         click.echo(f"token invalid or expired: {_why_invalid(exc, token)}", err=True)
+        if exc.reason == "rejected" and get_state().fake is not None:
+            click.echo(_DEMO_MODE_NOTE, err=True)
         _exit(ExitCode.INVALID_TOKEN)
     except CredentialsRejected as exc:
         click.echo(f"credentials rejected: {_credentials_detail(exc)}", err=True)

@@ -14,8 +14,8 @@ from flask import current_app
 
 from .exceptions import ConfigurationError
 
-#: Every key the extension reads, with its default. The README's config table and
-#: the docs are checked against this mapping by the test suite.
+#: Every key the extension reads, with its default. The config table of the docs
+#: (docs/configuration.rst) is checked against this mapping by the docs build and a test.
 DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_CLIENT_ID": None,
     "PLURALITY_CLIENT_SECRET": None,
@@ -29,7 +29,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_LOGIN_URL": None,
     "PLURALITY_TRUSTED_ORIGINS": [],
     "PLURALITY_FAKE": False,
-    # Added keys (documented in README.rst's config table).
+    # Added keys (documented in docs/configuration.rst's config table).
     "PLURALITY_KEY_PREFIX": "plurality:",
     "PLURALITY_MAX_TOKEN_LENGTH": 4096,
     "PLURALITY_LOGIN_MAX_FAILURES": 10,

@@ -122,8 +122,9 @@ def _start_fake(app: Flask) -> FakePlurality:
     """PLURALITY_FAKE: point the app at the built-in stand-in, never silently in production."""
     if fake_mode(app.config["PLURALITY_FAKE"]) != "force" and not (app.debug or app.testing):
         raise ConfigurationError(
-            "PLURALITY_FAKE is on but the app is neither in debug nor in testing mode: a "
-            "production app must not accept fake logins. Set PLURALITY_FAKE = 'force' to insist."
+            "PLURALITY_FAKE is on but the app is neither in debug nor in testing mode: a production "
+            "app must not accept fake logins. Run it in debug mode (flask run --debug), or insist "
+            "with PLURALITY_FAKE = 'force' (FLASK_PLURALITY_FAKE=force in the environment)."
         )
     from .fake import shared_fake  # only in demo mode: the request path never imports the stand-in
 

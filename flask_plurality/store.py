@@ -343,7 +343,7 @@ def describe_store(app: Flask) -> tuple[str, list[str]]:
         if timeout is None:
             warnings.append(
                 "The Redis client has no socket_timeout: a stalled Redis holds every request forever. "
-                "Pass socket_timeout=0.5, socket_connect_timeout=0.5 (see the README's Deployment section)."
+                "Pass socket_timeout=0.5, socket_connect_timeout=0.5 (see Deployment in the docs)."
             )
         elif worst > SLOW_STORE_WARNING:
             warnings.append(

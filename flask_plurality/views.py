@@ -32,10 +32,16 @@ class _Refused(Exception):
         self.response = response
 
 
-def _read_post() -> tuple[str | None, str | None]:
+def _read_post(*, logout: bool = False) -> tuple[str | None, str | None]:
     """(token, next) of a login or logout post, after SPEC's origin rule and body limits;
-    raise :class:`_Refused` with the answer otherwise."""
-    if not origin_allowed(config.trusted_origins):
+    raise :class:`_Refused` with the answer otherwise.
+
+    A logout may also come with neither ``Origin`` nor ``Referer`` when nothing at all is
+    sent (no ``Content-Type``, no body: a cross-site form always sends a Content-Type),
+    and a JSON logout may have an empty body (SPEC section 3)."""
+    headers = request.headers
+    bare = logout and not any(name in headers for name in ("Origin", "Referer", "Content-Type"))
+    if not bare and not origin_allowed(config.trusted_origins):
         raise _Refused(json_error(403, "forbidden_origin"))
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise _Refused(json_error(413, "payload_too_large"))
@@ -43,17 +49,20 @@ def _read_post() -> tuple[str | None, str | None]:
     # that is exactly 16 KiB: werkzeug silently truncates a stream at the limit.
     request.max_content_length = MAX_BODY + 1
     try:
-        if len(request.get_data(cache=True)) > MAX_BODY:
+        body = request.get_data(cache=True)
+        if len(body) > MAX_BODY:
             raise _Refused(json_error(413, "payload_too_large"))
+        if bare and body:  # something was sent after all (a chunked body): the origin rule applies
+            raise _Refused(json_error(403, "forbidden_origin"))
         if request.mimetype == "application/json":
-            data: Any = request.get_json(silent=False)
+            data: Any = {} if logout and not body else request.get_json(silent=False)
             if not isinstance(data, dict):
                 raise _Refused(json_error(400, "invalid_request"))
             token, next_ = data.get("token"), request.args.get("next")
         elif request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
             token = request.form.get("token")
             next_ = request.form.get("next") or request.args.get("next")
-        elif request.get_data(cache=True):
+        elif body:
             raise _Refused(json_error(400, "invalid_request"))
         else:
             token, next_ = None, request.args.get("next")
@@ -131,7 +140,7 @@ def login() -> BaseResponse:
 @blueprint.post("/logout")
 def logout() -> BaseResponse:
     try:
-        _, next_ = _read_post()
+        _, next_ = _read_post(logout=True)
     except _Refused as refused:
         return refused.response
     if getattr(session, "store_error", False):
