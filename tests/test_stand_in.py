@@ -198,7 +198,11 @@ def test_row2_revoked_token(fake: FakePlurality) -> None:
     assert call(fake, other)[0] == 200
 
 
-@pytest.mark.parametrize("authorization", [NOT_MINE, "Bearer abc", "Digest x"])
+@pytest.mark.parametrize(
+    "authorization",
+    # Plurality checks startsWith('Basic '), case-sensitive, after Node strips trailing spaces.
+    [NOT_MINE, "Bearer abc", "Digest x", "Basic", "basic " + base64.b64encode(b"demo:s3cret").decode()],
+)
 def test_row3_no_basic_header(fake: FakePlurality, authorization: object) -> None:
     result = call(fake, fake.issue_token(), authorization=authorization)
     assert result[:3] == (401, JSON, b'{"message":"Unauthorized"}')
@@ -206,7 +210,7 @@ def test_row3_no_basic_header(fake: FakePlurality, authorization: object) -> Non
 
 @pytest.mark.parametrize(
     "authorization",
-    ["Basic !!!", "Basic", basic("no-colon"), basic(":s3cret"), basic("demo:")],
+    ["Basic !!!", basic("no-colon"), basic(":s3cret"), basic("demo:")],
 )
 def test_row4_basic_without_id_or_secret(fake: FakePlurality, authorization: str) -> None:
     result = call(fake, fake.issue_token(), authorization=authorization)
@@ -462,7 +466,8 @@ def test_restart_keeps_state() -> None:
 def test_shared_fake_is_one_started_demo_instance() -> None:
     fake = shared_fake()
     assert shared_fake() is fake
-    assert (fake.client_id, fake.client_secret) == ("demo-client", "demo-secret")
+    assert (fake.client_id, fake.client_secret) == (FakePlurality.DEMO_CLIENT_ID, "demo-secret")
+    assert FakePlurality.DEMO_CLIENT_ID == "9a3a4bda-bbc5-46e4-8f42-2e4deca35a31"  # a UUID, as Plurality's ids are
     assert call(fake, fake.issue_token())[0] == 200
 
 
@@ -525,12 +530,12 @@ def test_command_line_server() -> None:
         url = lines[0].split()[4]
         token = lines[1 + next(i for i, x in enumerate(lines) if "token" in x)].strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/api")
-        assert "  PLURALITY_CLIENT_ID=demo-client\n" in lines
+        assert f"  PLURALITY_CLIENT_ID={FakePlurality.DEMO_CLIENT_ID}\n" in lines
         assert "  PLURALITY_CLIENT_SECRET=demo-secret\n" in lines
         with requests.post(
             url + "/user/validate",
             json={"token": token},
-            auth=("demo-client", "demo-secret"),
+            auth=(FakePlurality.DEMO_CLIENT_ID, "demo-secret"),
             timeout=5,
         ) as response:
             assert response.json()["success"] is True
