@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import AppFactory, error_of, login
 from flask import Flask
-from test_outages import age_session
+from helpers import AppFactory, age_session, error_of, login
 from werkzeug.wrappers import Request, Response
 
 from flask_plurality import InvalidToken, PluralityError, UpstreamUnavailable
