@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -369,3 +370,52 @@ def raised(app: Flask, token: str) -> PluralityError:
     with pytest.raises(PluralityError) as info:
         validate(app, token)
     return info.value
+
+
+# -- over TLS -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_fake(fake: FakePlurality, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The stand-in's validate route over HTTPS: its URL. The certificate is self-signed
+    and trusted through REQUESTS_CA_BUNDLE, so TLS is verified as in production."""
+    import shutil
+    import ssl
+    import subprocess
+
+    from werkzeug.serving import make_server
+
+    from flask_plurality.fake import _QuietHandler
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert]
+    command += ["-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(command, check=True, capture_output=True)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = make_server("127.0.0.1", 0, fake._wsgi, threaded=True, ssl_context=context, request_handler=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.port}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(("fault", "reason"), [("drip", "timeout"), ("slow_headers", "timeout"), ("huge", "oversized")])
+def test_the_deadline_and_the_cap_hold_over_tls(
+    make_app: AppFactory, fake: FakePlurality, tls_fake: str, fault: str, reason: str
+) -> None:
+    app = make_app(PLURALITY_API_URL=tls_fake, PLURALITY_TIMEOUT=TIMEOUT)
+    assert validate(app, fake.issue_token()).id  # a good answer over TLS first
+    fake.fail_next(fault)
+    outcome = measured(fake, lambda: validate(app, fake.issue_token()))
+    assert isinstance(outcome.error, UpstreamUnavailable) and outcome.error.reason == reason
+    assert outcome.seconds < CEILING
+    assert outcome.calls == 1
+    assert validate(app, fake.issue_token()).id  # and the next call is fine
