@@ -2,11 +2,12 @@
 
 The stand-in answers in 1.5 s; every session revalidates every second
 (``PLURALITY_REVALIDATE = 1``, ``PLURALITY_TIMEOUT`` at its default of 5 s); two
-gunicorn processes (gthread, one worker each, as many threads as clients) share one
-Redis; client threads send requests on every session, to either process at random,
-for 12 s: 8 sessions and 16 clients, then 2 hot sessions and 32 clients (where
-waiters contend most). Counted: the statuses (any 503 is a request the load should
-not have failed), the slowest answer, the calls that reached Plurality against the
+gunicorn processes (one worker each: gthread with as many threads as clients, or
+gevent) share one Redis; client threads send requests on every session, to either
+process at random, for 12 s: 8 sessions and 16 clients, 2 hot sessions and 32 clients
+(where waiters contend most), and 4 sessions and 64 clients on gevent workers.
+Counted: the statuses (any 503 is a request the load should not have failed), the
+slowest answer, the calls that reached Plurality against the
 ideal (one per session per interval elapsed), and each process's breaker at the end
 (closed, no failures counted: slow answers were not mistaken for an outage).
 
@@ -19,6 +20,7 @@ benchmarks.bench_slow_upstream``) to measure that code: the app processes import
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import random
 import threading
@@ -34,8 +36,9 @@ from flask_plurality.testing import FakePlurality
 
 from .servers import gunicorn, private_redis
 
-SETUPS = ((8, 16), (2, 32))  # (sessions, client threads)
-SESSIONS, THREADS = SETUPS[0]
+#: (sessions, client threads, gunicorn worker class: gthread with as many threads, or gevent)
+SETUPS: tuple[tuple[int, int, str | None], ...] = ((8, 16, None), (2, 32, None), (4, 64, "gevent"))
+SESSIONS, THREADS, _ = SETUPS[0]
 DURATION = 12.0
 LATENCY = 1.5
 INTERVAL = 1
@@ -50,6 +53,7 @@ class Load:
     requests: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     slowest: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)  # status 0: no HTTP answer, by exception
     calls: int = 0
     breakers: list[dict[str, Any]] = field(default_factory=list)
 
@@ -72,6 +76,7 @@ def load(
     threads: int = THREADS,
     cwd: Path | None = None,
     redis_url: str | None = None,
+    worker_class: str | None = None,
 ) -> Load:
     """Run the load once, on ``redis_url`` (flushed by the caller) or a private
     redis-server; raise ``RuntimeError`` when there is neither."""
@@ -88,7 +93,9 @@ def load(
             "BENCH_REDIS_URL": redis_url,
             "BENCH_INTERVAL": str(INTERVAL),
         }
-        extra = {} if cwd is None else {"cwd": cwd}
+        extra: dict[str, Any] = {} if cwd is None else {"cwd": cwd}
+        if worker_class is not None:
+            extra["worker_class"] = worker_class
         app = "benchmarks.slow_app:create_app()"
         with (
             gunicorn(app, env, workers=1, threads=threads, **extra) as port_a,
@@ -117,10 +124,14 @@ def load(
                         http.cookies.clear()
                         sent = time.monotonic()
                         try:
-                            answer = http.get(f"{url}/slow", headers={"Cookie": f"session={cookie}"}, timeout=30)
-                            status = answer.status_code
-                        except requests.RequestException:
+                            # A new connection each time: a kept-alive one that the server
+                            # closes as the next request goes out is the client's race, not ours.
+                            headers = {"Cookie": f"session={cookie}", "Connection": "close"}
+                            status = http.get(f"{url}/slow", headers=headers, timeout=30).status_code
+                        except requests.RequestException as exc:
                             status = 0
+                            with lock:
+                                result.errors[type(exc).__name__] += 1
                         took = time.monotonic() - sent
                         with lock:
                             result.requests += 1
@@ -172,12 +183,15 @@ def run(quick: bool = False) -> str:
     """The table as text; ``quick``: one 3 s smoke run."""
     duration = 3.0 if quick else DURATION
     rows = []
-    for sessions, threads in SETUPS[:1] if quick else SETUPS:
+    for sessions, threads, worker_class in SETUPS[:1] if quick else SETUPS:
+        if worker_class == "gevent" and importlib.util.find_spec("gevent") is None:
+            continue
         try:
-            result = load(duration=duration, sessions=sessions, threads=threads)
+            result = load(duration=duration, sessions=sessions, threads=threads, worker_class=worker_class)
         except RuntimeError as exc:  # no redis-server here: say so rather than fail the whole table
             return f"skipped: {exc}"
-        rows.append(row(f"{sessions} sessions, {threads} clients, {duration:g} s", result))
+        kind = worker_class or "gthread"
+        rows.append(row(f"{kind}, {sessions} sessions, {threads} clients, {duration:g} s", result))
     return f"answers take {LATENCY} s, interval {INTERVAL} s, 2 processes\n" + _table(rows)
 
 

@@ -68,25 +68,22 @@ def private_redis() -> Iterator[str | None]:
 
 @contextlib.contextmanager
 def gunicorn(
-    app: str, env: dict[str, str], *, workers: int, threads: int = 1, cwd: Path = ROOT
+    app: str,
+    env: dict[str, str],
+    *,
+    workers: int,
+    threads: int = 1,
+    worker_class: str | None = None,
+    cwd: Path = ROOT,
 ) -> Iterator[int]:
-    """``gunicorn -w N`` (sync workers, the default; ``gthread`` with ``threads`` > 1)
-    serving ``app`` on a loopback port, run in ``cwd`` (whose ``flask_plurality`` it imports)."""
+    """``gunicorn -w N`` (sync workers, the default; ``gthread`` with ``threads`` > 1, or
+    ``worker_class``, e.g. ``gevent``) serving ``app`` on a loopback port, run in ``cwd``
+    (whose ``flask_plurality`` it imports)."""
     port = free_port()
+    kind = ["-k", worker_class] if worker_class else ["--threads", str(threads)]
+    command = [sys.executable, "-m", "gunicorn", "-w", str(workers), *kind, "-b", f"127.0.0.1:{port}"]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-w",
-            str(workers),
-            "--threads",
-            str(threads),
-            "-b",
-            f"127.0.0.1:{port}",
-            "--log-level=warning",
-            app,
-        ],
+        [*command, "--log-level=warning", app],
         cwd=cwd,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
