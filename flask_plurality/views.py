@@ -182,3 +182,14 @@ def fake_token() -> Response:
 def wrong_method() -> BaseResponse:
     """Keep SPEC's promise that every answer here is JSON, even Flask's 405."""
     return json_error(405, "method_not_allowed", headers={"Allow": "POST, OPTIONS"})
+
+
+@blueprint.get("/openapi.json")
+def openapi_document() -> Response:
+    """These endpoints as an OpenAPI 3.1 document, when ``PLURALITY_OPENAPI`` is on."""
+    if not config.openapi:
+        return json_error(404, "not_found")
+    from .openapi import document  # built only for the few apps that serve it
+
+    prefix = current_app.config["PLURALITY_URL_PREFIX"] or ""
+    return json_response(document(request.script_root + prefix.rstrip("/")))

@@ -153,7 +153,7 @@ def test_one_extension_serves_two_apps(tmp_path: Path, fake: FakePlurality) -> N
         assert two.post("/plurality/login", json={"token": token_two}).status_code == 404
 
         # Each app asks its own upstream with its own credentials.
-        assert [(c.client_id, c.auth_ok) for c in fake.calls] == [("demo-client", True)]
+        assert [(c.client_id, c.auth_ok) for c in fake.calls] == [(FakePlurality.DEMO_CLIENT_ID, True)]
         assert [(c.client_id, c.auth_ok) for c in other.calls] == [("second", True)]
         # A token of one is not a login in the other; sessions do not cross either.
         assert two.post("/auth/login", json={"token": token_one}).status_code == 401

@@ -250,3 +250,48 @@ def test_redis_add_is_set_if_absent_with_an_expiry(redis_client: Any) -> None:
     assert 0 < redis_client.ttl("k") <= 5
     store.delete("k")
     assert store.add("k", 3, 5)
+
+
+def _get(url: str, cookie: str) -> requests.Response:
+    return requests.get(f"{url}/protected", headers={"Cookie": f"session={cookie}"}, timeout=15)
+
+
+@BACKENDS
+@pytest.mark.parametrize(("arrives_after", "calls"), [(0.3, 1), (1.3, 2)])
+def test_a_waiter_judges_freshness_when_it_arrived_not_when_the_answer_lands(
+    make_app: AppFactory,
+    fake: FakePlurality,
+    backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    arrives_after: float,
+    calls: int,
+) -> None:
+    """Plurality answers in 1.5 s, the interval is 1 s. Worker B's request arrives while
+    worker A's call is out. 0.3 s after A asked, A's answer is fresh enough for B (it
+    was 0.3 s old when B's request arrived), however old it is when it lands: B takes
+    it, one call in all. 1.3 s after, it was already too old for B: B asks again, within
+    its own time, and still answers 200."""
+    worker_a, worker_b = workers(make_app, backend, request, tmp_path, PLURALITY_REVALIDATE=1, PLURALITY_TIMEOUT=5)
+    token = fake.issue_token()
+    (cookie,) = stale_sessions(worker_a, token, 1)
+    with worker_a.app_context():
+        store = get_store()
+    lock = f"plurality:asking:{fake.client_id}:{token_hash(token)}"
+    fake.reset_calls()
+    fake.latency = 1.5
+    first: list[requests.Response] = []
+    with served(worker_a, worker_b) as (url_a, url_b):
+        thread = threading.Thread(target=lambda: first.append(_get(url_a, cookie)))
+        thread.start()
+        for _ in range(500):  # until A's call is out
+            if store.get(lock) is not None:
+                break
+            time.sleep(0.005)
+        assert store.get(lock) is not None
+        time.sleep(arrives_after)
+        second = _get(url_b, cookie)
+        thread.join()
+    assert first[0].status_code == 200
+    assert second.status_code == 200
+    assert len(fake.calls) == calls
