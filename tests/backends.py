@@ -592,18 +592,16 @@ def app_servers(options: list[dict[str, Any]]) -> Iterator[list[str]]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)])}
     processes: list[subprocess.Popen[str]] = []
     try:
-        for option in options:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, str(here / "backend_app.py")],
-                    env={**env, "BACKEND_APP": json.dumps(option)},
-                    stdout=subprocess.PIPE,
-                    text=True,
-                    start_new_session=True,
-                )
-            )
         urls = []
-        for process in processes:
+        for option in options:  # one after the other: Flask-Session creates its SQL table unguarded
+            process = subprocess.Popen(
+                [sys.executable, str(here / "backend_app.py")],
+                env={**env, "BACKEND_APP": json.dumps(option)},
+                stdout=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            processes.append(process)
             assert process.stdout is not None
             line = process.stdout.readline()
             if not line.startswith("PORT "):
@@ -619,3 +617,5 @@ def app_servers(options: list[dict[str, Any]]) -> Iterator[list[str]]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+            if process.stdout is not None:
+                process.stdout.close()
