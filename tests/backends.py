@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -553,6 +554,9 @@ def backend(request: pytest.FixtureRequest, fake: FakePlurality, tmp_path: Path)
 
         @contextlib.contextmanager
         def paused_group() -> Iterator[None]:
+            """Both Redis servers stop answering; the sentinels may start a failover
+            meanwhile, so the group is given time to settle afterwards."""
+            primary = group.master_port()
             group.primary.pause()
             group.replica.pause()
             try:
@@ -560,6 +564,9 @@ def backend(request: pytest.FixtureRequest, fake: FakePlurality, tmp_path: Path)
             finally:
                 group.primary.resume()
                 group.replica.resume()
+                wait_until(lambda: group.master_port() in group.ports, 30, "the sentinels to agree on a primary")
+                if group.master_port() != primary:
+                    time.sleep(1)
 
         backend.outage = paused_group
     elif family in ("cachelib-memcached", "memcached"):
@@ -591,6 +598,7 @@ def app_servers(options: list[dict[str, Any]]) -> Iterator[list[str]]:
     here = Path(__file__).resolve().parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)])}
     processes: list[subprocess.Popen[str]] = []
+    log = open(os.path.join(options[0]["instance_path"], "servers.log"), "w")  # noqa: SIM115
     try:
         urls = []
         for option in options:  # one after the other: Flask-Session creates its SQL table unguarded
@@ -598,6 +606,7 @@ def app_servers(options: list[dict[str, Any]]) -> Iterator[list[str]]:
                 [sys.executable, str(here / "backend_app.py")],
                 env={**env, "BACKEND_APP": json.dumps(option)},
                 stdout=subprocess.PIPE,
+                stderr=log,
                 text=True,
                 start_new_session=True,
             )
@@ -619,3 +628,100 @@ def app_servers(options: list[dict[str, Any]]) -> Iterator[list[str]]:
                 process.wait(5)
             if process.stdout is not None:
                 process.stdout.close()
+        log.close()
+
+
+# -- what a backend holds ----------------------------------------------------------------
+
+
+def _memcached_dump(server: str) -> dict[str, float]:
+    """{key: absolute expiry (-1: none)} of every item memcached holds (lru_crawler)."""
+    from urllib.parse import unquote
+
+    host, port = server.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"lru_crawler metadump all\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n") and not data.startswith(b"ERROR"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    items = {}
+    for line in data.decode().splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        if "key" in fields:
+            items[unquote(fields["key"])] = float(fields["exp"])
+    return items
+
+
+def live_entries(backend: Backend, app: Flask) -> dict[str, float]:
+    """Every entry of this test's prefix that the backend still holds and has not
+    expired: {name: seconds left} (``math.inf``: no expiry at all)."""
+    import math
+    import struct
+
+    prefix, now = backend.spec["prefix"], time.time()
+    inner = app.session_interface.inner  # type: ignore[attr-defined]
+    family = backend.name
+    found: dict[str, float] = {}
+    if family == "cachelib-file":
+        for path in Path(backend.spec["path"]).iterdir():
+            if "plurality-lock-" in path.name or path.name.endswith(".__wz_cache"):
+                continue
+            expires = struct.unpack("I", path.read_bytes()[:4])[0]
+            if expires == 0 or expires >= now:
+                found[path.name] = math.inf if expires == 0 else expires - now
+    elif family in ("cachelib-redis", "redis", "redis-password", "redis-socket", "redis-sentinel"):
+        client = inner.cache._write_client if family == "cachelib-redis" else inner.client
+        for name in client.scan_iter(match=f"{prefix}*", count=1000):
+            ttl = client.ttl(name)
+            if ttl != -2:  # -2: gone (expired) since the scan
+                found[name.decode()] = math.inf if ttl == -1 else float(ttl)
+    elif family in ("cachelib-memcached", "memcached"):
+        client = inner.cache._client if family == "cachelib-memcached" else inner.client
+        for name, expires in _memcached_dump(backend.spec["server"]).items():
+            if name.startswith(prefix) and client.get(name) is not None:  # a get drops expired items
+                found[name] = math.inf if expires < 0 else expires - now
+    elif family.startswith("sqlalchemy"):
+        import sqlalchemy as sa
+
+        from flask_plurality.store import get_store
+
+        store: Any = get_store(app)
+        with store.engine.connect() as conn:
+            for name, expires in conn.execute(sa.select(store.table.c.key, store.table.c.expires_at)):
+                if name.startswith(prefix) and expires > now:
+                    found[name] = expires - now
+            sessions = store.sessions
+            utcnow = datetime.now(UTC).replace(tzinfo=None)
+            for name, expiry in conn.execute(sa.select(sessions.c.session_id, sessions.c.expiry)):
+                if name.startswith(prefix) and (expiry is None or expiry > utcnow):
+                    found[name] = math.inf if expiry is None else (expiry - utcnow).total_seconds()
+    else:
+        raise AssertionError(family)
+    return found
+
+
+def stored_anything(backend: Backend, app: Flask) -> int:
+    """How many entries of this test's prefix exist at all, expired or not, where the
+    backend keeps expired ones until something deletes them (files, SQL rows)."""
+    prefix = backend.spec["prefix"]
+    if backend.name == "cachelib-file":
+        return sum(
+            1
+            for path in Path(backend.spec["path"]).iterdir()
+            if "plurality-lock-" not in path.name and not path.name.endswith(".__wz_cache")
+        )
+    if backend.name.startswith("sqlalchemy"):
+        import sqlalchemy as sa
+
+        from flask_plurality.store import get_store
+
+        store: Any = get_store(app)
+        with store.engine.connect() as conn:
+            own = conn.execute(sa.select(sa.func.count()).where(store.table.c.key.startswith(prefix))).scalar()
+            sessions = store.sessions
+            theirs = conn.execute(sa.select(sa.func.count()).where(sessions.c.session_id.startswith(prefix))).scalar()
+        return int(own) + int(theirs)
+    return len(live_entries(backend, app))

@@ -16,9 +16,10 @@ from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import requests
 import requests.adapters
-from helpers import login
+from helpers import SAME_ORIGIN, error_of, login
 
 from flask_plurality.testing import FakePlurality
 
@@ -130,7 +131,7 @@ def test_logout_is_final_against_requests_in_flight_on_another_process(
     logs out on server A; then the held request ends (and Flask-Session saves the session
     it read). Half the rounds release the held requests only once the logouts answered,
     half at the same moment the logouts are sent, so the save and the delete really race.
-    Afterwards the old cookie must be refused on both servers: zero resurrections."""
+    Afterwards the old cookie must be refused (asked of either server): zero resurrections."""
     from backends import app_servers
 
     statuses: Counter[int] = Counter()
@@ -144,12 +145,181 @@ def test_logout_is_final_against_requests_in_flight_on_another_process(
         for round_ in range(RACES // BATCH):
             cookies, held = _race_round(http, a, b, fake, tmp_path, round_)
             statuses.update(held)
-            for cookie in cookies:
-                for base in (a, b):
-                    answer = http.get(f"{base}/plurality/session", cookies={"session": cookie}, timeout=10)
-                    if answer.status_code != 401:
-                        resurrected[answer.status_code] += 1
+            for n, cookie in enumerate(cookies):  # one shared store: either server can tell
+                base = (a, b)[n % 2]
+                answer = http.get(f"{base}/plurality/session", cookies={"session": cookie}, timeout=10)
+                if answer.status_code != 401:
+                    resurrected[answer.status_code] += 1
         http.close()
     print(f"\n{backend.name}: {RACES} races, resurrections {dict(resurrected)}, held requests {dict(statuses)}")
     assert statuses == {200: RACES}  # every held request had been let in
     assert resurrected == {}
+
+
+# -- 2. no silent loss: a failing store answers 503 -------------------------------------
+
+
+def test_a_failing_store_answers_503_and_loses_nothing_silently(backend: Backend, fake: FakePlurality) -> None:
+    """Read-only directory, cut connection or stopped server: login, logout, protected
+    routes and the app's own session writes answer 503; revoke_user raises and the CLI
+    exits 7. Once the store is back, what was there is intact and the logout that
+    answered 503 did not happen (it said so)."""
+    from flask_plurality import SessionStoreUnavailable
+
+    spec = backend.proxied_spec() if backend.proxied_spec is not None else None
+    app = backend.make_app(spec)
+    browser = app.test_client()
+    user = "outage-user"
+    assert login(browser, fake.issue_token(user_id=user)).status_code == 200
+    assert browser.post("/note?value=before").status_code == 200
+    with backend.outage():
+        error_of(login(app.test_client(), fake.issue_token()), 503, "session_store_unavailable")
+        error_of(browser.get("/protected"), 503, "session_store_unavailable")
+        error_of(browser.post("/note?value=lost"), 503, "session_store_unavailable")
+        error_of(browser.post("/plurality/logout", json={}, headers=SAME_ORIGIN), 503, "session_store_unavailable")
+        with app.app_context(), pytest.raises(SessionStoreUnavailable):
+            app.extensions["plurality"].revoke_user(user)
+        result = app.test_cli_runner().invoke(args=["plurality", "revoke-user", user])
+        assert result.exit_code == 7, result.output
+    deadline = time.monotonic() + 30  # a Sentinel group may be electing a primary still
+    while (status := browser.get("/protected").status_code) == 503 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status == 200  # the logout answered 503: not logged out
+    assert browser.get("/note").get_json() == {"note": "before"}  # the 503 write is not half there
+
+
+# -- 3. revocation reaches every process ----------------------------------------------------
+
+
+def test_revoke_user_takes_effect_on_every_process(backend: Backend, fake: FakePlurality) -> None:
+    from backends import app_servers
+
+    user = "revoked-user"
+    http = requests.Session()
+    http.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    with app_servers([backend.server_options(), backend.server_options()]) as (a, b):
+        cookie = _login_over_http(http, a, fake.issue_token(user_id=user))
+        other = _login_over_http(http, a, fake.issue_token(user_id="someone-else"))
+        for base in (a, b):
+            assert http.get(f"{base}/protected", cookies={"session": cookie}, timeout=10).status_code == 200
+        app = backend.make_app()  # a third process's view of the store: where the admin runs it
+        with app.app_context():
+            app.extensions["plurality"].revoke_user(user)
+        for base in (b, a):
+            assert http.get(f"{base}/protected", cookies={"session": cookie}, timeout=10).status_code == 401
+            assert http.get(f"{base}/protected", cookies={"session": other}, timeout=10).status_code == 200
+        again = _login_over_http(http, b, fake.issue_token(user_id=user))  # a later login works, everywhere
+        for base in (a, b):
+            assert http.get(f"{base}/protected", cookies={"session": again}, timeout=10).status_code == 200
+    http.close()
+
+
+# -- 4. throttles are exact under concurrency ------------------------------------------------
+
+
+def test_64_concurrent_bad_logins_reach_plurality_at_most_the_limit(backend: Backend, fake: FakePlurality) -> None:
+    from backends import app_servers
+
+    limit = 10
+    tokens = [fake.issue_token() for _ in range(64)]
+    for token in tokens:
+        fake.revoke(token)  # well formed and unexpired: each reaches Plurality, which says no
+    http = requests.Session()
+    http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=64))
+    options = backend.server_options(PLURALITY_LOGIN_MAX_FAILURES=limit)
+    with app_servers([options, {**options, "instance_path": backend.server_options()["instance_path"]}]) as servers:
+        fake.reset_calls()
+        start = threading.Barrier(64)
+
+        def attempt(n: int) -> int:
+            base = servers[n % 2]
+            start.wait()
+            url, origin = f"{base}/plurality/login", {"Origin": base}
+            return http.post(url, json={"token": tokens[n]}, headers=origin, timeout=30).status_code
+
+        statuses = Counter(_in_threads([partial(attempt, n) for n in range(64)]))
+    http.close()
+    asked = len(fake.calls)
+    print(f"\n{backend.name}: 64 concurrent bad logins: {dict(statuses)}, {asked} reached Plurality (limit {limit})")
+    assert set(statuses) <= {401, 429}
+    assert asked <= limit
+    assert statuses[401] == asked  # every one that was asked was refused by Plurality
+    assert statuses[401] >= 1
+
+
+# -- 5. bounded keys, and expired ones removed ---------------------------------------------
+
+
+def test_a_forged_token_a_year_long_leaves_nothing_longer_than_a_day(backend: Backend, fake: FakePlurality) -> None:
+    from backends import live_entries
+
+    app = backend.make_app(PLURALITY_LOGIN_MAX_FAILURES=1000)
+    for _ in range(20):
+        token = fake.issue_token(ttl=365 * 86400)
+        fake.revoke(token)
+        assert login(app.test_client(), token).status_code == 401
+    entries = live_entries(backend, app)
+    assert entries, "the refusals should be remembered"
+    assert max(entries.values()) <= 86400 + 60, entries
+    assert min(entries.values()) > 0
+
+
+def test_every_entry_has_a_bounded_ttl_and_expired_ones_are_removed(backend: Backend, fake: FakePlurality) -> None:
+    from backends import live_entries, stored_anything
+
+    from flask_plurality.store import get_store
+
+    app = backend.make_app()
+    browser = app.test_client()
+    assert login(browser, fake.issue_token(ttl=3)).status_code == 200
+    assert browser.post("/note?value=x").status_code == 200
+    with app.app_context():
+        app.extensions["plurality"].revoke_user("someone")
+    entries = live_entries(backend, app)
+    assert len(entries) >= 3  # the session, the user's revocation stamp, the epoch
+    assert max(entries.values()) <= 2 * 86400 + 5  # revocations: the longest-lived, 2 days
+    assert min(entries.values()) > 0
+    time.sleep(4.2)  # the session (capped at its token's 3 s) has expired
+    sweep = getattr(get_store(app), "sweep", None)
+    if sweep is not None:  # files and SQL rows: the hourly sweep (its work, run now)
+        sweep()
+    left = live_entries(backend, app)
+    if "memcached" in backend.name:
+        # memcached keeps a counter taken back to 0 until its window (300 s) ends: deleting
+        # it at 0 could lose another worker's count in between. Bounded all the same.
+        zeros = {k: v for k, v in left.items() if ":fail-" in k}
+        assert zeros and max(zeros.values()) <= 300
+        left = {k: v for k, v in left.items() if k not in zeros}
+        entries = {k: v for k, v in entries.items() if ":fail-" not in k}
+    assert len(left) == len(entries) - 1  # only the two revocation entries are left
+    assert all(ttl > 2 * 86400 - 60 for ttl in left.values()), left
+    if "memcached" not in backend.name:
+        assert stored_anything(backend, app) == len(left)  # nothing expired lies around
+
+
+# -- 6. never the wrong server ----------------------------------------------------------------
+
+
+def test_the_shim_fits_every_backend(backend: Backend) -> None:
+    from flask_plurality.sessions import shim
+
+    app = backend.make_app()
+    assert shim.missing(app.session_interface.inner) == []  # type: ignore[attr-defined]
+
+
+def test_the_stores_own_operations_are_atomic(backend: Backend) -> None:
+    """Two workers' stores (two clients), 16 threads each: one ``add`` wins, no count is
+    lost, and a counter taken back to zero starts a new window."""
+    from flask_plurality.store import get_store
+
+    stores = [get_store(backend.make_app()), get_store(backend.make_app())]
+    prefix = backend.spec["prefix"]
+    wins = _in_threads([partial(stores[n % 2].add, f"{prefix}marker", n, 30) for n in range(32)])
+    assert wins.count(True) == 1
+    counts = _in_threads([partial(stores[n % 2].incr, f"{prefix}counter", 60) for n in range(32)])
+    assert sorted(count for count, _ in counts) == list(range(1, 33))
+    assert all(0 < left <= 60 for _, left in counts)
+    assert stores[0].peek(f"{prefix}counter")[0] == 32
+    _in_threads([partial(stores[n % 2].decr, f"{prefix}counter") for n in range(32)])
+    assert stores[1].peek(f"{prefix}counter")[0] == 0
+    assert stores[0].incr(f"{prefix}counter", 60)[0] == 1
