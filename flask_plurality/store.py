@@ -210,8 +210,12 @@ def describe_store(app: Flask) -> tuple[str, list[str]]:
         where = getattr(cache, "_path", None)
         kind = type(cache).__name__
         return (f"cachelib {kind} ({where})" if where else f"cachelib {kind}"), warnings
+    store = get_state(app).store
+    if store is not None and store.shared:  # sqlalchemy, memcached: shared through its own store
+        return f"{type(inner).__name__} ({type(store).__name__})", warnings
     warnings.append(
         f"flask-plurality cannot share its answer cache, throttles and revocations through "
-        f"{type(inner).__name__}; they stay per process. Use SESSION_TYPE='redis' or 'cachelib'."
+        f"{type(inner).__name__}; they stay per process and revoke_user is refused. Use SESSION_TYPE "
+        "'redis', 'sqlalchemy', 'memcached' (pymemcache) or 'cachelib'."
     )
     return type(inner).__name__, warnings

@@ -323,3 +323,47 @@ def test_the_stores_own_operations_are_atomic(backend: Backend) -> None:
     _in_threads([partial(stores[n % 2].decr, f"{prefix}counter") for n in range(32)])
     assert stores[1].peek(f"{prefix}counter")[0] == 0
     assert stores[0].incr(f"{prefix}counter", 60)[0] == 1
+
+
+def test_a_session_client_flask_session_would_replace_is_refused(fake: FakePlurality, tmp_path: Path) -> None:
+    """Flask-Session 0.8 swaps a SESSION_REDIS that is not a redis.Redis for Redis() on
+    localhost (and likewise for memcached and SQLAlchemy), with only a warning."""
+    from flask import Flask
+    from redis.cluster import RedisCluster
+
+    from flask_plurality import ConfigurationError, Plurality
+    from flask_plurality.testing import config_for
+
+    cluster = RedisCluster.__new__(RedisCluster)  # a real RedisCluster object, never connected
+    cases = [
+        ({"SESSION_TYPE": "redis", "SESSION_REDIS": cluster}, "Redis Cluster is not supported"),
+        ({"SESSION_TYPE": "memcached", "SESSION_MEMCACHED": object()}, "not a memcached client"),
+        ({"SESSION_TYPE": "sqlalchemy", "SESSION_SQLALCHEMY": object()}, "not a flask_sqlalchemy.SQLAlchemy"),
+    ]
+    for config, message in cases:
+        app = Flask("refused", instance_path=str(tmp_path))
+        app.config.update(TESTING=True, **config_for(fake), **config)
+        with pytest.raises(ConfigurationError, match=message):
+            Plurality(app)
+        assert "plurality" not in app.extensions
+
+
+def test_revoke_user_on_a_per_process_store_is_refused_and_leaves_nothing(
+    fake: FakePlurality, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cachelib import SimpleCache
+    from helpers import build_app
+
+    from flask_plurality import ConfigurationError
+
+    app = build_app(fake, str(tmp_path), SESSION_TYPE="cachelib", SESSION_CACHELIB=SimpleCache())
+    assert any("inside each process" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    browser = app.test_client()
+    assert login(browser, fake.issue_token(user_id="u1")).status_code == 200
+    with app.app_context(), pytest.raises(ConfigurationError, match="per process"):
+        app.extensions["plurality"].revoke_user("u1")
+    assert app.test_cli_runner().invoke(args=["plurality", "revoke-user", "u1"]).exit_code == 8
+    assert browser.get("/protected").status_code == 200  # nothing was half revoked
+    later = app.test_client()
+    assert login(later, fake.issue_token(user_id="u1")).status_code == 200  # nor refuses a later login
+    assert later.get("/protected").status_code == 200

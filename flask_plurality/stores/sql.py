@@ -87,7 +87,7 @@ class SQLStore:
             index = [next(iter(_unique_columns(table)))]
             stmt = pg_insert(table).values(**row)
             return (
-                stmt.on_conflict_do_nothing(index_elements=index)
+                stmt.on_conflict_do_nothing(index_elements=index).returning(table.c[index[0]])
                 if update is None
                 else (stmt.on_conflict_do_update(index_elements=index, set_=update))
             )
@@ -103,11 +103,19 @@ class SQLStore:
             index = [next(iter(_unique_columns(table)))]
             lite = lite_insert(table).values(**row)
             return (
-                lite.on_conflict_do_nothing(index_elements=index)
+                lite.on_conflict_do_nothing(index_elements=index).returning(table.c[index[0]])
                 if update is None
                 else (lite.on_conflict_do_update(index_elements=index, set_=update))
             )
         raise unavailable_error(f"no atomic insert for the {self.dialect} dialect")
+
+    def _inserted(self, stmt: Any, conn: sa.Connection) -> bool:
+        """Did this insert-unless-present insert? (PostgreSQL and SQLite report no rowcount
+        for it: they return the key of an inserted row instead.)"""
+        result = conn.execute(stmt)
+        if self.dialect in ("postgresql", "sqlite"):
+            return result.first() is not None
+        return int(result.rowcount) == 1
 
     # -- the extension's keys -------------------------------------------------------
 
@@ -134,7 +142,7 @@ class SQLStore:
         self._drop_expired(key, now)
         row = {"key": key, "value": dumps(value), "count": 0, "expires_at": now + bounded(ttl)}
         stmt = self._insert(self.table, row)
-        return bool(self._run(lambda conn: conn.execute(stmt).rowcount) == 1)
+        return bool(self._run(partial(self._inserted, stmt)))
 
     def incr(self, key: str, ttl: float) -> tuple[int, int]:
         t = self.table
@@ -156,7 +164,7 @@ class SQLStore:
             self._drop_expired(key, now)
             window = bounded(ttl)
             stmt = self._insert(t, {"key": key, "value": None, "count": 1, "expires_at": now + window})
-            if self._run(partial(_rowcount, stmt)) == 1:
+            if self._run(partial(self._inserted, stmt)):
                 return 1, window
         raise unavailable_error("a counter kept changing under this worker")
 
@@ -214,10 +222,6 @@ class SQLStore:
         t, s = self.table, self.sessions
         self._run(lambda conn: conn.execute(sa.delete(t).where(t.c.expires_at <= time.time())))
         self._run(lambda conn: conn.execute(sa.delete(s).where(s.c.expiry <= _utcnow())))
-
-
-def _rowcount(stmt: Any, conn: sa.Connection) -> int:
-    return int(conn.execute(stmt).rowcount)
 
 
 def _unique_columns(table: sa.Table) -> list[str]:
