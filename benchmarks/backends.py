@@ -174,13 +174,14 @@ def _specs(families: list[str]) -> Iterator[dict[str, dict[str, Any]]]:
     specs: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         needs = set(families)
+        memcached_port, password_port = b.free_port(), b.free_port()
         if needs & {"cachelib-memcached", "memcached"}:
-            servers.append(b.memcached_server(b.MEMCACHED_PORT).start())
+            servers.append(b.memcached_server(memcached_port).start())
         if "redis-password" in needs:
-            servers.append(b.redis_server(b.PASSWORD_REDIS_PORT, "--requirepass", b.REDIS_PASSWORD).start())
+            servers.append(b.redis_server(password_port, "--requirepass", b.REDIS_PASSWORD).start())
         if "redis-socket" in needs:
             servers.append(b.redis_server(0, "--unixsocket", str(work / "redis.sock")).start())
-        group = b.start_sentinel_group("a", work / "sentinel") if "redis-sentinel" in needs else None
+        group = b.start_sentinel_group("bench", work / "sentinel") if "redis-sentinel" in needs else None
         urls = {}
         if "sqlalchemy-postgresql" in needs:
             generator = b._sql_database(
@@ -203,14 +204,14 @@ def _specs(families: list[str]) -> Iterator[dict[str, dict[str, Any]]]:
             elif family in ("cachelib-redis", "redis"):
                 spec["url"] = redis_url
             elif family == "redis-password":
-                spec["url"] = f"redis://:{b.REDIS_PASSWORD}@127.0.0.1:{b.PASSWORD_REDIS_PORT}/0"
+                spec["url"] = f"redis://:{b.REDIS_PASSWORD}@127.0.0.1:{password_port}/0"
             elif family == "redis-socket":
                 spec["path"] = str(work / "redis.sock")
             elif family == "redis-sentinel":
                 assert group is not None
                 spec.update(sentinels=group.addresses, service=group.service)
             elif family in ("cachelib-memcached", "memcached"):
-                spec["server"] = f"127.0.0.1:{b.MEMCACHED_PORT}"
+                spec["server"] = f"127.0.0.1:{memcached_port}"
             elif family == "sqlalchemy-postgresql":
                 spec["url"] = urls["pg"]
             elif family == "sqlalchemy-mariadb":

@@ -38,10 +38,9 @@ from flask import Flask
 from flask_plurality.testing import FakePlurality, config_for
 
 HOST = "127.0.0.1"
-#: Fixed ports of the long-lived servers; the rest of the range is handed out by free_port.
-MEMCACHED_PORT, PASSWORD_REDIS_PORT = 27101, 27102
-SENTINEL_PORTS = {"a": (27110, 27111, (27120, 27121, 27122)), "b": (27112, 27113, (27123, 27124, 27125))}
-_DYNAMIC = itertools.cycle(range(27130, 27200))
+#: Every server gets a free port of the suite's range (27100-27199), so a benchmark run
+#: or a second test run on the same machine cannot collide with this one.
+_DYNAMIC = itertools.cycle(range(27100, 27200))
 _dynamic_lock = threading.Lock()
 REDIS_PASSWORD = "fp11-secret-password"
 POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -65,7 +64,7 @@ def port_open(port: int, host: str = HOST) -> bool:
 def free_port() -> int:
     """A port of the suite's range that nothing listens on (and that binds now)."""
     with _dynamic_lock:
-        for _ in range(70):
+        for _ in range(100):
             port = next(_DYNAMIC)
             with socket.socket() as sock:
                 try:
@@ -73,7 +72,7 @@ def free_port() -> int:
                 except OSError:
                     continue
                 return port
-    raise RuntimeError("no free port left in 27130-27199")
+    raise RuntimeError("no free port left in 27100-27199")
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -199,7 +198,8 @@ class SentinelGroup:
 def start_sentinel_group(group: str, directory: Path) -> SentinelGroup:
     import redis
 
-    primary_port, replica_port, sentinel_ports = SENTINEL_PORTS[group]
+    primary_port, replica_port = free_port(), free_port()
+    sentinel_ports = (free_port(), free_port(), free_port())
     service = f"fp11{group}"
     directory.mkdir(parents=True, exist_ok=True)
     primary = redis_server(primary_port, "--dir", str(directory), name="sentinel primary").start()
@@ -353,20 +353,18 @@ def backend_dir() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def memcached(backend_dir: Path) -> Iterator[str]:
     """``host:port`` of a memcached of the suite's own."""
-    if port_open(MEMCACHED_PORT):
-        unavailable("memcached", f"port {MEMCACHED_PORT} is taken by another program")
-    server = memcached_server(MEMCACHED_PORT).start()
-    yield f"{HOST}:{MEMCACHED_PORT}"
+    port = free_port()
+    server = memcached_server(port).start()
+    yield f"{HOST}:{port}"
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def password_redis(backend_dir: Path) -> Iterator[str]:
     """URL of a Redis that requires a password."""
-    if port_open(PASSWORD_REDIS_PORT):
-        unavailable("a password Redis", f"port {PASSWORD_REDIS_PORT} is taken by another program")
-    server = redis_server(PASSWORD_REDIS_PORT, "--requirepass", REDIS_PASSWORD, name="password redis").start()
-    yield f"redis://:{REDIS_PASSWORD}@{HOST}:{PASSWORD_REDIS_PORT}/0"
+    port = free_port()
+    server = redis_server(port, "--requirepass", REDIS_PASSWORD, name="password redis").start()
+    yield f"redis://:{REDIS_PASSWORD}@{HOST}:{port}/0"
     server.stop()
 
 
@@ -383,9 +381,6 @@ def socket_redis(backend_dir: Path) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def sentinel_group(backend_dir: Path) -> Iterator[SentinelGroup]:
-    ports = SENTINEL_PORTS["a"]
-    if any(port_open(p) for p in (ports[0], ports[1], *ports[2])):
-        unavailable("a Redis Sentinel group", f"one of the ports {ports} is taken by another program")
     group = start_sentinel_group("a", backend_dir / "sentinel-a")
     yield group
     group.stop()
@@ -534,7 +529,8 @@ def backend(request: pytest.FixtureRequest, fake: FakePlurality, tmp_path: Path)
         )
     elif family == "redis-password":
         spec["url"] = request.getfixturevalue("password_redis")
-        _proxy_outage(backend, (HOST, PASSWORD_REDIS_PORT), "url", lambda p: f"redis://:{REDIS_PASSWORD}@{HOST}:{p}/0")
+        port = int(urlsplit(spec["url"]).port or 0)
+        _proxy_outage(backend, (HOST, port), "url", lambda p: f"redis://:{REDIS_PASSWORD}@{HOST}:{p}/0")
     elif family == "redis-socket":
         server = request.getfixturevalue("socket_redis")
         spec["path"] = server.socket
@@ -571,7 +567,7 @@ def backend(request: pytest.FixtureRequest, fake: FakePlurality, tmp_path: Path)
         backend.outage = paused_group
     elif family in ("cachelib-memcached", "memcached"):
         spec["server"] = request.getfixturevalue("memcached")
-        _proxy_outage(backend, (HOST, MEMCACHED_PORT), "server", lambda p: f"{HOST}:{p}")
+        _proxy_outage(backend, (HOST, int(spec["server"].rsplit(":", 1)[1])), "server", lambda p: f"{HOST}:{p}")
     elif family == "sqlalchemy-postgresql":
         spec["url"] = request.getfixturevalue("postgres_database")
         spec["table"] = f"sessions_{prefix[1:].split('-')[0]}"

@@ -2,7 +2,7 @@
 sessions that were replicated and costs a few seconds of 503s, never a 500.
 
 A Sentinel group of its own (tests/backends.py: one primary, one replica, three
-sentinels, on ports 27112-27125), two app-server processes with clients from
+sentinels, on free ports of the suite's range), two app-server processes with clients from
 ``Sentinel(...).master_for(...)``, and steady traffic from four threads while the
 primary is killed with SIGKILL.
 """
@@ -35,12 +35,10 @@ def test_a_failover_keeps_replicated_sessions_with_seconds_of_503_and_no_500(
     fake: FakePlurality, backend_dir: Path, tmp_path: Path
 ) -> None:
     import redis
-    from backends import SENTINEL_PORTS, app_servers, port_open, start_sentinel_group, unavailable, wait_until
+    from backends import app_servers, start_sentinel_group, wait_until
 
-    primary_port, replica_port, sentinel_ports = SENTINEL_PORTS["b"]
-    if any(port_open(p) for p in (primary_port, replica_port, *sentinel_ports)):
-        unavailable("a second Sentinel group", "one of its ports is taken by another program")
     group = start_sentinel_group("b", backend_dir / "sentinel-b")
+    primary_port, replica_port = group.ports
     spec = {"family": "redis-sentinel", "prefix": "failover:", "sentinels": group.addresses, "service": group.service}
     options = [
         {"spec": spec, "plurality": config_for(fake), "instance_path": str(tmp_path / name), "config": {}}
