@@ -159,8 +159,8 @@ class SQLStore:
                 return int(row[0]), float(row[1])
 
             counted = self._run(bump)
-            if counted is not None:
-                return counted[0], max(1, int(counted[1] - now + 0.999))
+            if counted is not None:  # seconds left as of now (this worker may have waited on a lock)
+                return counted[0], max(1, min(bounded(ttl), int(counted[1] - time.time() + 0.999)))
             self._drop_expired(key, now)
             window = bounded(ttl)
             stmt = self._insert(t, {"key": key, "value": None, "count": 1, "expires_at": now + window})
