@@ -120,9 +120,11 @@ class GuardedSessionInterface(SessionInterface):
       on backends without their own expiry (files, SQL tables).
     """
 
-    def __init__(self, inner: ServerSideSessionInterface, store: Store) -> None:
+    def __init__(self, inner: ServerSideSessionInterface, store: Store | None = None) -> None:
         self.inner = inner
-        self.store = store
+        #: The store behind ``inner`` (found here when not given; SQL needs an app context).
+        self.store = store if store is not None else store_for(inner)
+        store = self.store
         writer = cast(SessionWriter | None, store if hasattr(store, "save_session") else None)
         # Flask-Session calls these on itself while saving; shadowing them on the
         # instance keeps every backend's own save logic while (1) no cookie or stored
