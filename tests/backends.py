@@ -372,7 +372,9 @@ def password_redis(backend_dir: Path) -> Iterator[str]:
 def socket_redis(backend_dir: Path) -> Iterator[Server]:
     """A Redis listening on a unix socket only; its path is ``server.socket``."""
     path = backend_dir / "redis.sock"
-    server = redis_server(0, "--unixsocket", str(path), "--unixsocketperm", "700", name="unix-socket redis")
+    server = redis_server(
+        0, "--unixsocket", str(path), "--unixsocketperm", "700", "--dir", str(backend_dir), name="unix-socket redis"
+    )
     server.start()
     server.socket = str(path)  # type: ignore[attr-defined]
     yield server
@@ -536,14 +538,21 @@ def backend(request: pytest.FixtureRequest, fake: FakePlurality, tmp_path: Path)
         spec["path"] = server.socket
 
         @contextlib.contextmanager
-        def paused() -> Iterator[None]:
-            server.pause()
+        def stopped() -> Iterator[None]:
+            """A stopped server: it saves its data on the way down and loads it again."""
+            import redis
+
+            admin = redis.Redis(unix_socket_path=server.socket, socket_timeout=5)
+            with contextlib.closing(admin), contextlib.suppress(redis.ConnectionError):
+                admin.shutdown(save=True)
+            assert server.process is not None
+            server.process.wait(10)
             try:
                 yield
             finally:
-                server.resume()
+                server.start()
 
-        backend.outage = paused
+        backend.outage = stopped
     elif family == "redis-sentinel":
         group = request.getfixturevalue("sentinel_group")
         spec.update(sentinels=group.addresses, service=group.service)
