@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -290,6 +291,8 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--child-round-trips"]:
         child_round_trips(json.loads(argv[1]))
         return 0
+    # A `timeout` or Ctrl-C must still stop the servers and drop the databases started here.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.path.insert(0, str(TESTS))
     from backend_app import FAMILIES
 
