@@ -36,6 +36,8 @@ from .tokens import token_hash
 
 #: Seconds between two looks at the answer cache while another process asks (jittered).
 _POLL: Final = (0.02, 0.05)
+#: Longest a "no" is remembered, whatever the token's ``exp`` says (SPEC 7.5).
+NO_ANSWER_TTL: Final = 86400
 #: Below this much time left, asking upstream is not worth starting: it is an outage.
 _MIN_ASK_BUDGET: Final = 0.1
 
@@ -91,7 +93,10 @@ class AnswerCache:
             try:
                 user = self.client.validate(token, budget)
             except InvalidToken as exc:
-                store.set(answer_key, {"ok": False, "reason": exc.reason}, math.ceil(exp - time.time()))
+                # Kept until the token's exp, but never more than a day: a forged token
+                # with an exp a year away must not leave a year-long entry.
+                ttl = min(math.ceil(exp - time.time()), NO_ANSWER_TTL)
+                store.set(answer_key, {"ok": False, "reason": exc.reason}, ttl)
                 raise
             if interval:
                 store.set(answer_key, {"ok": True, "at": at, "user": user}, min(interval, math.ceil(exp - at)))

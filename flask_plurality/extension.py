@@ -29,6 +29,7 @@ from .revocation import revoke
 from .security import warn_insecure_transport
 from .sessions import setup_sessions
 from .state import EXTENSION_KEY, STATE_KEY, AppState
+from .store import check_session_client
 from .tokens import read_claims
 from .views import blueprint
 
@@ -77,7 +78,8 @@ class Plurality:
                     "or set PLURALITY_FAKE = True to develop against the built-in stand-in."
                 )
         warn_insecure_transport(app.config)
-        setup_sessions(app)
+        check_session_client(app)
+        state.store = setup_sessions(app)
         app.extensions[EXTENSION_KEY] = self
         app.extensions[STATE_KEY] = state
         app.register_blueprint(blueprint, url_prefix=app.config["PLURALITY_URL_PREFIX"])

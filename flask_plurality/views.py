@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -83,10 +84,8 @@ def _done(body: dict[str, Any], next_: str | None) -> BaseResponse:
     return json_response(body)
 
 
-def _failed(reason: str, *, counters: dict[str, str] | None = None) -> None:
+def _failed(reason: str) -> None:
     signals.login_failed.send(current_app._get_current_object(), profile=None, reason=reason)  # type: ignore[attr-defined]
-    if counters:
-        throttle.count_failure(counters)
 
 
 @blueprint.after_request
@@ -109,10 +108,11 @@ def login() -> BaseResponse:
     if getattr(session, "store_error", False):
         return store_unavailable()
     # Failed logins are counted per client and per token, in the shared store, before
-    # anything else: a throttled request never costs an upstream call.
+    # anything else: a throttled request never costs an upstream call. The attempt is
+    # counted before asking (see throttle.reserve) and taken back unless it failed.
     counters = throttle.buckets(client_bucket(), token)
     try:
-        wait = throttle.refused_for(counters)
+        wait = throttle.reserve(counters)
         if wait is not None:
             _failed("too_many_attempts")
             return json_error(429, "too_many_attempts", retry_after=wait)
@@ -121,13 +121,19 @@ def login() -> BaseResponse:
             answer = extension.answers.lookup(token, claims["exp"])
         except InvalidToken as exc:
             log.info("Plurality login refused: %s", exc.reason)
-            _failed(exc.reason, counters=counters)
+            _failed(exc.reason)  # stays counted
             return json_error(401, "invalid_token")
         except UpstreamUnavailable as exc:
+            throttle.release(counters)
             _failed(exc.reason)
             if not isinstance(exc, CredentialsRejected):
                 log.warning("Plurality login could not be checked: %s", exc.reason)
             return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
+        except SessionStoreUnavailable:
+            with contextlib.suppress(SessionStoreUnavailable):
+                throttle.release(counters)
+            raise
+        throttle.release(counters)
         profile = Profile.from_upstream(answer.user, claims)
         start_login(profile, token, int(claims["exp"]))
     except SessionStoreUnavailable:

@@ -280,7 +280,8 @@ def test_check_store_that_cannot_keep_a_value(make_app: AppFactory, tmp_path: An
     app.session_interface.inner.cache._path = str(store_dir / "missing" / "deeper")  # type: ignore[attr-defined]
     result = run(app, "check")
     assert result.exit_code == 7
-    assert "session store UNAVAILABLE: a value written to it could not be read back" in result.output
+    # cachelib's set returns False here; the store raises on it (SPEC 7.2: no silent loss).
+    assert "session store UNAVAILABLE" in result.output
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from flask import Flask
 from helpers import AppFactory, age_session, captured, login
 
 from flask_plurality import signals
-from flask_plurality.store import CacheLibStore, RedisStore, get_store
+from flask_plurality.store import FileStore, RedisStore, get_store
 from flask_plurality.testing import FakePlurality, live_server
 from flask_plurality.tokens import token_hash
 
@@ -205,7 +205,7 @@ def test_always_revalidating_routes_never_wait_for_another_worker(
 
 
 def _add_in_process(path: str, start: float, results: Any) -> None:
-    store = CacheLibStore(FileSystemCache(path, threshold=0), shared=True)
+    store = FileStore(FileSystemCache(path, threshold=0))
     while time.time() < start:
         pass
     results.put(store.add("plurality:asking:x", 1, 5))
@@ -213,7 +213,7 @@ def _add_in_process(path: str, start: float, results: Any) -> None:
 
 def test_filesystem_add_has_one_winner_across_processes() -> None:
     """cachelib's own FileSystemCache.add checks, then writes: several processes can
-    all "win". Ours links a finished file into place: exactly one does."""
+    all "win". Ours checks and writes under a lock every process takes: exactly one does."""
     context = multiprocessing.get_context("spawn")
     for _ in range(3):
         with tempfile.TemporaryDirectory() as path:
@@ -231,14 +231,15 @@ def test_filesystem_add_has_one_winner_across_processes() -> None:
 
 
 def test_filesystem_add_takes_over_an_expired_marker(tmp_path: Path) -> None:
-    store = CacheLibStore(FileSystemCache(str(tmp_path), threshold=0), shared=True)
+    store = FileStore(FileSystemCache(str(tmp_path), threshold=0))
     assert store.add("k", "first", 1)
     assert not store.add("k", "second", 1)
     assert store.get("k") == "first"
     time.sleep(2.1)  # cachelib's expiry has a one-second grain
     assert store.add("k", "third", 1)
     assert store.get("k") == "third"
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".__wz_cache")] == []  # no temporary files left
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".__wz_cache") and "-lock-" not in p.name]
+    assert leftovers == []  # no temporary files left (the lock files stay)
 
 
 @pytest.mark.redis
