@@ -3,8 +3,9 @@
 
     python3 dev.py demo     # create .venv, install, start the sample app (no credentials)
     python3 dev.py test     # create .venv, install, run the whole test suite
-    python3 dev.py lint     # ruff, mypy --strict, and the docs build (warnings are errors)
-    python3 dev.py bench    # the benchmark table
+                            # (test --cov: with coverage, failing under setup.cfg's fail_under)
+    python3 dev.py lint     # ruff, mypy --strict, import contracts (.importlinter), docs build
+    python3 dev.py bench    # the benchmark table (bench --instructions: counted by callgrind)
     python3 dev.py dist     # build the sdist and the wheel into dist/, then twine check them
 
 Every command first makes sure .venv exists and holds this checkout's dependencies;
@@ -80,6 +81,7 @@ def main(argv: list[str]) -> int:
         return status or _run(PY, "-m", "twine", "check", "--strict", *built)
     status = _run(PY, "-m", "ruff", "check", ".")
     status |= _run(PY, "-m", "mypy", "--strict", "flask_plurality")
+    status |= _run(BIN / "lint-imports", "--no-cache")  # the import contracts in .importlinter
     if (ROOT / "docs" / "conf.py").exists():
         status |= _run(PY, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html")
     return status
