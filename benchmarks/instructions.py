@@ -206,13 +206,16 @@ def count(spec: Spec, workdir: Path) -> dict[str, float]:
 
 
 def _describe(package_dir: str) -> str:
-    commit = subprocess.run(
-        ["git", "-C", package_dir, "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return f"{package_dir}" + (f" (git {commit})" if commit else "")
+    """The package directory, and the last commit that changed it (+ "modified": it has
+    uncommitted changes)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", package_dir, *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("log", "-1", "--format=%h", "--", ".")
+    dirty = " + modified" if commit and git("status", "--porcelain", "--", ".") else ""
+    return package_dir + (f" (as of git {commit}{dirty})" if commit else "")
 
 
 def run(quick: bool = False, package: str | None = None, redis_url: str | None = None) -> str:
