@@ -1,0 +1,123 @@
+"""The package's shape: the import contracts in .importlinter, and what they cannot see.
+
+``lint-imports`` (run by ``python3 dev.py lint``) checks the contracts on the tree; these
+tests check that the contracts would catch what they are for (a cycle put back, the
+stand-in imported by the request path), and, at run time, the two imports of the
+stand-in they let through because they sit inside functions off the request path.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+OFF_THE_REQUEST_PATH = ("flask_plurality.fake", "flask_plurality.testing", "flask_plurality.pytest_plugin")
+
+
+def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` with the repository's contracts on the package copied into ``tree``."""
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--config", str(ROOT / ".importlinter")],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def package_copy(tmp_path: Path) -> Path:
+    shutil.copytree(
+        ROOT / "flask_plurality", tmp_path / "flask_plurality", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return tmp_path
+
+
+def test_the_contracts_hold_on_the_tree(package_copy: Path) -> None:
+    done = lint_imports(package_copy)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Contracts: 3 kept, 0 broken." in done.stdout
+
+
+CYCLES = "No import cycles between the package's modules"
+LAYERS = "Each module imports only modules below it"
+REQUEST_PATH = "The stand-in and the test helpers stay out of the request path"
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken", "kept"),
+    [
+        # A cycle put back: the leaf that every sibling reaches the extension through.
+        ("state.py", "from . import extension", [CYCLES, LAYERS], []),
+        # The old cycle: views reaching into the extension that registers them.
+        ("views.py", "from . import extension", [CYCLES, LAYERS], [REQUEST_PATH]),
+        # An import up the layers that makes no cycle.
+        ("tokens.py", "from . import state", [LAYERS], [CYCLES, REQUEST_PATH]),
+        # The stand-in on the request path, directly and through a module it imports.
+        ("decorators.py", "from . import fake", [REQUEST_PATH], [CYCLES]),
+        ("tokens.py", "from . import testing", [REQUEST_PATH, LAYERS], [CYCLES]),
+    ],
+)
+def test_the_contracts_catch_what_they_are_for(
+    package_copy: Path, module: str, line: str, broken: list[str], kept: list[str]
+) -> None:
+    path = package_copy / "flask_plurality" / module
+    path.write_text(path.read_text() + f"\n{line}  # noqa: E402, F401\n")
+    done = lint_imports(package_copy)
+    assert done.returncode == 1, done.stdout + done.stderr
+    for contract in broken:
+        assert f"{contract} BROKEN" in done.stdout, done.stdout
+    for contract in kept:
+        assert f"{contract} KEPT" in done.stdout, done.stdout
+
+
+def test_serving_requests_loads_neither_the_stand_in_nor_the_test_helpers(tmp_path: Path) -> None:
+    """Every module of the package but those three, an app, a login and protected requests:
+    none of the three is imported. Demo mode then imports the stand-in (and only it)."""
+    script = textwrap.dedent(
+        f"""
+        import importlib, pkgutil, sys
+        import flask_plurality
+        from flask import Flask
+        from flask_plurality import Plurality, plurality_required
+
+        off = {OFF_THE_REQUEST_PATH!r}
+        for module in pkgutil.iter_modules(flask_plurality.__path__, "flask_plurality."):
+            if module.name not in off:
+                importlib.import_module(module.name)
+
+        def app(name, **config):
+            app = Flask(name, instance_path={str(tmp_path)!r} + "/" + name)
+            app.config.update(SECRET_KEY="x", PLURALITY_CLIENT_ID="id", PLURALITY_CLIENT_SECRET="secret", **config)
+            Plurality(app)
+
+            @app.get("/protected")
+            @plurality_required
+            def protected():
+                return "yes"
+
+            return app
+
+        client = app("plain", PLURALITY_API_URL="http://127.0.0.1:9/api", PLURALITY_TIMEOUT=0.5).test_client()
+        assert client.get("/protected").status_code == 401
+        status = client.post("/plurality/login", json={{"token": "x.y.z"}}, headers={{"Origin": "http://localhost"}})
+        assert status.status_code in (400, 401, 503), status.status_code
+        print(sorted(name for name in off if name in sys.modules))
+        demo = app("demo", PLURALITY_FAKE=True, TESTING=True).test_client()
+        assert demo.get("/protected").status_code == 401
+        print(sorted(name for name in off if name in sys.modules))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["[]", "['flask_plurality.fake']"], done.stdout
