@@ -3,8 +3,8 @@
 :func:`setup_sessions` uses the app's own Flask-Session, or sets up cachelib on disk,
 and wraps it in :class:`GuardedSessionInterface` so a store outage is a 503, a logout
 is never undone by a request still in flight, and no session outlives its token. Every
-Flask-Session internal the package touches goes through :class:`_FlaskSessionShim`
-(``shim``), so a Flask-Session upgrade is a change to one class here.
+Flask-Session internal the package touches goes through ``shim``
+(:mod:`.flask_session_shim`), so a Flask-Session upgrade is a change to one file.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from flask_session import Session
 from flask_session.base import ServerSideSession, ServerSideSessionInterface
 
 from .exceptions import ConfigurationError, SessionStoreUnavailable
+from .flask_session_shim import shim
 from .revocation import REVOCATION_EPOCH
 from .security import redacted_session_class
 from .sessiondata import session_lifetime_cap
@@ -34,62 +35,6 @@ from .stores.base import SessionWriter
 SWEEP_INTERVAL: Final = 3600.0
 
 
-class _FlaskSessionShim:
-    """Every Flask-Session internal this package reads or replaces, in one place.
-
-    Flask-Session 0.8 has ``serializer.encode``/``decode``; its development branch
-    renames them ``dumps``/``loads``: both are accepted. ``INTERNALS`` lists what must
-    exist; a test fails by name when an upgrade removes one.
-    """
-
-    #: Attributes of a ``ServerSideSessionInterface`` that are not its public API.
-    INTERNALS: Final = ("_upsert_session", "_delete_session", "_retrieve_session_data", "serializer")
-
-    @staticmethod
-    def missing(inner: SessionInterface) -> list[str]:
-        """The internals ``inner`` lacks (empty when this shim fits it)."""
-        gone = [name for name in _FlaskSessionShim.INTERNALS if not hasattr(inner, name)]
-        serializer = getattr(inner, "serializer", None)
-        if serializer is not None:
-            if not any(hasattr(serializer, name) for name in ("encode", "dumps")):
-                gone.append("serializer.encode")
-            if not any(hasattr(serializer, name) for name in ("decode", "loads")):
-                gone.append("serializer.decode")
-        return gone
-
-    @staticmethod
-    def encode(inner: SessionInterface, session: ServerSideSession) -> bytes:
-        serializer: Any = inner.serializer  # type: ignore[attr-defined]
-        encode = getattr(serializer, "encode", None) or serializer.dumps
-        return cast(bytes, encode(session))
-
-    @staticmethod
-    def decode(inner: SessionInterface, raw: bytes | str) -> Any:
-        serializer: Any = inner.serializer  # type: ignore[attr-defined]
-        decode = getattr(serializer, "decode", None) or serializer.loads
-        return decode(raw)
-
-    @staticmethod
-    def upsert_of(inner: SessionInterface) -> Upsert:
-        return cast(Upsert, inner._upsert_session)  # type: ignore[attr-defined]
-
-    @staticmethod
-    def set_upsert(inner: SessionInterface, upsert: Upsert) -> None:
-        inner._upsert_session = upsert  # type: ignore[attr-defined]
-
-    @staticmethod
-    def set_delete(inner: SessionInterface, delete: Callable[[str], None]) -> None:
-        inner._delete_session = delete  # type: ignore[attr-defined]
-
-    @staticmethod
-    def set_retrieve(inner: SessionInterface, retrieve: Callable[[str], dict[str, Any] | None]) -> None:
-        inner._retrieve_session_data = retrieve  # type: ignore[attr-defined]
-
-
-shim = _FlaskSessionShim()
-
-
-Upsert = Callable[[timedelta, ServerSideSession, str], None]
 
 
 class UnavailableSession(ServerSideSession):  # type: ignore[misc]

@@ -19,6 +19,7 @@ from flask.sessions import SessionInterface
 
 from .config import config
 from .exceptions import ConfigurationError
+from .flask_session_shim import shim
 from .state import get_state
 from .stores import CacheLibStore, FileStore, MemcachedStore, RedisStore, build_store, unusable_client
 from .stores.base import log_store_failure, store_errors_as_unavailable, unavailable_error
@@ -144,8 +145,6 @@ def key(kind: str, name: str) -> str:
 def store_for(interface: SessionInterface, app: Flask | None = None) -> Store:
     """The store behind Flask-Session's interface (one per backend family, see
     :mod:`.stores`); one per process, with a WARNING, for backends it cannot share."""
-    from .sessions import shim  # sessions imports this module
-
     inner = unwrap(interface)
     store, warning = build_store(
         inner, app or current_app, lambda s: shim.encode(inner, s), lambda raw: shim.decode(inner, raw)

@@ -301,7 +301,7 @@ def test_every_entry_has_a_bounded_ttl_and_expired_ones_are_removed(backend: Bac
 
 
 def test_the_shim_fits_every_backend(backend: Backend) -> None:
-    from flask_plurality.sessions import shim
+    from flask_plurality.flask_session_shim import shim
 
     app = backend.make_app()
     assert shim.missing(app.session_interface.inner) == []  # type: ignore[attr-defined]

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from helpers import AppFactory, login
 
-from flask_plurality.sessions import GuardedSessionInterface, shim
+from flask_plurality.flask_session_shim import shim
+from flask_plurality.sessions import GuardedSessionInterface
 from flask_plurality.testing import FakePlurality
 
 

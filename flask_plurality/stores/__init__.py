@@ -147,7 +147,7 @@ Decode = Callable[[Any], Any]
 def build_store(inner: Any, app: Any, encode: Encode, decode: Decode) -> tuple[Store, str | None]:
     """The store for Flask-Session's interface ``inner``, and a warning when it can only
     be per process (what does not work then). ``encode``/``decode``: Flask-Session's
-    serializer for ``inner`` (through the shim in :mod:`flask_plurality.sessions`)."""
+    serializer for ``inner`` (through the shim in :mod:`flask_plurality.flask_session_shim`)."""
     client = _redis_client(inner)
     if client is not None:
         return RedisStore(client, encode=encode, decode=decode), None

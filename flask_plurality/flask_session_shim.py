@@ -1,0 +1,73 @@
+"""Every Flask-Session internal the package reads or replaces, behind one object.
+
+A leaf module (it imports nothing of the package), so that both the stores and the
+session guard use it: a Flask-Session upgrade that renames an internal is a change to
+this file, and ``tests/test_flask_session_shim.py`` names what went missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Final, cast
+
+from flask.sessions import SessionInterface
+from flask_session.base import ServerSideSession
+
+#: Flask-Session's own upsert: (lifetime, session, store id).
+Upsert = Callable[[timedelta, ServerSideSession, str], None]
+
+
+class _FlaskSessionShim:
+    """Every Flask-Session internal this package reads or replaces, in one place.
+
+    Flask-Session 0.8 has ``serializer.encode``/``decode``; its development branch
+    renames them ``dumps``/``loads``: both are accepted. ``INTERNALS`` lists what must
+    exist; a test fails by name when an upgrade removes one.
+    """
+
+    #: Attributes of a ``ServerSideSessionInterface`` that are not its public API.
+    INTERNALS: Final = ("_upsert_session", "_delete_session", "_retrieve_session_data", "serializer")
+
+    @staticmethod
+    def missing(inner: SessionInterface) -> list[str]:
+        """The internals ``inner`` lacks (empty when this shim fits it)."""
+        gone = [name for name in _FlaskSessionShim.INTERNALS if not hasattr(inner, name)]
+        serializer = getattr(inner, "serializer", None)
+        if serializer is not None:
+            if not any(hasattr(serializer, name) for name in ("encode", "dumps")):
+                gone.append("serializer.encode")
+            if not any(hasattr(serializer, name) for name in ("decode", "loads")):
+                gone.append("serializer.decode")
+        return gone
+
+    @staticmethod
+    def encode(inner: SessionInterface, session: ServerSideSession) -> bytes:
+        serializer: Any = inner.serializer  # type: ignore[attr-defined]
+        encode = getattr(serializer, "encode", None) or serializer.dumps
+        return cast(bytes, encode(session))
+
+    @staticmethod
+    def decode(inner: SessionInterface, raw: bytes | str) -> Any:
+        serializer: Any = inner.serializer  # type: ignore[attr-defined]
+        decode = getattr(serializer, "decode", None) or serializer.loads
+        return decode(raw)
+
+    @staticmethod
+    def upsert_of(inner: SessionInterface) -> Upsert:
+        return cast(Upsert, inner._upsert_session)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def set_upsert(inner: SessionInterface, upsert: Upsert) -> None:
+        inner._upsert_session = upsert  # type: ignore[attr-defined]
+
+    @staticmethod
+    def set_delete(inner: SessionInterface, delete: Callable[[str], None]) -> None:
+        inner._delete_session = delete  # type: ignore[attr-defined]
+
+    @staticmethod
+    def set_retrieve(inner: SessionInterface, retrieve: Callable[[str], dict[str, Any] | None]) -> None:
+        inner._retrieve_session_data = retrieve  # type: ignore[attr-defined]
+
+
+shim = _FlaskSessionShim()
