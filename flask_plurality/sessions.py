@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
 from cachelib.file import FileSystemCache
-from flask import Flask, Request, Response, has_request_context, request
+from flask import Flask, Request, Response, has_request_context, request, session
 from flask.sessions import SessionInterface, SessionMixin
 from flask_session import Session
 from flask_session.base import ServerSideSession, ServerSideSessionInterface
@@ -115,6 +115,20 @@ class UnavailableSession(ServerSideSession):  # type: ignore[misc]
     """Stands in for a session the store could not load: empty, and never saved."""
 
     store_error = True
+
+
+def detach_session() -> None:
+    """This request is judged by its bearer token: its session is emptied and never saved.
+
+    A bearer request creates no session, and a cookie it also carries is neither read
+    (the token decides) nor refreshed (no ``Set-Cookie``); the stored entry is untouched."""
+    sess = session._get_current_object()  # type: ignore[attr-defined]
+    sess.detached = True
+    dict.clear(sess)  # not session.clear(): that would mark it modified (and delete the entry)
+
+
+def is_detached(sess: SessionMixin) -> bool:
+    return getattr(sess, "detached", False) is True
 
 
 #: While Flask-Session loads a session from Redis: (epoch key, box for what was read).
@@ -216,7 +230,7 @@ class GuardedSessionInterface(SessionInterface):
         return session  # type: ignore[no-any-return]
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        if isinstance(session, UnavailableSession):
+        if isinstance(session, UnavailableSession) or getattr(session, "detached", False):
             return
         if self._sweep is not None and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL

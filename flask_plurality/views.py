@@ -18,6 +18,7 @@ from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, json_response
 from .security import client_bucket, origin_allowed, safe_next
 from .state import get_extension, get_state
 from .tokens import read_claims
+from .users import login_refusal
 
 log = logging.getLogger("flask_plurality")
 
@@ -120,6 +121,10 @@ def login() -> BaseResponse:
                 log.warning("Plurality login could not be checked: %s", exc.reason)
             return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
         profile = Profile.from_upstream(answer.user, claims)
+        refusal = login_refusal(extension, profile)
+        if refusal is not None:
+            log.info("Plurality login of user %s refused by the app", profile.id)
+            return refusal
         start_login(profile, token, int(claims["exp"]))
     except SessionStoreUnavailable:
         return store_unavailable()
