@@ -28,6 +28,8 @@ from flask import Flask, Response, jsonify, render_template, request
 from flask_plurality import Plurality, current_profile, plurality_required
 from flask_plurality.config import DEFAULTS
 
+from .members import init_members
+
 HERE = Path(__file__).resolve().parent
 #: Real-mode settings; ``.env`` is git-ignored (see ``.env.example``).
 ENV_FILE = HERE / ".env"
@@ -119,6 +121,7 @@ def create_app(
             ENV_FILE,
         )
     plurality.init_app(app)
+    init_members(app, plurality)  # its own users (SQLite), and a members-only page
     app.config["DEMO_MODE"] = demo
     _register_routes(app)
     return app
@@ -159,9 +162,9 @@ def _register_routes(app: Flask) -> None:
         )
 
     @app.get("/api/me")
-    @plurality_required
+    @plurality_required(bearer=True)
     def api_me() -> Response:
-        """What a JavaScript front end or a mobile app would call."""
+        """What a JavaScript front end or a mobile app would call (also with a bearer token)."""
         return jsonify(profile=current_profile.to_json(), server_time=int(time.time()))
 
     @app.post("/api/transfer")
