@@ -7,9 +7,11 @@ here, so no test module imports another.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -181,3 +183,35 @@ def captured(signal: Any, app: Flask) -> Iterator[list[dict[str, Any]]]:
 
     with signal.connected_to(receiver, sender=app):
         yield seen
+
+
+#: How the browser tests start Debian's chromium (Playwright's own build is not used).
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_or_skip() -> str:
+    """Debian's chromium and Playwright's Python package, or a skip (a failure in CI)."""
+    reason = None
+    executable = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if executable is None:
+        reason = "Debian's chromium is not installed (apt-get install chromium; .ci/run does it)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            reason = "Playwright's Python package is not installed (pip install -e '.[dev]')"
+    if reason is not None:
+        if os.environ.get("PLURALITY_REQUIRE_BROWSER"):
+            pytest.fail(f"the browser test must run here (PLURALITY_REQUIRE_BROWSER): {reason}")
+        pytest.skip(reason)
+    assert executable is not None
+    return executable

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -28,23 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # examples/ is not installed; it is imported from the checkout
     sys.path.insert(0, str(ROOT))
 
-from helpers import SAME_ORIGIN, free_port  # noqa: E402
+from helpers import CHROMIUM_ARGS, SAME_ORIGIN, chromium_or_skip, free_port  # noqa: E402
 
 from examples.app import WIDGET_SCRIPTS, create_app  # noqa: E402
 from flask_plurality import ConfigurationError  # noqa: E402
 from flask_plurality.testing import FakePlurality, live_server, shared_fake  # noqa: E402
 
 ARTIFACTS = ROOT / "artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SECRET = "sample-app-secret-0123456789abcdef"
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 ADDRESS = re.compile(r"^0x[0-9a-f]{40}$")
@@ -218,25 +207,6 @@ def test_python_m_examples_app_starts_with_no_credentials(tmp_path: Path) -> Non
 
 
 # -- in a real browser ------------------------------------------------------------------------
-
-
-def chromium_or_skip() -> str:
-    """Debian's chromium and Playwright's Python package, or a skip (a failure in CI)."""
-    reason = None
-    executable = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if executable is None:
-        reason = "Debian's chromium is not installed (apt-get install chromium; .ci/run does it)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            reason = "Playwright's Python package is not installed (pip install -e '.[dev]')"
-    if reason is not None:
-        if os.environ.get("PLURALITY_REQUIRE_BROWSER"):
-            pytest.fail(f"the browser test must run here (PLURALITY_REQUIRE_BROWSER): {reason}")
-        pytest.skip(reason)
-    assert executable is not None
-    return executable
 
 
 @pytest.fixture
