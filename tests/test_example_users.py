@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # examples/ is not installed; it is imported from the checkout
     sys.path.insert(0, str(ROOT))
 
+import examples.app  # noqa: E402
 from examples.app import create_app  # noqa: E402
+from flask_plurality import Plurality  # noqa: E402
 from flask_plurality.testing import live_server  # noqa: E402
 
 SAME = {"Origin": "http://localhost"}
@@ -33,7 +35,10 @@ def _no_credentials_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Flask:
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
+    # A fresh extension object: the module's own one keeps the breaker state (per
+    # process, as in production) that other tests of the demo stand-in left behind.
+    monkeypatch.setattr(examples.app, "plurality", Plurality())
     return create_app({}, env_file=None, instance_path=str(tmp_path / "instance"))
 
 
