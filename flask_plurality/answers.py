@@ -63,10 +63,11 @@ class AnswerCache:
         self.client = client
         self._flight: SingleFlight[Answer] = SingleFlight()
 
-    def cached(self, token: str, interval: int) -> Answer | None:
+    def cached(self, token: str, interval: int, *, digest: str | None = None) -> Answer | None:
         """The cached "yes" for ``token`` if younger than ``interval`` seconds, without
-        asking anyone; raises :class:`InvalidToken` for a remembered "no"."""
-        return _usable(get_store().get(key("answer", _name(token))), interval)
+        asking anyone; raises :class:`InvalidToken` for a remembered "no". ``digest``:
+        the token's :func:`.token_hash`, when the caller has it already."""
+        return _usable(get_store().get(key("answer", _name(token, digest))), interval)
 
     def lookup(self, token: str, exp: int, interval: int = 0, keep: int = 0) -> Answer:
         """Plurality's answer for ``token`` (in an app context).
@@ -116,9 +117,9 @@ class AnswerCache:
         return self._flight.do(flight, call, wait=upstream.timeout + 1)
 
 
-def _name(token: str) -> str:
+def _name(token: str, digest: str | None = None) -> str:
     """The answer cache's name for ``token``: the client id and a hash, never the token."""
-    return f"{config.client_id}:{token_hash(token)}"
+    return f"{config.client_id}:{digest or token_hash(token)}"
 
 
 def _ask_once_across_processes(

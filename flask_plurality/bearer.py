@@ -11,6 +11,7 @@ issued before it, and the request's session is detached: empty, never saved, no 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 from flask import Flask, Request, g
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flask_plurality")
 
-#: Tokens remembered per app as checked against the revocation epoch; past this, forget all.
+#: Bearer tokens remembered per app and process (see :class:`Seen`); past this, forget all.
 _MAX_REMEMBERED: Final = 10_000
 
 
@@ -63,8 +64,9 @@ def authenticate(
     counters: dict[str, str] | None = None
     try:
         try:
-            claims = read_claims(token, max_length=cfg.max_token_length)
-            answer = extension.answers.cached(token, interval) if interval else None
+            seen = _read(token, app, cfg)
+            claims = seen.claims
+            answer = extension.answers.cached(token, interval, digest=seen.digest) if interval else None
             if answer is None:
                 # About to ask Plurality: a client or token that keeps failing is refused first.
                 counters = throttle.buckets(client_bucket(), token)
@@ -72,7 +74,7 @@ def authenticate(
                 if wait is not None:
                     return json_error(429, "too_many_attempts", retry_after=wait)
                 keep = cfg.grace_period if cfg.on_upstream_error == "allow" else 0
-                answer = extension.answers.lookup(token, int(claims["exp"]), interval, keep)
+                answer = extension.answers.lookup(token, seen.exp, interval, keep)
         except InvalidToken as exc:
             return _refused(token, exc.reason, counters)
         except UpstreamUnavailable as exc:
@@ -81,7 +83,7 @@ def authenticate(
                 return outcome
             answer = outcome
         profile = Profile.from_upstream(answer.user, claims)
-        if cfg.revocation_check and _revoked(profile.id, claims, token, app, cfg):
+        if cfg.revocation_check and _revoked(profile.id, seen, app, cfg):
             log.info("Refused a bearer token of revoked user %s", profile.id)
             return json_error(401, "invalid_token", headers=INVALID_BEARER)
     except SessionStoreUnavailable:
@@ -124,7 +126,37 @@ def _outage(
     return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
 
 
-def _revoked(user_id: str, claims: dict[str, Any], token: str, app: Flask, cfg: ConfigView) -> bool:
+class Seen:
+    """What this process knows of a bearer token it accepted before: its claims (decoded
+    once, not on every request), its hash, and the revocation epoch it was last found
+    not revoked under."""
+
+    __slots__ = ("claims", "digest", "epoch", "exp")
+
+    def __init__(self, claims: dict[str, Any], digest: str) -> None:
+        self.claims = claims
+        self.exp = int(claims["exp"])
+        self.digest = digest
+        self.epoch: str | None = None
+
+
+def _read(token: str, app: Flask, cfg: ConfigView) -> Seen:
+    """The token's claims, from this process's memory or decoded (never verified: only
+    Plurality can); raise :class:`InvalidToken` for junk or an expired token."""
+    remembered = get_state(app).bearer_tokens
+    seen = remembered.get(token)
+    if seen is None:
+        seen = Seen(read_claims(token, max_length=cfg.max_token_length), token_hash(token))
+        if len(remembered) >= _MAX_REMEMBERED:
+            remembered.clear()
+        remembered[token] = seen
+    elif seen.exp <= time.time():
+        del remembered[token]
+        raise InvalidToken("The token has expired.", reason="expired")
+    return seen
+
+
+def _revoked(user_id: str, seen: Seen, app: Flask, cfg: ConfigView) -> bool:
     """Was ``revoke_user`` called for ``user_id`` at or after the token was issued?
 
     A bearer token has no session to remember a stamp in, so its ``iat`` is compared
@@ -135,16 +167,12 @@ def _revoked(user_id: str, claims: dict[str, Any], token: str, app: Flask, cfg: 
     raw = get_store(app).get_rarely_written(cfg.key_prefix + REVOCATION_EPOCH)
     if not isinstance(raw, str):
         return False  # nobody revoked (in the last REVOCATION_TTL)
-    checked = get_state(app).bearer_epochs
-    digest = token_hash(token)
-    if checked.get(digest) == raw:
+    if seen.epoch == raw:
         return False
     stamp = stamp_of(user_id, app)
-    if stamp is not None and _issued_before(claims, stamp):
+    if stamp is not None and _issued_before(seen.claims, stamp):
         return True
-    if len(checked) >= _MAX_REMEMBERED:
-        checked.clear()
-    checked[digest] = raw  # the stamp was read after the epoch: see revocation.is_revoked
+    seen.epoch = raw  # the stamp was read after the epoch: see revocation.is_revoked
     return False
 
 
