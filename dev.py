@@ -5,6 +5,7 @@
     python3 dev.py test     # create .venv, install, run the whole test suite
     python3 dev.py lint     # ruff, mypy --strict, and the docs build (warnings are errors)
     python3 dev.py bench    # the benchmark table
+    python3 dev.py dist     # build the sdist and the wheel into dist/, then twine check them
 
 Every command first makes sure .venv exists and holds this checkout's dependencies;
 extra arguments go to the underlying tool (``python3 dev.py test -k login``).
@@ -26,7 +27,18 @@ PY = BIN / "python"
 
 
 def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
-    return subprocess.call([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})})  # noqa: S603
+    """Run a command to its end and return its exit code.
+
+    Ctrl-C goes to the whole foreground process group, so the command gets it too and
+    stops in its own way (the demo server says "Stopped."); dev.py waits for that
+    instead of dying with a traceback of its own.
+    """
+    process = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})})  # noqa: S603
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            continue
 
 
 def setup() -> None:
@@ -49,7 +61,7 @@ def setup() -> None:
 
 def main(argv: list[str]) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("help", [])
-    if command not in ("demo", "test", "lint", "bench"):
+    if command not in ("demo", "test", "lint", "bench", "dist"):
         print(__doc__)
         return 0 if command in ("help", "-h", "--help") else 2
     setup()
@@ -59,6 +71,13 @@ def main(argv: list[str]) -> int:
         return _run(PY, "-m", "pytest", *rest)
     if command == "bench":
         return _run(PY, "-m", "benchmarks", *rest)
+    if command == "dist":
+        dist = ROOT / "dist"
+        for old in dist.glob("flask_plurality-*"):
+            old.unlink()
+        status = _run(PY, "-m", "build", "--outdir", dist, *rest)
+        built = sorted(str(path) for path in dist.glob("flask_plurality-*"))
+        return status or _run(PY, "-m", "twine", "check", "--strict", *built)
     status = _run(PY, "-m", "ruff", "check", ".")
     status |= _run(PY, "-m", "mypy", "--strict", "flask_plurality")
     if (ROOT / "docs" / "conf.py").exists():
@@ -67,4 +86,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # during set-up: pip has stopped too
+        sys.exit(130)

@@ -67,12 +67,24 @@ def private_redis() -> Iterator[str | None]:
 
 
 @contextlib.contextmanager
-def gunicorn(app: str, env: dict[str, str], *, workers: int) -> Iterator[int]:
-    """``gunicorn -w N`` (sync workers, the default) serving ``app`` on a loopback port."""
+def gunicorn(
+    app: str,
+    env: dict[str, str],
+    *,
+    workers: int,
+    threads: int = 1,
+    worker_class: str | None = None,
+    cwd: Path = ROOT,
+) -> Iterator[int]:
+    """``gunicorn -w N`` (sync workers, the default; ``gthread`` with ``threads`` > 1, or
+    ``worker_class``, e.g. ``gevent``) serving ``app`` on a loopback port, run in ``cwd``
+    (whose ``flask_plurality`` it imports)."""
     port = free_port()
+    kind = ["-k", worker_class] if worker_class else ["--threads", str(threads)]
+    command = [sys.executable, "-m", "gunicorn", "-w", str(workers), *kind, "-b", f"127.0.0.1:{port}"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "--log-level=warning", app],
-        cwd=ROOT,
+        [*command, "--log-level=warning", app],
+        cwd=cwd,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -24,7 +24,8 @@ extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode", "readme_sections"]
 exclude_patterns = ["_build"]
 html_theme = "furo"
 html_title = f"flask-plurality {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["tables.css"]  # reference tables fit their column (tests/test_docs.py)
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"

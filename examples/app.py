@@ -7,26 +7,37 @@ Run it from the repository root::
 Without ``PLURALITY_CLIENT_ID`` / ``PLURALITY_CLIENT_SECRET`` (environment or
 ``examples/.env``) it runs in **demo mode**: logins are minted and checked by the
 built-in stand-in, so the whole flow works with no account and no network. With
-them it embeds Plurality's real widget and checks every login with Plurality.
+them it embeds Plurality's real widget and checks every login with Plurality, and
+it may run in any number of processes::
+
+    gunicorn -w 3 "examples.app:create_app()"      # real mode only
+
+Demo mode keeps its stand-in and its sessions in the memory of one process, so it
+refuses to start a second process (a second gunicorn worker, say) with the same
+instance folder instead of failing logins at random.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cachelib import SimpleCache
 from flask import Flask, Response, jsonify, render_template, request
 
-from flask_plurality import Plurality, current_profile, plurality_required
-from flask_plurality.config import DEFAULTS
+from flask_plurality import ConfigurationError, Plurality, current_profile, plurality_required
+from flask_plurality.config import DEFAULTS, fake_mode
+from flask_plurality.security import safe_next
 
 from .members import init_members
 
@@ -49,6 +60,9 @@ WIDGET_SCRIPTS = (
         "sha384-0Md1N2s4+Ju9ln330O6B7vL/2ocLTyCGPjut51RMlWBBJMIiAPml5teno9AFPnK8",
     ),
 )
+
+#: Where a real client app is made, and its page origins registered.
+DASHBOARD = "https://developer.plurality.network"
 
 log = logging.getLogger("examples.app")
 plurality = Plurality()
@@ -106,25 +120,91 @@ def create_app(
     app.config.from_prefixed_env()  # FLASK_PLURALITY_CLIENT_SECRET=... works too
     app.config.update(config or {})
 
-    demo = bool(app.config.get("PLURALITY_FAKE")) or not (
-        app.config.get("PLURALITY_CLIENT_ID") or app.config.get("PLURALITY_CLIENT_SECRET")
-    )
+    demo = _demo_mode(app.config)
     if demo:
+        _claim_demo(app.instance_path)
         # Not in debug, so insist: PLURALITY_FAKE="force". The stand-in's signing key is
         # new in every process, so its logins live in memory and end with the process.
         app.config["PLURALITY_FAKE"] = "force"
         app.config.setdefault("SESSION_TYPE", "cachelib")
         app.config.setdefault("SESSION_CACHELIB", SimpleCache(threshold=10_000))
-        app.logger.warning(
-            "DEMO MODE: logins are minted and checked by a local stand-in, not by Plurality. "
-            "For real logins set PLURALITY_CLIENT_ID and PLURALITY_CLIENT_SECRET (environment or %s).",
-            ENV_FILE,
-        )
+    else:
+        app.config["PLURALITY_FAKE"] = False
     plurality.init_app(app)
     init_members(app, plurality)  # its own users (SQLite), and a members-only page
+    if demo:
+        app.logger.warning(
+            "DEMO MODE: logins are minted and checked by a local stand-in, not by Plurality. "
+            "For real logins: register this page's origin for your client app at %s, set "
+            "PLURALITY_CLIENT_ID and PLURALITY_CLIENT_SECRET (environment or %s), and restart.",
+            DASHBOARD,
+            ENV_FILE,
+        )
     app.config["DEMO_MODE"] = demo
     _register_routes(app)
     return app
+
+
+def _demo_mode(app_config: Mapping[str, Any]) -> bool:
+    """Demo mode exactly when no credentials are set. ``PLURALITY_FAKE`` is read with the
+    library's own parser (``"False"``, ``"off"``, ``"no"`` are off), so it can never turn
+    demo mode on next to real credentials, where anyone could mint a login."""
+    credentials = bool(app_config.get("PLURALITY_CLIENT_ID") or app_config.get("PLURALITY_CLIENT_SECRET"))
+    asked = fake_mode(app_config.get("PLURALITY_FAKE", False))  # ConfigurationError for "maybe"
+    if credentials and asked:
+        raise ConfigurationError(
+            f"PLURALITY_FAKE={app_config['PLURALITY_FAKE']!r} asks for demo mode, but Plurality credentials "
+            "are set: the sample runs demo mode only without them. Unset PLURALITY_FAKE for real logins, "
+            "or unset PLURALITY_CLIENT_ID and PLURALITY_CLIENT_SECRET for the demo."
+        )
+    if credentials:
+        return False
+    # PLURALITY_FAKE=false without credentials: real mode was asked for, and init_app says what is missing.
+    return bool(asked) or "PLURALITY_FAKE" not in app_config
+
+
+#: Lock files of the instance folders whose demo this process serves (kept open).
+_demo_locks: dict[str, IO[str]] = {}
+
+
+def _claim_demo(instance_path: str) -> None:
+    """Demo mode lives in one process: refuse to start in a second one.
+
+    The stand-in and the sessions of demo mode are in this process's memory, so a
+    second process (a second gunicorn worker) would refuse every login made through
+    the first, about half of them. An exclusive lock on a file in the instance folder,
+    held until the process ends, tells the second process to stop with a reason.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no check
+        return
+    path = os.path.join(instance_path, "demo.pid")
+    if path in _demo_locks:
+        return
+    os.makedirs(instance_path, exist_ok=True)
+    handle = open(path, "a+", encoding="ascii")  # noqa: SIM115 - held open for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip()
+        handle.close()
+        if owner == str(os.getppid()) and os.environ.get("WERKZEUG_RUN_MAIN") == "true":
+            return  # flask run --debug: the reloader's parent loaded the app but serves nothing
+        raise ConfigurationError(
+            f"Demo mode runs in one process only, and process {owner or '?'} already runs it from "
+            f"{instance_path}: the demo's stand-in and sessions live in that process's memory, so "
+            "logins made there would fail here. Serve the demo from one process (python -m "
+            "examples.app, or gunicorn -w 1), or set PLURALITY_CLIENT_ID and PLURALITY_CLIENT_SECRET "
+            "to run any number of workers."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _demo_locks[path] = handle
+    atexit.register(handle.close)
 
 
 def _register_routes(app: Flask) -> None:
@@ -136,6 +216,8 @@ def _register_routes(app: Flask) -> None:
             # The client id is public (the widget needs it); the secret never leaves the server.
             "client_id": None if app.config["DEMO_MODE"] else app.config["PLURALITY_CLIENT_ID"],
             "profile": current_profile,
+            "dashboard": DASHBOARD,
+            "env_file": "examples/.env",
         }
 
     @app.after_request
@@ -150,7 +232,9 @@ def _register_routes(app: Flask) -> None:
     def home() -> str:
         """Public. ``?next=`` is where @plurality_required sent the browser from."""
         asked = request.args.get("next")
-        return render_template("index.html", next_path=_local_path(asked), asked=bool(asked))
+        # The library's own check: only a path on this site, whatever the encoding
+        # (tabs, newlines, backslashes, percent-encoded or not, are refused).
+        return render_template("index.html", next_path=safe_next(asked) or "/profile", asked=bool(asked))
 
     @app.get("/profile")
     @plurality_required
@@ -180,13 +264,6 @@ def _register_routes(app: Flask) -> None:
         )
 
 
-def _local_path(value: str | None) -> str:
-    """Only a path on this site is a redirect target; anything else goes to the profile."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return "/profile"
-
-
 def _format_expiry(expires_at: int) -> str:
     when = datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
     minutes = max(0, int(expires_at - time.time()) // 60)
@@ -197,12 +274,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m examples.app", description="Serve the flask-plurality sample app.")
     parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5000")), help="default: $PORT or 5000")
+    parser.add_argument("--instance-path", help="sessions (real mode) and the demo's lock; default: examples/instance")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    app = create_app()
+    try:
+        app = create_app(instance_path=args.instance_path)
+    except ConfigurationError as exc:
+        sys.exit(f"error: {exc}")  # one line, not a traceback
     log.info("Open http://%s:%d/ (%s mode)", args.host, args.port, "demo" if app.config["DEMO_MODE"] else "real")
     # Werkzeug's server is fine for trying this out; deploy with gunicorn "examples.app:create_app()".
-    app.run(host=args.host, port=args.port, debug=False, load_dotenv=False)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops the server: no traceback
+        app.run(host=args.host, port=args.port, debug=False, load_dotenv=False)
+    log.info("Stopped.")
 
 
 if __name__ == "__main__":

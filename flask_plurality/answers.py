@@ -9,6 +9,12 @@ of the token, never the token.
 Concurrent askers in one process share one upstream call (:class:`.SingleFlight`);
 across processes, an interval revalidation first takes an **ask lock** in the store,
 and a process that finds it taken waits for the holder's answer instead of asking too.
+
+Freshness is judged when a request *arrives*: it accepts an answer that was at most
+``interval`` old then, or asked after it, however old that answer is by the time it
+lands. When Plurality answers slower than the interval, judging at landing would
+make every waiter refuse the answer it waited for and ask again, chaining calls past
+``PLURALITY_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from .tokens import token_hash
 
 #: Seconds between two looks at the answer cache while another process asks (jittered).
 _POLL: Final = (0.02, 0.05)
+#: Longest a "no" is remembered, whatever the token's ``exp`` says (SPEC 7.5).
+NO_ANSWER_TTL: Final = 86400
 #: Below this much time left, asking upstream is not worth starting: it is an outage.
 _MIN_ASK_BUDGET: Final = 0.1
 
@@ -82,7 +90,8 @@ class AnswerCache:
         name = _name(token)
         answer_key = key("answer", name)
         store = get_store()
-        hit = _usable(store.get(answer_key), interval)
+        since = time.time() - interval  # a "yes" asked after this is fresh enough for this request
+        hit = _usable(store.get(answer_key), interval, since)
         if hit is not None:
             return hit
         upstream = upstream_settings()  # only now: a cache hit need not build it
@@ -92,7 +101,10 @@ class AnswerCache:
             try:
                 user = self.client.validate(token, budget)
             except InvalidToken as exc:
-                store.set(answer_key, {"ok": False, "reason": exc.reason}, math.ceil(exp - time.time()))
+                # Kept until the token's exp, but never more than a day: a forged token
+                # with an exp a year away must not leave a year-long entry.
+                ttl = min(math.ceil(exp - time.time()), NO_ANSWER_TTL)
+                store.set(answer_key, {"ok": False, "reason": exc.reason}, ttl)
                 raise
             if interval or keep:
                 ttl = min(max(interval, keep), math.ceil(exp - at))
@@ -102,14 +114,14 @@ class AnswerCache:
         def call() -> Answer:
             # Checked again inside the flight: a caller that missed the cache just before
             # the previous flight landed must not start a second upstream call.
-            hit = _usable(store.get(answer_key), interval)
+            hit = _usable(store.get(answer_key), interval, since)
             if hit is not None:
                 return hit
             if not interval or not store.shared:
                 # interval 0 ("always") wants an answer asked for after this request
                 # arrived, and writes no "yes" for others to wait on.
                 return ask(upstream)
-            return _ask_once_across_processes(store, answer_key, key("asking", name), interval, upstream, ask)
+            return _ask_once_across_processes(store, answer_key, key("asking", name), interval, since, upstream, ask)
 
         # "always" callers share only flights that asked upstream fresh, never one that may
         # return an interval caller's cached answer.
@@ -123,15 +135,25 @@ def _name(token: str, digest: str | None = None) -> str:
 
 
 def _ask_once_across_processes(
-    store: Store, answer_key: str, lock: str, interval: int, upstream: Upstream, ask: Callable[[Upstream], Answer]
+    store: Store,
+    answer_key: str,
+    lock: str,
+    interval: int,
+    since: float,
+    upstream: Upstream,
+    ask: Callable[[Upstream], Answer],
 ) -> Answer:
     """Ask upstream only if no other process is asking about this token right now.
 
     The holder of the ask ``lock`` asks and stores the answer; the others poll the
-    answer cache. If the holder gives up without an answer (an outage), one waiter takes
+    answer cache and take any answer asked after ``since``. If the holder gives up
+    without one (an outage, or an answer too old for this request), one waiter takes
     the lock and asks with what is left of its own budget: a request never spends more
     than ``PLURALITY_TIMEOUT`` here in all, and when that is spent it is an outage (the
-    outage policy decides), as for a waiter of the in-process single flight.
+    outage policy decides), as for a waiter of the in-process single flight. Such a
+    call, cut short by this request's deadline, does not count against the breaker
+    when it times out (:attr:`.Upstream.budget`): the holder's call, which had the whole
+    timeout, tells the breaker whether Plurality itself is slow.
     """
     deadline = time.monotonic() + upstream.timeout
     ttl = math.ceil(upstream.timeout) + 1  # outlives the holder's call; a crashed holder's expires
@@ -141,24 +163,25 @@ def _ask_once_across_processes(
         if store.add(lock, 1, ttl):
             try:
                 # The previous holder may have stored its answer and let go just now.
-                hit = _usable(store.get(answer_key), interval)
+                hit = _usable(store.get(answer_key), interval, since)
                 if hit is not None:
                     return hit
                 return ask(budget)
             finally:
                 with contextlib.suppress(SessionStoreUnavailable):  # logged; the lock expires anyway
                     store.delete(lock)
-        hit = _wait_for_answer(store, answer_key, lock, interval, deadline)
+        hit = _wait_for_answer(store, answer_key, lock, interval, since, deadline)
         if hit is not None:
             return hit
         left = deadline - time.monotonic()
-        budget = dataclasses.replace(upstream, timeout=left)
+        budget = dataclasses.replace(upstream, budget=left)
         if left < floor:
             raise UpstreamUnavailable("Another worker's call to Plurality ran out of time.", reason="timeout")
 
 
-def _usable(entry: Any, interval: int) -> Answer | None:
-    """A usable answer-cache entry: raise for a remembered "no"; a "yes" younger than ``interval``."""
+def _usable(entry: Any, interval: int, since: float | None = None) -> Answer | None:
+    """A usable answer-cache entry: raise for a remembered "no"; a "yes" asked after
+    ``since`` (by default: younger than ``interval`` now), never one from the future."""
     if not isinstance(entry, dict):
         return None
     if entry.get("ok") is False:
@@ -169,21 +192,23 @@ def _usable(entry: Any, interval: int) -> Answer | None:
         and isinstance(at, int | float)
         and isinstance(user, dict)
         and isinstance(user.get("id"), str)
-        and 0 <= time.time() - at < interval
+        and (time.time() - interval if since is None else since) < at <= time.time()
     ):
         return Answer(user, float(at), cached=True)
     return None
 
 
-def _wait_for_answer(store: Store, answer_key: str, lock: str, interval: int, deadline: float) -> Answer | None:
+def _wait_for_answer(
+    store: Store, answer_key: str, lock: str, interval: int, since: float, deadline: float
+) -> Answer | None:
     """Poll the answer cache while another process holds ``lock``: its answer (a "no"
     raises), or ``None`` once the lock is gone without one or ``deadline`` passes."""
     while True:
-        hit = _usable(store.get(answer_key), interval)
+        hit = _usable(store.get(answer_key), interval, since)
         if hit is not None:
             return hit
         left = deadline - time.monotonic()
         if left <= 0 or store.get(lock) is None:
             # Gone: the answer may have landed between the two reads.
-            return _usable(store.get(answer_key), interval) if left > 0 else None
+            return _usable(store.get(answer_key), interval, since) if left > 0 else None
         time.sleep(min(left, random.uniform(*_POLL)))

@@ -19,7 +19,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from . import signals, throttle
 from .answers import Answer
-from .config import ConfigView
+from .config import ConfigView, config
 from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .logins import PROFILE_ATTR
 from .profile import Profile
@@ -69,14 +69,17 @@ def authenticate(
             answer = extension.answers.cached(token, interval, digest=seen.digest) if interval else None
             if answer is None:
                 # About to ask Plurality: a client or token that keeps failing is refused first.
+                # Looked at, not reserved as /login does: a burst of good requests with one
+                # token (a page's twenty API calls) shares one upstream call and must not be
+                # refused for the burst's size. Only a failure is counted (see _refused).
                 counters = throttle.buckets(client_bucket(), token)
-                wait = throttle.refused_for(counters)
+                wait = _throttled(counters)
                 if wait is not None:
                     return json_error(429, "too_many_attempts", retry_after=wait)
                 keep = cfg.grace_period if cfg.on_upstream_error == "allow" else 0
                 answer = extension.answers.lookup(token, seen.exp, interval, keep)
         except InvalidToken as exc:
-            return _refused(token, exc.reason, counters)
+            return _refused(token, exc.reason)
         except UpstreamUnavailable as exc:
             outcome = _outage(extension, token, exc, cfg, app)
             if isinstance(outcome, BaseResponse):
@@ -95,14 +98,26 @@ def authenticate(
     return profile
 
 
-def _refused(token: str, reason: str, counters: dict[str, str] | None) -> BaseResponse:
+def _throttled(counters: dict[str, str]) -> int | None:
+    """Seconds to wait when one of ``counters`` is at the limit; ``None`` to go on."""
+    store = get_store()
+    for name in counters.values():
+        count, left = store.peek(name)
+        if count >= config.login_max_failures:
+            return max(1, left)
+    return None
+
+
+def _refused(token: str, reason: str) -> BaseResponse:
     """401 ``invalid_token``, counted as a failed login (429 once over the limit)."""
     log.info("Bearer token refused: %s", reason)
-    counters = counters or throttle.buckets(client_bucket(), token)
-    wait = throttle.refused_for(counters)
+    counters = throttle.buckets(client_bucket(), token)
+    wait = _throttled(counters)
     if wait is not None:
         return json_error(429, "too_many_attempts", retry_after=wait)
-    throttle.count_failure(counters)
+    store = get_store()
+    for name in counters.values():
+        store.incr(name, config.login_failure_window)
     return json_error(401, "invalid_token", headers=INVALID_BEARER)
 
 
@@ -116,7 +131,7 @@ def _outage(
         try:
             last = extension.answers.cached(token, cfg.grace_period)
         except InvalidToken as refused:  # a "no" landed meanwhile
-            return _refused(token, refused.reason, None)
+            return _refused(token, refused.reason)
     user_id = last.user.get("id") if last is not None else None
     signals.revalidation_failed.send(app, profile=None, reason=exc.reason, allowed=last is not None)
     if last is not None:

@@ -1,7 +1,7 @@
 """``flask plurality ...``: check a deployment, validate a token, run the stand-in, revoke a user.
 
 The exit codes are an interface that deploy scripts rely on, the same for every
-command; they are listed in :class:`ExitCode` and in the README.
+command; they are listed in :class:`ExitCode` and in the docs (docs/cli.rst).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from flask.cli import AppGroup
 
 from .answers import upstream_settings
 from .client import VALIDATE_PATH
-from .config import config
+from .config import client_id_problem, config, secret_hint
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .security import insecure_transport
-from .state import get_extension
+from .state import get_extension, get_state
 from .store import Store, describe_store, get_store, key
 from .tokens import read_claims
 
@@ -99,9 +99,16 @@ def _why_invalid(exc: InvalidToken, token: str) -> str:
 
 
 def _credentials_detail(exc: CredentialsRejected) -> str:
-    """Plurality's own words ("Invalid Client Secret"), which the client puts after a colon."""
+    """Plurality's own words ("Invalid Client Secret"), which the client puts after a
+    colon, and what in the config explains them when something does."""
     message = str(exc)
-    return message.rpartition(": ")[2] or message
+    detail = message.rpartition(": ")[2] or message
+    problem, hint = client_id_problem(config.client_id), secret_hint(config.client_secret)
+    if problem is not None:
+        detail += f"; PLURALITY_CLIENT_ID {problem}"
+    if hint is not None:
+        detail += f"; {hint}"
+    return detail
 
 
 def _unreachable_detail(exc: UpstreamUnavailable) -> str:
@@ -113,6 +120,11 @@ def _unreachable_detail(exc: UpstreamUnavailable) -> str:
         "bad_response": "answered 200 with a body that is not Plurality's",
         "rate_limited": "answered 429 (rate limited)",
         "circuit_open": "too many failures in a row; not asking again yet",
+        "oversized": "answered a body larger than Plurality's answers ever are (a proxy's page?)",
+        "encoded": "answered a compressed body (a proxy compressing what we asked to be sent as is?)",
+        "redirect": "answered a redirect; check PLURALITY_API_URL (https, the /api path)",
+        "no_user": "answered 200 without a user (Plurality has no record of this user)",
+        "http_403": "answered 403 with a page that is not Plurality's (a proxy or firewall?)",
     }
     detail = hints.get(exc.reason, str(exc).rstrip("."))
     if exc.retry_after:
@@ -198,8 +210,11 @@ def _workers_hint() -> str | None:
 
 
 def config_warnings(app: Flask, store: Store | None) -> list[str]:
-    """Settings that work in development and hurt in production (README lists them)."""
+    """Settings that work in development and hurt in production (docs/cli.rst lists them)."""
     warnings = list(describe_store(app)[1])
+    problem = client_id_problem(config.client_id)
+    if problem is not None:
+        warnings.append(f"PLURALITY_CLIENT_ID {problem}")
     hint = _workers_hint()
     if store is not None and not store.shared and hint:
         warnings.append(f"{hint}: the per-process store above is split between the workers")
@@ -247,6 +262,16 @@ def check_command(token: str | None) -> None:
     _exit(ExitCode.STORE_UNAVAILABLE if store_problem else code)
 
 
+_DEMO_MODE_NOTE = (
+    "note: this app runs in demo mode (PLURALITY_FAKE), so the stand-in that checked the token "
+    "was started by this very command, with a signing key of its own: a token from "
+    "'flask plurality fake-server' or from a running demo app is signed with another key, and "
+    "only that process can accept it. To check such a token here, point the app at that "
+    "fake-server instead: PLURALITY_API_URL, PLURALITY_CLIENT_ID and PLURALITY_CLIENT_SECRET as "
+    "it printed them, and PLURALITY_FAKE off."
+)
+
+
 @plurality_cli.command("validate")
 @click.argument("token")
 def validate_command(token: str) -> None:
@@ -260,6 +285,8 @@ def validate_command(token: str) -> None:
         profile = get_extension().validate(token)
     except InvalidToken as exc:
         click.echo(f"token invalid or expired: {_why_invalid(exc, token)}", err=True)
+        if exc.reason == "rejected" and get_state().fake is not None:
+            click.echo(_DEMO_MODE_NOTE, err=True)
         _exit(ExitCode.INVALID_TOKEN)
     except CredentialsRejected as exc:
         click.echo(f"credentials rejected: {_credentials_detail(exc)}", err=True)

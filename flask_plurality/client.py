@@ -3,25 +3,41 @@
 Every answer in UPSTREAM.md's table maps to exactly one outcome: a ``user`` dict,
 :class:`InvalidToken` (the user's token), :class:`CredentialsRejected` (our client
 id/secret) or :class:`UpstreamUnavailable` (anything we cannot trust). A 401 can mean
-either of the first two; only the body tells them apart.
+either of the first two; only the body tells them apart, and only Plurality's own
+``403 Invalid token`` is a verdict on the token (a gateway's 403 is an outage).
+
+Whatever the server does, a call ends by its deadline (:class:`_Watchdog`), reads at
+most :data:`MAX_BODY` bytes, and never inflates a compressed body: a hostile or broken
+proxy costs a worker at most ``PLURALITY_TIMEOUT`` seconds and a few KiB.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import http.client
+import itertools
 import json
 import logging
 import math
+import os
 import random
+import socket
 import threading
 import time
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, InvalidHeader, NewConnectionError
 from urllib3.util import Timeout
+from urllib3.util.retry import Retry
 
 from .exceptions import CredentialsRejected, InvalidToken, UpstreamUnavailable
 
@@ -30,6 +46,11 @@ log = logging.getLogger("flask_plurality")
 VALIDATE_PATH: Final = "/user/validate"
 #: Longest we honour a ``Retry-After``; a proxy's "come back tomorrow" is not obeyed.
 MAX_RETRY_AFTER: Final = 300
+#: Largest answer body read; Plurality's answers are a few hundred bytes. Anything
+#: larger is a proxy's page or an attack, and is an outage (``reason="oversized"``).
+MAX_BODY: Final = 8 * 1024
+_INVALID_TOKEN: Final = b"Invalid token"  # Plurality's own refusal, plain text (UPSTREAM.md row 2)
+_TOKEN_MISSING: Final = b"Token is missing"
 # Bodies of the 401s that are about *our* credentials (UPSTREAM.md rows 3-6).
 _CREDENTIAL_ERRORS: Final = frozenset(
     {"Unauthorized", "Invalid Client ID", "Invalid Client Secret"}
@@ -45,10 +66,18 @@ class Upstream:
     client_id: str
     client_secret: str
     method: str  # "AUTO", "POST" or "GET"
-    timeout: float
+    timeout: float  # PLURALITY_TIMEOUT: what one call may take, connect to last byte
     verify_tls: bool = True
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
+    #: Less than ``timeout`` when the caller already spent part of it (waiting on another
+    #: worker's call): this call ends sooner, and its timing out blames nobody.
+    budget: float | None = None
+
+    @property
+    def limit(self) -> float:
+        """Seconds this call may take in all."""
+        return self.timeout if self.budget is None else max(0.0, min(self.budget, self.timeout))
 
     def __repr__(self) -> str:  # the secret never reaches a repr
         return f"Upstream(api_url={self.api_url!r}, client_id={self.client_id!r}, method={self.method!r})"
@@ -98,6 +127,12 @@ class _Breaker:
             self.open_until = self.probe_until = 0.0
             self.held_by_upstream = False
 
+    def released(self) -> None:
+        """Neither a success nor a failure (a call cut short by its caller): if it was the
+        probe, let the next caller probe instead of waiting for the probe's time to pass."""
+        with self._lock:
+            self.probe_until = 0.0
+
     def failed(self, threshold: int, cooldown: float, retry_after: int | None) -> int | None:
         """Count a failure; return the seconds calls are now held back, if they are."""
         with self._lock:
@@ -118,20 +153,23 @@ class _Breaker:
             return self._wait(now) if now < self.open_until else None
 
 
-def _retry_after(response: requests.Response) -> int | None:
-    """Seconds from a ``Retry-After`` header (delta or HTTP date), capped; ``None`` if absent."""
-    value = response.headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        seconds = int(value)
-    else:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = math.ceil(when.timestamp() - time.time())
-    return min(seconds, MAX_RETRY_AFTER) if seconds > 0 else None
+_RETRY: Final = Retry(0)
+
+
+def _retry_after(headers: Mapping[str, str]) -> int | None:
+    """Seconds from a ``Retry-After`` header (delta or HTTP date, read by urllib3), capped
+    at :data:`MAX_RETRY_AFTER`; ``None`` if absent, in the past, or unparsable (``²``,
+    ``-1``, ``1e9``, garbage: a header from a proxy must never cost a 500)."""
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = _RETRY.parse_retry_after(value)
+    except (InvalidHeader, ValueError, TypeError, OverflowError, IndexError):
+        return None
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return min(math.ceil(seconds), MAX_RETRY_AFTER)
 
 
 def _connect_failed(exc: requests.RequestException) -> bool:
@@ -142,11 +180,168 @@ def _connect_failed(exc: requests.RequestException) -> bool:
     return isinstance(reason, NewConnectionError | ConnectTimeoutError)
 
 
-def _json(response: requests.Response) -> Any:
+def _json(body: bytes) -> Any:
     try:
-        return json.loads(response.content)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return json.loads(body)
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; 8 KiB of "["
         return None
+
+
+# -- one deadline per call, whatever the server does ---------------------------------
+
+
+class _Deadline:
+    """One call's wall-clock deadline and the sockets it uses.
+
+    ``PLURALITY_TIMEOUT`` as a socket timeout bounds each read, not the call: a server
+    sending a byte every second would hold a worker forever. The watchdog shuts the
+    call's socket down when the deadline passes; the blocked read then fails at once.
+    """
+
+    __slots__ = ("at", "done", "expired", "sockets")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.sockets: list[socket.socket] = []
+        self.done = False
+        self.expired = False
+
+
+# Which call uses a (pooled, kept-alive) socket right now, so that a late watchdog
+# never cuts a socket from under the next call that took it from the pool.
+_owners_lock = threading.Lock()
+_owners: weakref.WeakKeyDictionary[socket.socket, _Deadline] = weakref.WeakKeyDictionary()
+_current = threading.local()  # the calling thread's _Deadline (gevent patches it per greenlet)
+
+
+def _own(sock: socket.socket | None) -> None:
+    """Put ``sock`` under the calling thread's deadline (the socket, not the connection:
+    http.client hands a ``Connection: close`` socket over to the response)."""
+    deadline: _Deadline | None = getattr(_current, "deadline", None)
+    if deadline is None or sock is None:
+        return
+    with _owners_lock:
+        _owners[sock] = deadline
+        deadline.sockets.append(sock)
+
+
+def _expire(deadline: _Deadline) -> None:
+    with _owners_lock:
+        if deadline.done:
+            return
+        deadline.expired = True
+        for sock in deadline.sockets:
+            if _owners.get(sock) is deadline:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv/send in the caller
+
+
+def _finish(deadline: _Deadline) -> None:
+    with _owners_lock:
+        deadline.done = True
+
+
+class _Watchdog:
+    """One daemon thread per process that expires the calls whose deadline passed."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked worker starts its own
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: _Deadline) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="flask-plurality-deadlines", daemon=True)
+                self._thread.start()
+            if self._heap[0][2] is deadline:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            due: list[_Deadline] = []
+            with self._cond:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][2].done or self._heap[0][0] <= now):
+                    deadline = heapq.heappop(self._heap)[2]
+                    if not deadline.done:
+                        due.append(deadline)
+                if not due:
+                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+            for deadline in due:
+                _expire(deadline)
+
+
+_watchdog: Final = _Watchdog()
+
+
+class _DeadlineHTTPConnection(HTTPConnection):
+    """Tells the calling thread's :class:`_Deadline` which socket to cut: a new one once
+    connected, a kept-alive one when a request starts on it."""
+
+    def connect(self) -> None:
+        super().connect()
+        _own(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _own(self.sock)
+        super().request(*args, **kwargs)
+
+
+class _DeadlineHTTPSConnection(_DeadlineHTTPConnection, HTTPSConnection):
+    """The same for TLS (its ``connect`` is HTTPSConnection's, by the MRO)."""
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter with connections the watchdog can cut (direct and through an
+    HTTP(S) proxy; a SOCKS proxy keeps its own connections and only the timeouts)."""
+
+    _POOLS: Final = {"http": _HTTPPool, "https": _HTTPSPool}
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = self._POOLS  # urllib3 lets a manager override these
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is urllib3.ProxyManager:
+            manager.pool_classes_by_scheme = self._POOLS
+        return manager
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """A whole answer, read within the deadline and the size cap."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class _Failure:
+    """Why a call gave no usable answer; raised only after the ``except`` block has
+    ended, so that no exception we raise keeps requests' (which holds the request,
+    its ``Authorization`` header and the token) on its ``__context__``."""
+
+    reason: str
+    message: str
+    retry_after: int | None = None
+    connect_failed: bool = field(default=False)
 
 
 class PluralityClient:
@@ -154,7 +349,7 @@ class PluralityClient:
 
     def __init__(self) -> None:
         self.http = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+        adapter = _Adapter(pool_connections=4, pool_maxsize=32, max_retries=0)
         self.http.mount("https://", adapter)
         self.http.mount("http://", adapter)
         self._lock = threading.Lock()
@@ -176,16 +371,24 @@ class PluralityClient:
         """Ask Plurality about ``token``; return its ``user`` object or raise.
 
         Every call counts toward the breaker, logins and revalidations alike: an answer
-        about the token (yes or no) is a success, anything else a failure.
+        about the token (yes or no) is a success, anything else a failure, except a
+        timeout of a call that had less than ``PLURALITY_TIMEOUT`` (``upstream.budget``):
+        its caller's deadline, not Plurality's slowness, cut it short, and the call that
+        had the whole timeout (another worker's) tells the breaker what it found.
         """
         breaker = self._breaker(upstream)
-        breaker.before_call(upstream.breaker_threshold, upstream.timeout)
+        limit = upstream.limit
+        breaker.before_call(upstream.breaker_threshold, limit)
+        deadline = time.monotonic() + limit
         try:
-            user = self._validate(token, upstream)
+            user = self._validate(token, upstream, deadline)
         except InvalidToken:
             breaker.succeeded()  # Plurality answered; the token is what failed
             raise
         except UpstreamUnavailable as exc:
+            if exc.reason == "timeout" and limit < upstream.timeout:
+                breaker.released()
+                raise
             held = breaker.failed(upstream.breaker_threshold, upstream.breaker_cooldown, exc.retry_after)
             if held is not None:  # tell the client how long nothing will be asked
                 exc.retry_after = max(exc.retry_after or 0, held)
@@ -196,69 +399,107 @@ class PluralityClient:
         breaker.succeeded()
         return user
 
-    def _validate(self, token: str, upstream: Upstream) -> dict[str, Any]:
+    def _validate(self, token: str, upstream: Upstream, deadline: float) -> dict[str, Any]:
         auto = upstream.method == "AUTO"
         method = self._methods.get(upstream.api_url, "POST") if auto else upstream.method
-        response = self._send(method, token, upstream)
-        if auto and response.status_code in (404, 405):
+        reply = self._send(method, token, upstream, deadline)
+        if auto and reply.status in (404, 405):
             method = "GET" if method == "POST" else "POST"
-            response.close()
-            response = self._send(method, token, upstream)
-            if response.status_code not in (404, 405):
+            reply = self._send(method, token, upstream, deadline)  # within the same deadline
+            if reply.status not in (404, 405):
                 log.info("Plurality's validate route answers %s; using it from now on", method)
                 with self._lock:
                     self._methods[upstream.api_url] = method
-        return self._interpret(response, method, upstream)
+        return self._interpret(reply, method, upstream)
 
-    def _send(self, method: str, token: str, upstream: Upstream) -> requests.Response:
-        """One call within ``timeout`` in all, retried once (with jitter) if nothing was sent."""
-        deadline = time.monotonic() + upstream.timeout
+    def _send(self, method: str, token: str, upstream: Upstream, deadline: float) -> _Reply:
+        """One exchange by ``deadline`` in all, retried once (with jitter) if nothing was sent."""
         body = json.dumps({"token": token})
         url = upstream.api_url + VALIDATE_PATH
         for attempt in (1, 2):
-            remaining = deadline - time.monotonic()
-            try:
-                return self.http.request(
-                    method,
-                    url,
-                    data=body,
-                    headers={"Content-Type": "application/json", "Accept": "application/json"},
-                    auth=(upstream.client_id, upstream.client_secret),
-                    # Leave room for the retry when the connection itself fails.
-                    timeout=Timeout(connect=remaining / 2 if attempt == 1 else remaining, total=remaining),  # type: ignore[arg-type]
-                    allow_redirects=False,
-                    verify=upstream.verify_tls,
-                )
-            except requests.RequestException as exc:
-                pause = random.uniform(0.02, 0.1)
-                if attempt == 1 and _connect_failed(exc) and deadline - time.monotonic() > pause + 0.05:
-                    log.info("Could not connect to Plurality (%s); retrying once", type(exc).__name__)
-                    time.sleep(pause)
-                    continue
-                reason = "timeout" if isinstance(exc, requests.Timeout) else "connection_error"
-                log.warning("Plurality validate call failed: %s", reason)
-                raise UpstreamUnavailable("Plurality could not be reached.", reason=reason) from None
+            reply, failure = self._exchange(method, url, body, upstream, deadline, attempt)
+            if failure is None:
+                assert reply is not None
+                return reply
+            pause = random.uniform(0.02, 0.1)
+            if attempt == 1 and failure.connect_failed and deadline - time.monotonic() > pause + 0.05:
+                log.info("Could not connect to Plurality; retrying once")
+                time.sleep(pause)
+                continue
+            log.warning("Plurality validate call failed: %s", failure.reason)
+            # Raised here, outside any except block: nothing of requests' exception (the
+            # request, its Authorization header, the token) hangs on our exception's chain.
+            raise UpstreamUnavailable(failure.message, reason=failure.reason, retry_after=failure.retry_after)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _interpret(self, response: requests.Response, method: str, upstream: Upstream) -> dict[str, Any]:
-        status = response.status_code
-        body = _json(response)
+    def _exchange(
+        self, method: str, url: str, body: str, upstream: Upstream, deadline: float, attempt: int
+    ) -> tuple[_Reply | None, _Failure | None]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None, _Failure("timeout", "Plurality could not be reached in time.")
+        watch = _Deadline(deadline)
+        _current.deadline = watch
+        _watchdog.watch(watch)
+        try:
+            response = self.http.request(
+                method,
+                url,
+                data=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "Accept": "application/json",
+                    "Accept-Encoding": "identity",  # a compressed answer is refused, never inflated
+                },
+                auth=(upstream.client_id, upstream.client_secret),
+                # Leave room for the retry when the connection itself fails. The watchdog
+                # ends the whole exchange at the deadline; these bound each socket wait.
+                timeout=Timeout(connect=left / 2 if attempt == 1 else left, read=left),  # type: ignore[arg-type]
+                allow_redirects=False,
+                verify=upstream.verify_tls,
+                stream=True,
+            )
+            try:
+                return _read(response, deadline), None
+            finally:
+                response.close()
+        except _TooMuch as refused:
+            return None, refused.failure
+        except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            if watch.expired or time.monotonic() >= deadline or isinstance(exc, requests.Timeout):
+                return None, _Failure("timeout", "Plurality did not answer in time.")
+            connect_failed = isinstance(exc, requests.RequestException) and _connect_failed(exc)
+            return None, _Failure("connection_error", "Plurality could not be reached.", connect_failed=connect_failed)
+        finally:
+            _finish(watch)
+            _current.deadline = None
+
+    def _interpret(self, reply: _Reply, method: str, upstream: Upstream) -> dict[str, Any]:
+        status = reply.status
+        body = _json(reply.body)
         error = body.get("error") or body.get("message") if isinstance(body, dict) else None
         if not isinstance(error, str):  # a gateway's {"error": {...}} is not Plurality's answer
             error = None
         if status == 200:
             user = body.get("user") if isinstance(body, dict) else None
-            if (
-                isinstance(user, dict)
-                and isinstance(user.get("id"), str)
-                and user["id"]
-                and body.get("success", True) is True
-            ):
-                return user
+            if isinstance(body, dict) and body.get("success", True) is True and isinstance(user, dict):
+                if isinstance(user.get("id"), str) and user["id"]:
+                    return user
+                if "id" not in user or not user["id"]:
+                    log.error("Plurality answered 200 without a user id (it has no record of this user)")
+                    raise UpstreamUnavailable("Plurality has no record of this user.", reason="no_user")
             log.error("Plurality answered 200 with a body we do not understand")
             raise UpstreamUnavailable("Plurality's answer was not understood.", reason="bad_response")
-        if status == 403:
+        if status == 403 and reply.body.strip() == _INVALID_TOKEN:
             raise InvalidToken("Plurality refused the token.", reason="rejected")
+        if status == 403:
+            log.warning(
+                "Plurality's URL answered 403 with a body that is not Plurality's refusal "
+                "(a proxy or firewall?); not taken as a verdict on the token"
+            )
+            raise UpstreamUnavailable(
+                "Plurality answered HTTP 403.", reason="http_403", retry_after=_retry_after(reply.headers)
+            )
         if status == 401 and error == _WRONG_CLIENT:
             raise InvalidToken("The token was issued for another application.", reason="wrong_client")
         if status == 401 and error in _CREDENTIAL_ERRORS:
@@ -269,7 +510,7 @@ class PluralityClient:
                 error,
             )
             raise CredentialsRejected(f"Plurality rejected the client credentials: {error}")
-        if status == 401 and response.text.strip() == "Token is missing":
+        if status == 401 and reply.body.strip() == _TOKEN_MISSING:
             log.error(
                 "Plurality did not receive the token (method %s). A proxy may drop GET bodies; "
                 "set PLURALITY_VALIDATE_METHOD to POST.",
@@ -279,7 +520,44 @@ class PluralityClient:
         if status in (404, 405):
             log.error("Plurality has no %s %s%s; check PLURALITY_API_URL", method, upstream.api_url, VALIDATE_PATH)
             raise UpstreamUnavailable("Plurality's validate route was not found.", reason="route_not_found")
-        retry_after = _retry_after(response)
+        if 300 <= status < 400:
+            log.error("Plurality's URL answered a redirect (HTTP %d), never followed; check PLURALITY_API_URL", status)
+            raise UpstreamUnavailable(f"Plurality answered HTTP {status}.", reason="redirect")
+        retry_after = _retry_after(reply.headers)
         reason = "rate_limited" if status == 429 else f"http_{status}"
         log.warning("Plurality answered HTTP %d", status)
         raise UpstreamUnavailable(f"Plurality answered HTTP {status}.", reason=reason, retry_after=retry_after)
+
+
+class _TooMuch(Exception):
+    """An answer refused before or while reading it (compressed, oversized, too slow)."""
+
+    def __init__(self, failure: _Failure) -> None:
+        super().__init__(failure.reason)
+        self.failure = failure
+
+
+def _read(response: requests.Response, deadline: float) -> _Reply:
+    """The whole body, at most :data:`MAX_BODY` bytes, as sent (never inflated)."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        log.error("Plurality's URL answered a %r-encoded body, which is never inflated", encoding[:20])
+        raise _TooMuch(_Failure("encoded", "Plurality's answer was compressed."))
+    length = response.headers.get("Content-Length", "").strip()
+    if length.isdecimal() and int(length) > MAX_BODY:
+        log.error("Plurality's URL answered %s bytes; at most %d are read", length, MAX_BODY)
+        raise _TooMuch(_Failure("oversized", "Plurality's answer was too large."))
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() >= deadline:
+            raise _TooMuch(_Failure("timeout", "Plurality did not answer in time."))
+        chunk = response.raw.read(min(4096, MAX_BODY + 1 - size), decode_content=False)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            log.error("Plurality's URL answered more than %d bytes; not read further", MAX_BODY)
+            raise _TooMuch(_Failure("oversized", "Plurality's answer was too large."))
+    return _Reply(response.status_code, response.headers, b"".join(chunks))

@@ -6,7 +6,9 @@ rest of the package reads them through :data:`config`, so no module repeats a de
 
 from __future__ import annotations
 
+import logging
 import math
+import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -14,8 +16,10 @@ from flask import current_app
 
 from .exceptions import ConfigurationError
 
-#: Every key the extension reads, with its default. The README's config table and
-#: the docs are checked against this mapping by the test suite.
+log = logging.getLogger("flask_plurality")
+
+#: Every key the extension reads, with its default. The config table of the docs
+#: (docs/configuration.rst) is checked against this mapping by the docs build and a test.
 DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_CLIENT_ID": None,
     "PLURALITY_CLIENT_SECRET": None,
@@ -29,7 +33,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_LOGIN_URL": None,
     "PLURALITY_TRUSTED_ORIGINS": [],
     "PLURALITY_FAKE": False,
-    # Added keys (documented in README.rst's config table).
+    # Added keys (documented in docs/configuration.rst's config table).
     "PLURALITY_KEY_PREFIX": "plurality:",
     "PLURALITY_MAX_TOKEN_LENGTH": 4096,
     "PLURALITY_LOGIN_MAX_FAILURES": 10,
@@ -38,6 +42,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_BREAKER_COOLDOWN": 30,
     "PLURALITY_REVOCATION_CHECK": True,
     "PLURALITY_VERIFY_TLS": True,
+    "PLURALITY_OPENAPI": False,
     "PLURALITY_ACCEPT_BEARER": False,
     "PLURALITY_BEARER_REVALIDATE": 60,
 }
@@ -192,6 +197,10 @@ class ConfigView:
         return flag(self._get("PLURALITY_VERIFY_TLS"), "PLURALITY_VERIFY_TLS")
 
     @property
+    def openapi(self) -> bool:
+        return flag(self._get("PLURALITY_OPENAPI"), "PLURALITY_OPENAPI")
+
+    @property
     def accept_bearer(self) -> bool:
         value = self._get("PLURALITY_ACCEPT_BEARER")
         return value if value is True or value is False else flag(value, "PLURALITY_ACCEPT_BEARER")
@@ -228,6 +237,39 @@ def check_values(app_config: dict[str, Any]) -> None:
     for key in ("PLURALITY_MAX_TOKEN_LENGTH", "PLURALITY_LOGIN_MAX_FAILURES", "PLURALITY_LOGIN_FAILURE_WINDOW",
                 "PLURALITY_BREAKER_THRESHOLD"):
         _number(app_config, key, integer=True, minimum=1)
-    for key in ("PLURALITY_REVOCATION_CHECK", "PLURALITY_VERIFY_TLS", "PLURALITY_ACCEPT_BEARER"):
+    for key in ("PLURALITY_REVOCATION_CHECK", "PLURALITY_VERIFY_TLS", "PLURALITY_OPENAPI", "PLURALITY_ACCEPT_BEARER"):
         flag(app_config[key], key)
-    fake_mode(app_config["PLURALITY_FAKE"])
+    if not fake_mode(app_config["PLURALITY_FAKE"]):  # fake mode brings its own (a UUID)
+        problem = client_id_problem(app_config.get("PLURALITY_CLIENT_ID"))
+        if problem is not None and ":" in str(app_config["PLURALITY_CLIENT_ID"]):
+            raise ConfigurationError(f"PLURALITY_CLIENT_ID {problem}")
+        if problem is not None:
+            log.warning("PLURALITY_CLIENT_ID %s", problem)
+
+
+def client_id_problem(value: Any) -> str | None:
+    """What is wrong with a client id, as Plurality reads it; ``None`` if nothing (or unset).
+
+    Plurality splits the Basic credentials at ``:``, so an id containing one can never
+    authenticate; its ids are UUIDs, and it checks that without error handling, so an id
+    that is not one probably gets no answer at all (a hang or a proxy's 5xx), not a 401.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    if ":" in value:
+        return f"{value!r} contains ':', so Plurality can never authenticate it (Basic credentials split at ':')"
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return (
+            f"{value!r} is not a UUID, as Plurality's client ids are; copy it from the developer "
+            "dashboard (Plurality may not answer at all for an id that is not one)"
+        )
+    return None
+
+
+def secret_hint(secret: Any) -> str | None:
+    """Why Plurality may refuse a secret it issued: it cuts Basic credentials at the first ``:``."""
+    if isinstance(secret, str) and ":" in secret:
+        return "PLURALITY_CLIENT_SECRET contains ':', and Plurality keeps only what comes before the first ':'"
+    return None

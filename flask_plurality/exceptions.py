@@ -5,6 +5,8 @@ Messages never contain a token or the client secret: they may end up in logs.
 
 from __future__ import annotations
 
+import click
+
 
 class PluralityError(Exception):
     """Base class of every error raised by flask-plurality."""
@@ -18,8 +20,13 @@ class PluralityError(Exception):
             self.reason = reason
 
 
-class ConfigurationError(PluralityError):
-    """The app's configuration cannot work (a missing key, an impossible value)."""
+class ConfigurationError(PluralityError, click.ClickException):
+    """The app's configuration cannot work (a missing key, an impossible value).
+
+    Also a :class:`click.ClickException`: raised while ``flask run``, ``flask plurality
+    ...`` or any other Flask command loads the app, it prints one line, ``Error:
+    <message>``, and exits 1, instead of a traceback.
+    """
 
     reason = "configuration"
 

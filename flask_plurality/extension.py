@@ -29,6 +29,7 @@ from .revocation import revoke
 from .security import warn_insecure_transport
 from .sessions import setup_sessions
 from .state import EXTENSION_KEY, STATE_KEY, AppState
+from .store import check_session_client
 from .tokens import read_claims
 from .views import blueprint
 
@@ -88,7 +89,8 @@ class Plurality:
                     "or set PLURALITY_FAKE = True to develop against the built-in stand-in."
                 )
         warn_insecure_transport(app.config)
-        setup_sessions(app)
+        check_session_client(app)
+        state.store = setup_sessions(app)
         app.extensions[EXTENSION_KEY] = self
         app.extensions[STATE_KEY] = state
         app.register_blueprint(blueprint, url_prefix=app.config["PLURALITY_URL_PREFIX"])
@@ -161,8 +163,9 @@ def _start_fake(app: Flask) -> FakePlurality:
     """PLURALITY_FAKE: point the app at the built-in stand-in, never silently in production."""
     if fake_mode(app.config["PLURALITY_FAKE"]) != "force" and not (app.debug or app.testing):
         raise ConfigurationError(
-            "PLURALITY_FAKE is on but the app is neither in debug nor in testing mode: a "
-            "production app must not accept fake logins. Set PLURALITY_FAKE = 'force' to insist."
+            "PLURALITY_FAKE is on but the app is neither in debug nor in testing mode: a production "
+            "app must not accept fake logins. Run it in debug mode (flask run --debug), or insist "
+            "with PLURALITY_FAKE = 'force' (FLASK_PLURALITY_FAKE=force in the environment)."
         )
     from .fake import shared_fake  # only in demo mode: the request path never imports the stand-in
 

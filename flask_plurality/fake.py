@@ -6,7 +6,8 @@ flaky. :class:`FakePlurality` is a real HTTP server on loopback that signs its
 own tokens and answers ``/api/user/validate`` the way the real one does (same
 status codes, same plain-text versus JSON bodies, same check order), so the
 extension's client code runs unchanged against it. It can also misbehave on
-request (timeouts, resets, proxy errors) to exercise the unhappy paths.
+request (timeouts, resets, proxy errors, drip-fed or huge answers, gzip bombs,
+redirects, odd ``Retry-After`` values) to exercise the unhappy paths.
 
 Run it on its own with ``python -m flask_plurality.testing`` (or ``flask plurality fake-server``).
 """
@@ -21,6 +22,7 @@ import dataclasses
 import hmac
 import html
 import http
+import itertools
 import json
 import secrets
 import signal
@@ -29,8 +31,9 @@ import struct
 import threading
 import time
 import uuid
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Self
 
@@ -47,7 +50,21 @@ VALIDATE_PATH: Final = "/api/user/validate"
 
 _TEXT: Final = "text/html; charset=utf-8"  # what Express's res.send(string) sends
 _JSON: Final = "application/json; charset=utf-8"
-_FAULT_KINDS: Final = frozenset({"timeout", "reset", "garbage", "wrong_shape"})
+_FAULT_KINDS: Final = frozenset(
+    {
+        "timeout",
+        "reset",
+        "garbage",
+        "wrong_shape",
+        "no_user",
+        "drip",
+        "slow_headers",
+        "huge",
+        "huge_chunked",
+        "gzip",
+        "redirect",
+    }
+)
 
 
 class _Keep:
@@ -83,7 +100,7 @@ class _User:
 @dataclasses.dataclass(frozen=True)
 class _Fault:
     kind: int | str
-    retry_after: int | None
+    retry_after: int | str | None
 
 
 class _DropConnection(ConnectionResetError):
@@ -131,7 +148,17 @@ def _express_404(method: str, path: str) -> Response:
     return response
 
 
-def _proxy_page(status: int, retry_after: int | None) -> Response:
+def _head(status: str, headers: Iterable[tuple[str, str]] | Any, extra: dict[str, str]) -> bytes:
+    """An HTTP/1.1 status line and header section, ending the connection after the body."""
+    items = headers.items() if hasattr(headers, "items") else headers
+    lines = [f"HTTP/1.1 {status}"]
+    lines += [f"{k}: {v}" for k, v in items if k.lower() not in ("content-length", "transfer-encoding")]
+    lines += [f"{k}: {v}" for k, v in extra.items()]
+    lines += ["Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def _proxy_page(status: int, retry_after: int | str | None) -> Response:
     """The small HTML error page a proxy in front of the API would send."""
     try:
         title = f"{status} {http.HTTPStatus(status).phrase}"
@@ -154,17 +181,20 @@ def _parse_basic(header: str | None) -> tuple[bool, str | None, str | None]:
     ``present`` is False when there is no Basic header at all (upstream's #3);
     id or secret is None when the header does not decode to both (#4).
     """
-    if header is None:
-        return False, None, None
-    scheme, _, param = header.strip().partition(" ")
-    if scheme.lower() != "basic":
+    # Upstream checks ``startsWith('Basic ')`` (case-sensitive; Node strips the
+    # header's trailing spaces) and then ``split(':')``: a secret containing ``:``
+    # arrives cut at its first ``:``, a client id containing one never matches.
+    header = header.strip() if header is not None else None
+    if header is None or not header.startswith("Basic "):
         return False, None, None
     try:
-        decoded = base64.b64decode(param.strip(), validate=True).decode("utf-8", "replace")
+        decoded = base64.b64decode(header[len("Basic ") :].strip(), validate=True).decode("utf-8", "replace")
     except (binascii.Error, ValueError):
         return True, None, None
-    client_id, colon, secret = decoded.partition(":")
-    return True, client_id or None, (secret if colon and secret else None)
+    parts = decoded.split(":")
+    client_id = parts[0] or None
+    secret = parts[1] if len(parts) > 1 and parts[1] else None
+    return True, client_id, secret
 
 
 class FakePlurality:
@@ -173,10 +203,14 @@ class FakePlurality:
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     Attributes tests may change while it runs: ``latency`` (seconds added
     before every answer), ``legacy`` (answer the older ``{"user": ...}``
-    shape) and ``methods`` (which methods the validate route accepts).
+    shape), ``methods`` (which methods the validate route accepts), and the
+    sizes and pace of the hostile faults: ``drip_interval`` (seconds between
+    two bytes of ``"drip"`` and ``"slow_headers"``), ``huge_size`` (bytes of
+    ``"huge"``) and ``gzip_size`` (bytes a ``"gzip"`` bomb inflates to).
     """
 
-    DEMO_CLIENT_ID: Final = "demo-client"
+    #: A UUID, as Plurality's client ids are (a published demo value, not a secret).
+    DEMO_CLIENT_ID: Final = "9a3a4bda-bbc5-46e4-8f42-2e4deca35a31"
     DEMO_CLIENT_SECRET: Final = "demo-secret"  # noqa: S105 - published demo value
 
     def __init__(
@@ -204,6 +238,9 @@ class FakePlurality:
         self.latency = 0.0
         self.legacy = False
         self.methods: set[str] = {"POST", "GET"}
+        self.drip_interval = 0.25
+        self.huge_size = 10 * 1024 * 1024
+        self.gzip_size = 256 * 1024 * 1024
 
         self._lock = threading.Lock()
         self._clients: dict[str, str] = {client_id: client_secret}
@@ -341,14 +378,31 @@ class FakePlurality:
         with self._lock:
             self._revoked.add(token)
 
-    def fail_next(self, kind: int | str, *, times: int = 1, retry_after: int | None = None) -> None:
+    def fail_next(self, kind: int | str, *, times: int = 1, retry_after: int | str | None = None) -> None:
         """Answer the next ``times`` validate calls with a fault.
 
         ``kind``: an HTTP status (500 gives upstream's own JSON error, any other
-        a proxy's HTML page, with ``Retry-After`` when ``retry_after`` is set),
-        ``"timeout"`` (hang ``hang_seconds``, then close without answering),
-        ``"reset"`` (TCP reset, no answer), ``"garbage"`` (200, not JSON) or
-        ``"wrong_shape"`` (200, JSON without a user). Faults queue up in order.
+        a proxy's HTML page; 403 is a gateway's HTML page, not Plurality's
+        ``Invalid token``), with ``Retry-After`` when ``retry_after`` is set (an
+        int, or any string, sent as it is: ``"²"``, ``"-1"``, an HTTP date...).
+        Or one of:
+
+        - ``"timeout"``: hang ``hang_seconds``, then close without answering;
+        - ``"reset"``: TCP reset, no answer;
+        - ``"garbage"``: 200, not JSON; ``"wrong_shape"``: 200, JSON without a
+          user; ``"no_user"``: 200 ``{"success": true, "user": {}}`` (Plurality
+          has no row for the user);
+        - ``"drip"``: the real answer, its body sent one byte every
+          ``drip_interval`` seconds; ``"slow_headers"``: the same with the
+          status line and headers dripped too (a client that waits long enough
+          gets a good answer);
+        - ``"huge"``: 200, a valid answer padded to ``huge_size`` bytes, with a
+          ``Content-Length``; ``"huge_chunked"``: the same, chunked, no length;
+        - ``"gzip"``: 200 ``Content-Encoding: gzip``, a valid answer padded with
+          whitespace to ``gzip_size`` bytes once inflated (a gzip bomb);
+        - ``"redirect"``: 307 to this same URL (a client that follows it loops).
+
+        Faults queue up in order.
         """
         if isinstance(kind, bool) or not ((isinstance(kind, int) and 400 <= kind <= 599) or kind in _FAULT_KINDS):
             raise ValueError(f"unknown fault {kind!r}")
@@ -403,7 +457,9 @@ class FakePlurality:
                 self._calls.append(call)
 
         if fault is not None:
-            return self._fault(request, fault, record)
+            return self._fault(
+                request, fault, record, lambda: self._validate(token, present, client_id, secret, known_secret)
+            )
 
         method = request.method
         methods = set(self.methods)
@@ -425,7 +481,7 @@ class FakePlurality:
             return None
         try:
             body: Any = json.loads(request.get_data(cache=False))
-        except ValueError:
+        except (ValueError, RecursionError):  # 100 000 "[" nest too deep for json: still a 401
             return None
         token = body.get("token") if isinstance(body, dict) else None
         return token if isinstance(token, str) and token else None
@@ -495,6 +551,7 @@ class FakePlurality:
         request: Request,
         fault: _Fault,
         record: Callable[[int], None],
+        real_answer: Callable[[], Response],
     ) -> Response:
         kind = fault.kind
         if kind == "reset":
@@ -510,6 +567,22 @@ class FakePlurality:
         if kind == "wrong_shape":
             record(200)
             return self._json(200, {"success": True})
+        if kind == "no_user":
+            record(200)
+            return self._json(200, {"success": True, "user": {}})
+        if kind in ("drip", "slow_headers"):
+            real = real_answer()
+            record(real.status_code)
+            self._drip(request, real, headers_too=kind == "slow_headers")
+        if kind in ("huge", "huge_chunked"):
+            record(200)
+            self._huge(request, chunked=kind == "huge_chunked")
+        if kind == "gzip":
+            record(200)
+            self._gzip(request)
+        if kind == "redirect":
+            record(307)
+            return Response("", 307, headers={"Location": request.url}, content_type=_TEXT)
         assert isinstance(kind, int)
         record(kind)
         if kind == 500:
@@ -519,6 +592,65 @@ class FakePlurality:
                 response.headers["Retry-After"] = str(fault.retry_after)
             return response
         return _proxy_page(kind, fault.retry_after)
+
+    def _drip(self, request: Request, answer: Response, *, headers_too: bool) -> NoReturn:
+        """Send ``answer`` one byte every ``drip_interval`` seconds (the body only, or
+        the status line and headers too). Each byte arrives well within any per-read
+        socket timeout: only a client with a deadline for the whole call gives up."""
+        body = answer.get_data()
+        head = _head(answer.status, answer.headers, {"Content-Length": str(len(body))})
+        whole = head + body
+        if headers_too:
+            pieces: Iterable[bytes] = (whole[i : i + 1] for i in range(len(whole)))
+        else:
+            pieces = itertools.chain([head], (body[i : i + 1] for i in range(len(body))))
+        self._stream(request, pieces, pace=self.drip_interval, first_at_once=not headers_too)
+
+    def _huge(self, request: Request, *, chunked: bool) -> NoReturn:
+        """A valid answer for a made-up user, padded to ``huge_size`` bytes."""
+        start = _json_bytes({"success": True, "user": {"id": str(uuid.uuid4())}})[:-2] + b',"pad":"'
+        end = b'"}}'
+        pad = max(0, self.huge_size - len(start) - len(end))
+        block = b"x" * 65536
+
+        def body() -> Iterator[bytes]:
+            yield start
+            for offset in range(0, pad, len(block)):
+                yield block[: min(len(block), pad - offset)]
+            yield end
+
+        if chunked:
+            head = _head("200 OK", {"Content-Type": _JSON}, {"Transfer-Encoding": "chunked"})
+            framed = (b"%x\r\n%s\r\n" % (len(piece), piece) for piece in body())
+            self._stream(request, itertools.chain([head], framed, [b"0\r\n\r\n"]))
+        head = _head("200 OK", {"Content-Type": _JSON}, {"Content-Length": str(len(start) + pad + len(end))})
+        self._stream(request, itertools.chain([head], body()))
+
+    def _gzip(self, request: Request) -> NoReturn:
+        bomb = _gzip_bomb(self.gzip_size)
+        extra = {"Content-Encoding": "gzip", "Content-Length": str(len(bomb))}
+        head = _head("200 OK", {"Content-Type": _JSON}, extra)
+        self._stream(request, itertools.chain([head], (bomb[i : i + 65536] for i in range(0, len(bomb), 65536))))
+
+    def _stream(
+        self, request: Request, pieces: Iterable[bytes], *, pace: float = 0, first_at_once: bool = False
+    ) -> NoReturn:
+        """Write ``pieces`` straight to the socket (``pace`` seconds before each one but
+        the first when ``first_at_once``), then hang up, as the answer said it would.
+
+        Straight to the socket, not through werkzeug: the pace is exact, and werkzeug's
+        end-of-request drain (a 10 MB read buffer) does not count as the client's memory
+        in the tests that measure it.
+        """
+        sock: socket.socket = request.environ["werkzeug.socket"]
+        try:
+            for n, piece in enumerate(pieces):
+                if pace > 0 and not (first_at_once and n == 0) and self._stopping.wait(pace):
+                    break
+                sock.sendall(piece)
+        except OSError:
+            pass  # the client gave up: what a hostile answer is for
+        self._drop(request, reset=False)
 
     @staticmethod
     def _drop(request: Request, *, reset: bool) -> NoReturn:
@@ -541,6 +673,28 @@ class FakePlurality:
         except OSError:
             pass
         raise _DropConnection("dropped on purpose by FakePlurality")
+
+
+_bombs: dict[int, bytes] = {}
+_bombs_lock = threading.Lock()
+
+
+def _gzip_bomb(size: int) -> bytes:
+    """A gzip body that inflates to ``size`` bytes of a valid answer padded with
+    whitespace (256 MiB shrink to about 254 KiB); made once per size."""
+    with _bombs_lock:
+        bomb = _bombs.get(size)
+        if bomb is None:
+            start = _json_bytes({"success": True, "user": {"id": str(uuid.uuid4())}})[:-1]
+            pad = max(0, size - len(start) - 1)
+            packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip header
+            parts = [packer.compress(start)]
+            block = b" " * (1 << 20)
+            for offset in range(0, pad, len(block)):
+                parts.append(packer.compress(block[: min(len(block), pad - offset)]))
+            parts += [packer.compress(b"}"), packer.flush()]
+            bomb = _bombs[size] = b"".join(parts)
+        return bomb
 
 
 _shared: FakePlurality | None = None

@@ -18,9 +18,9 @@ class Profile:
     id: str
     #: May be ``None``: a wallet-only user has no email.
     email: str | None = None
-    #: The user's wallet address (``authAddress`` upstream).
+    #: The user's wallet address (``authAddress`` upstream; ``address`` in the older route's raw row).
     auth_address: str | None = None
-    #: The proxy wallet address (``proxyAddress`` upstream).
+    #: The proxy wallet address (``proxyAddress`` upstream; ``pkpAddress`` in the older route's raw row).
     proxy_address: str | None = None
     #: The token's ``uniqueSessionId``: the link between this user and this client app.
     unique_session_id: str | None = None
@@ -39,8 +39,10 @@ class Profile:
         return cls(
             id=str(user["id"]),
             email=_opt_str(user.get("email")),
-            auth_address=_opt_str(user.get("authAddress")),
-            proxy_address=_opt_str(user.get("proxyAddress")),
+            # The older GET route answered Plurality's raw user row, where the newer
+            # names are ``address`` and ``pkpAddress`` (UPSTREAM.md).
+            auth_address=_opt_str(user.get("authAddress")) or _opt_str(user.get("address")),
+            proxy_address=_opt_str(user.get("proxyAddress")) or _opt_str(user.get("pkpAddress")),
             unique_session_id=_opt_str(claims.get("uniqueSessionId")),
             expires_at=int(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
             raw=dict(user),

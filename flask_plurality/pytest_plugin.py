@@ -2,15 +2,21 @@
 
 Registered through the ``pytest11`` entry point, so ``pip install
 flask-plurality[testing]`` is all a project needs: no ``pytest_plugins`` line.
+
+Each test is isolated: :func:`plurality_config` points the app at a stand-in of the
+test's own and at a session store of the test's own (files in a fresh temporary
+directory), so sessions, failed-login counters, cached answers and revocations never
+cross from one test, or one run, to the next.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from .testing import FakePlurality, _track, config_for
+from .testing import FakePlurality, _track, config_for, store_config
 
 
 @pytest.fixture
@@ -26,7 +32,17 @@ def plurality_fake() -> Iterator[FakePlurality]:
 
 
 @pytest.fixture
-def plurality_config(plurality_fake: FakePlurality) -> dict[str, str]:
-    """``PLURALITY_API_URL``, ``PLURALITY_CLIENT_ID`` and ``PLURALITY_CLIENT_SECRET``
-    pointing at :func:`plurality_fake`; give them to your app factory."""
-    return config_for(plurality_fake)
+def plurality_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``SESSION_TYPE`` and ``SESSION_CACHELIB`` for a session store of this test's own:
+    the same file store ``init_app`` sets up by default, in a new temporary directory
+    instead of the app's instance folder."""
+    return store_config(tmp_path_factory.mktemp("plurality_sessions"))
+
+
+@pytest.fixture
+def plurality_config(plurality_fake: FakePlurality, plurality_store: dict[str, Any]) -> dict[str, Any]:
+    """Everything an app under test needs: ``PLURALITY_API_URL``, ``PLURALITY_CLIENT_ID``
+    and ``PLURALITY_CLIENT_SECRET`` pointing at :func:`plurality_fake`, and the session
+    store of :func:`plurality_store`. Give it to your app factory; keys you set after it
+    (your own ``SESSION_TYPE``, say) win."""
+    return {**config_for(plurality_fake), **plurality_store}

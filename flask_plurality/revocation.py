@@ -23,6 +23,7 @@ from flask import Flask, session
 from flask.sessions import SessionMixin
 
 from .config import ConfigView, config
+from .exceptions import ConfigurationError
 from .sessiondata import SESSION_KEY, Login
 from .store import get_store, key
 
@@ -40,8 +41,16 @@ _NOT_READ: Final = object()
 
 def revoke(user_id: str) -> None:
     """Write a new stamp for ``user_id``, then a new epoch (needs an app context)."""
-    value = f"{int(time.time())}-{secrets.token_hex(8)}"
     store = get_store()
+    if not store.shared:
+        # A stamp in one process's memory would revoke there only, and refuse a later
+        # login of the same user there: refuse instead of half-working.
+        raise ConfigurationError(
+            "revoke_user cannot work with this session store: it is per process (see the WARNING "
+            "logged at init_app), so a revocation would reach one worker only. Use a shared backend: "
+            "SESSION_TYPE 'redis', 'sqlalchemy', 'memcached' or cachelib's FileSystemCache/RedisCache."
+        )
+    value = f"{int(time.time())}-{secrets.token_hex(8)}"
     store.set(key("revoked", user_id), value, REVOCATION_TTL)
     # Then, never before, the epoch every session compares with (see is_revoked).
     store.set(config.key_prefix + REVOCATION_EPOCH, value, REVOCATION_TTL)

@@ -9,7 +9,6 @@ Flask-Session internal the package touches goes through :class:`_FlaskSessionShi
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -24,12 +23,14 @@ from flask.sessions import SessionInterface, SessionMixin
 from flask_session import Session
 from flask_session.base import ServerSideSession, ServerSideSessionInterface
 
+from .exceptions import ConfigurationError, SessionStoreUnavailable
 from .revocation import REVOCATION_EPOCH
 from .security import redacted_session_class
 from .sessiondata import session_lifetime_cap
-from .store import log, log_store_failure, redis_client
+from .store import Store, log, log_store_failure, store_for
+from .stores.base import SessionWriter
 
-#: Seconds between two sweeps of expired session files (FileSystemCache), per process.
+#: Seconds between two sweeps of expired session entries (files, SQL rows), per process.
 SWEEP_INTERVAL: Final = 3600.0
 
 
@@ -42,7 +43,7 @@ class _FlaskSessionShim:
     """
 
     #: Attributes of a ``ServerSideSessionInterface`` that are not its public API.
-    INTERNALS: Final = ("_upsert_session", "_retrieve_session_data", "serializer")
+    INTERNALS: Final = ("_upsert_session", "_delete_session", "_retrieve_session_data", "serializer")
 
     @staticmethod
     def missing(inner: SessionInterface) -> list[str]:
@@ -77,6 +78,10 @@ class _FlaskSessionShim:
         inner._upsert_session = upsert  # type: ignore[attr-defined]
 
     @staticmethod
+    def set_delete(inner: SessionInterface, delete: Callable[[str], None]) -> None:
+        inner._delete_session = delete  # type: ignore[attr-defined]
+
+    @staticmethod
     def set_retrieve(inner: SessionInterface, retrieve: Callable[[str], dict[str, Any] | None]) -> None:
         inner._retrieve_session_data = retrieve  # type: ignore[attr-defined]
 
@@ -87,32 +92,9 @@ shim = _FlaskSessionShim()
 Upsert = Callable[[timedelta, ServerSideSession, str], None]
 
 
-def upsert_if_present(inner: SessionInterface) -> Callable[[timedelta, ServerSideSession, str, Upsert], None] | None:
-    """An upsert that writes only over an existing entry, for backends that can do it
-    cheaply: Redis ``SET ... XX`` (atomic, no extra round trip), FileSystemCache one
-    ``stat`` first. ``None`` for other backends (they keep last-writer-wins)."""
-    client = redis_client(inner)
-    if client is not None:
-
-        def redis_xx(lifetime: timedelta, session: ServerSideSession, store_id: str, upsert: Upsert) -> None:
-            data = shim.encode(inner, session)
-            client.set(store_id, data, ex=max(1, int(lifetime.total_seconds())), xx=True)
-
-        return redis_xx
-    cache = getattr(inner, "cache", None)
-    filename = getattr(cache, "_get_filename", None)
-    if isinstance(cache, FileSystemCache) and filename is not None:
-
-        def file_exists(lifetime: timedelta, session: ServerSideSession, store_id: str, upsert: Upsert) -> None:
-            if os.path.exists(filename(store_id)):
-                upsert(lifetime, session, store_id)
-
-        return file_exists
-    return None
-
-
 class UnavailableSession(ServerSideSession):  # type: ignore[misc]
-    """Stands in for a session the store could not load: empty, and never saved."""
+    """Stands in for a session the store could not load: empty, and never saved. A view
+    that writes to it gets a 503 instead of a 200 whose write was dropped."""
 
     store_error = True
 
@@ -131,29 +113,33 @@ def is_detached(sess: SessionMixin) -> bool:
     return getattr(sess, "detached", False) is True
 
 
-#: While Flask-Session loads a session from Redis: (epoch key, box for what was read).
+#: While Flask-Session loads a session: (epoch key, box for what was read with it).
 _epoch_read: ContextVar[tuple[str, list[Any]] | None] = ContextVar("plurality_epoch_read", default=None)
 
 
-def _json_str(raw: Any) -> str | None:
-    try:
-        value = json.loads(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return value if isinstance(value, str) else None
-
-
 class GuardedSessionInterface(SessionInterface):
-    """Wraps Flask-Session's interface so a store outage is a 503, not a 500 with a trace.
+    """Wraps Flask-Session's interface: every write goes through the store, checked.
 
-    Loading fails -> an empty :class:`UnavailableSession` that is never written back (so
-    nothing already stored is overwritten); protected routes and login answer 503
-    ``session_store_unavailable``. Saving fails -> the response becomes that 503 too,
-    instead of a 200 whose login was never stored.
+    - Loading fails -> an empty :class:`UnavailableSession` that is never written back
+      (so nothing already stored is overwritten); protected routes and login answer 503
+      ``session_store_unavailable``, and so does a view that writes to it.
+    - Saving fails, or the backend reports a failed write or delete -> the response
+      becomes that 503, instead of a 200 whose login (or logout) never happened.
+    - A session read from the store is written back only while it is still stored, with
+      the backend's own atomic write-if-present (:meth:`.stores.base.SessionWriter.save_session`):
+      a logout that deleted it while this request ran stays a logout.
+    - Where the store can, the revocation epoch is read in the same round trip as the
+      session (Redis MGET, memcached get_multi, one SQL SELECT).
+    - Expired entries are swept about once an hour per process, off the request's path,
+      on backends without their own expiry (files, SQL tables).
     """
 
-    def __init__(self, inner: ServerSideSessionInterface) -> None:
+    def __init__(self, inner: ServerSideSessionInterface, store: Store | None = None) -> None:
         self.inner = inner
+        #: The store behind ``inner`` (found here when not given; SQL needs an app context).
+        self.store = store if store is not None else store_for(inner)
+        store = self.store
+        writer = cast(SessionWriter | None, store if hasattr(store, "save_session") else None)
         # Flask-Session calls these on itself while saving; shadowing them on the
         # instance keeps every backend's own save logic while (1) no cookie or stored
         # entry outlives the login's token and (2) the cookie is Secure on HTTPS.
@@ -166,17 +152,16 @@ class GuardedSessionInterface(SessionInterface):
                 return cast(datetime | None, expires)
             return min(cast(datetime, expires), datetime.now(UTC) + cap)
 
-        if_present = upsert_if_present(inner)
-
         def upsert_session(lifetime: timedelta, session: ServerSideSession, store_id: str) -> None:
             lifetime = session_lifetime_cap(lifetime)
-            if getattr(session, "loaded_sid", None) == session.sid and if_present is not None:
-                # A session read from the store is written back only if it is still there:
-                # a logout, revoke or login elsewhere that deleted it while this request
-                # ran must not be undone by this request's (refresh-each-request) save.
-                if_present(lifetime, session, store_id, upsert)
-            else:
+            if writer is None:  # pragma: no cover - every store writes sessions itself
                 upsert(lifetime, session, store_id)
+                return
+            # A session read from the store is written back only if it is still there:
+            # a logout, revoke or login elsewhere that deleted it while this request
+            # ran must not be undone by this request's (refresh-each-request) save.
+            present = getattr(session, "loaded_sid", None) == session.sid
+            writer.save_session(store_id, session, int(lifetime.total_seconds()), only_if_present=present)
 
         def get_cookie_secure(app: Flask) -> bool:
             return bool(secure(app)) or (has_request_context() and request.is_secure)
@@ -184,27 +169,24 @@ class GuardedSessionInterface(SessionInterface):
         inner.get_expiration_time = get_expiration_time
         shim.set_upsert(inner, upsert_session)
         inner.get_cookie_secure = get_cookie_secure
-        client = redis_client(inner)
-        if client is not None:
-            # Read the revocation epoch in the same round trip as the session (MGET).
+        if writer is not None:
+            shim.set_delete(inner, writer.delete_session)
+        retrieve = getattr(store, "retrieve_session", None)
+        if retrieve is not None:
+            # The revocation epoch in the same round trip as the session.
             def retrieve_session_data(store_id: str) -> dict[str, Any] | None:
                 pending = _epoch_read.get()
-                if pending is None:
-                    raw = client.get(store_id)
-                else:
-                    raw, epoch = client.mget([store_id, pending[0]])
+                data, epoch = retrieve(store_id, pending[0] if pending else None)
+                if pending is not None:
                     pending[1].append(epoch)
-                return cast(dict[str, Any], shim.decode(inner, raw)) if raw else None
+                return cast(dict[str, Any] | None, data)
 
             shim.set_retrieve(inner, retrieve_session_data)
-        # The default FileSystemCache has no item limit (a limit would evict live
-        # sessions), so nothing would ever delete an abandoned login's file: sweep expired
-        # files about once an hour per process, in a thread, off the request's path.
-        cache = getattr(inner, "cache", None)
-        self._sweep: Callable[[], None] | None = None
+        # Nothing else deletes an abandoned login's file or row: sweep expired entries
+        # about once an hour per process, in a thread, off the request's path.
+        sweep = getattr(store, "sweep", None)
+        self._sweep: Callable[[], None] | None = (lambda: sweep_expired(sweep)) if sweep is not None else None
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
-        if isinstance(cache, FileSystemCache) and hasattr(cache, "_remove_expired"):
-            self._sweep = lambda: sweep_expired(cache)
         # repr(session) must not show the token (debug logs, error reporters).
         inner.session_class = redacted_session_class(inner.session_class)
 
@@ -217,20 +199,28 @@ class GuardedSessionInterface(SessionInterface):
         try:
             session = self.inner.open_session(app, request)
         except Exception as exc:
-            log_store_failure(exc)
+            if not isinstance(exc, SessionStoreUnavailable):  # already logged
+                log_store_failure(exc)
             return UnavailableSession(sid=None)
         finally:
             _epoch_read.reset(reading)
         if box:
-            #: ``revoke_user``'s epoch as it was when this session was read (Redis only).
-            session.revocation_epoch = _json_str(box[0])
+            #: ``revoke_user``'s epoch as it was when this session was read.
+            session.revocation_epoch = box[0] if isinstance(box[0], str) else None
         if session.sid == request.cookies.get(app.config["SESSION_COOKIE_NAME"]):
             #: Read from the store under this id (else: a new session, a new id).
             session.loaded_sid = session.sid
         return session  # type: ignore[no-any-return]
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        if isinstance(session, UnavailableSession) or getattr(session, "detached", False):
+        from .responses import store_unavailable_into
+
+        if getattr(session, "detached", False):
+            return  # a bearer request's session: never saved, no cookie (see detach_session)
+        if isinstance(session, UnavailableSession):
+            if session.modified:  # the view wrote to a session that could not be loaded
+                log.error("A view wrote to the session while the store was unavailable; answered 503")
+                store_unavailable_into(response)
             return
         if self._sweep is not None and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL
@@ -238,27 +228,27 @@ class GuardedSessionInterface(SessionInterface):
         try:
             self.inner.save_session(app, session, response)
         except Exception as exc:
-            log_store_failure(exc)
-            from .responses import store_unavailable_into
-
+            if not isinstance(exc, SessionStoreUnavailable):  # already logged
+                log_store_failure(exc)
             store_unavailable_into(response)
 
 
-def sweep_expired(cache: FileSystemCache) -> None:
-    """Delete the expired entries of a FileSystemCache (sessions, answers, counters)."""
+def sweep_expired(sweep: Callable[[], None]) -> None:
+    """Run a store's sweep of expired entries (sessions, answers, counters)."""
     try:
-        cache._remove_expired(time.time())
+        sweep()
     except Exception as exc:  # a sweep must never take a worker down
-        log.warning("Sweeping expired session files failed: %s", type(exc).__name__)
+        log.warning("Sweeping expired session entries failed: %s", type(exc).__name__)
 
 
-def setup_sessions(app: Flask) -> None:
-    """Use the app's Flask-Session, or set up cachelib on disk; guard it either way."""
+def setup_sessions(app: Flask) -> Store:
+    """Use the app's Flask-Session, or set up cachelib on disk; guard it either way.
+    Returns the store behind it (see :mod:`.stores`)."""
     if app.config.get("SESSION_COOKIE_SAMESITE") is None:
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     interface = app.session_interface
     if isinstance(interface, GuardedSessionInterface):
-        return
+        return interface.store
     if not isinstance(interface, ServerSideSessionInterface):
         if app.config.get("SESSION_TYPE", "null") in (None, "null"):
             app.config["SESSION_TYPE"] = "cachelib"
@@ -267,4 +257,12 @@ def setup_sessions(app: Flask) -> None:
             )
         Session(app)
         interface = app.session_interface
-    app.session_interface = GuardedSessionInterface(cast(ServerSideSessionInterface, interface))
+    missing = shim.missing(interface)
+    if missing:
+        raise ConfigurationError(
+            f"This Flask-Session release lacks what flask-plurality relies on ({', '.join(missing)}); "
+            "use Flask-Session 0.8."
+        )
+    store = store_for(interface, app)
+    app.session_interface = GuardedSessionInterface(cast(ServerSideSessionInterface, interface), store)
+    return store

@@ -8,11 +8,13 @@ Run the stand-in on its own with ``python -m flask_plurality.testing``.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from cachelib import FileSystemCache
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
@@ -23,7 +25,16 @@ from .profile import Profile
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
-__all__ = ["FakePlurality", "PluralityTestClient", "ValidateCall", "config_for", "live_server", "main", "shared_fake"]
+__all__ = [
+    "FakePlurality",
+    "PluralityTestClient",
+    "ValidateCall",
+    "config_for",
+    "live_server",
+    "main",
+    "shared_fake",
+    "store_config",
+]
 
 
 @contextlib.contextmanager
@@ -70,6 +81,19 @@ def config_for(fake: FakePlurality) -> dict[str, str]:
         "PLURALITY_API_URL": fake.url,
         "PLURALITY_CLIENT_ID": fake.client_id,
         "PLURALITY_CLIENT_SECRET": fake.client_secret,
+    }
+
+
+def store_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The config keys for a session store in ``directory``: the same file store
+    ``init_app`` sets up by default, somewhere other than the app's instance folder.
+
+    For tests: sessions, failed-login counters, cached answers and revocations live in
+    the session store, so a store of each test's own keeps them from crossing tests and
+    runs (the ``plurality_config`` fixture uses it)."""
+    return {
+        "SESSION_TYPE": "cachelib",
+        "SESSION_CACHELIB": FileSystemCache(os.fspath(directory), threshold=0, mode=0o600),
     }
 
 

@@ -2,6 +2,13 @@
 
 Counted before anything else at ``/login``, so that a throttled request never costs an
 upstream call, and shared by every worker and machine that shares the sessions.
+
+An attempt is counted *before* Plurality is asked (an atomic increment in the store),
+then the count decides; an attempt that turns out not to be a failure (a good login,
+an outage) is taken back. So however many attempts run at once, on however many
+workers, at most ``PLURALITY_LOGIN_MAX_FAILURES`` of them per window can be failures
+that reached Plurality: reading the count first and adding to it after the answer
+would let every concurrent attempt through.
 """
 
 from __future__ import annotations
@@ -23,19 +30,24 @@ def buckets(client: str, token: str) -> dict[str, str]:
     }
 
 
-def refused_for(counters: dict[str, str]) -> int | None:
-    """Seconds to wait when one of ``counters`` is at the limit; ``None`` to go on."""
+def reserve(counters: dict[str, str]) -> int | None:
+    """Count this attempt on every counter first; seconds to wait (and nothing counted)
+    when that takes one of them over the limit, ``None`` to go on and ask."""
     store = get_store()
+    taken: list[str] = []
     for who, name in counters.items():
-        count, left = store.peek(name)
-        if count >= config.login_max_failures:
+        count, left = store.incr(name, config.login_failure_window)
+        taken.append(name)
+        if count > config.login_max_failures:
+            for counted in taken:  # a refused attempt is no failure of its own
+                store.decr(counted)
             log.warning("Too many failed Plurality logins from %s; refusing for %d s", who, left)
             return left
     return None
 
 
-def count_failure(counters: dict[str, str]) -> None:
-    """One more failed login on each of ``counters``."""
+def release(counters: dict[str, str]) -> None:
+    """Take back an attempt counted by :func:`reserve` that was not a failure."""
     store = get_store()
     for name in counters.values():
-        store.incr(name, config.login_failure_window)
+        store.decr(name)

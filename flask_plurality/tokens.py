@@ -32,7 +32,7 @@ def read_claims(token: str, *, max_length: int, now: float | None = None) -> dic
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
-        raise InvalidToken("The token is not a Plurality token.", reason="malformed") from None
+        header, claims = {}, None  # raised below, outside the except: PyJWT's error stays off our chain
     if header.get("alg") != "HS256" or not isinstance(claims, dict):
         raise InvalidToken("The token is not a Plurality token.", reason="malformed")
     exp = claims.get("exp")

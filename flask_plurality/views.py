@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -33,10 +34,16 @@ class _Refused(Exception):
         self.response = response
 
 
-def _read_post() -> tuple[str | None, str | None]:
+def _read_post(*, logout: bool = False) -> tuple[str | None, str | None]:
     """(token, next) of a login or logout post, after SPEC's origin rule and body limits;
-    raise :class:`_Refused` with the answer otherwise."""
-    if not origin_allowed(config.trusted_origins):
+    raise :class:`_Refused` with the answer otherwise.
+
+    A logout may also come with neither ``Origin`` nor ``Referer`` when nothing at all is
+    sent (no ``Content-Type``, no body: a cross-site form always sends a Content-Type),
+    and a JSON logout may have an empty body (SPEC section 3)."""
+    headers = request.headers
+    bare = logout and not any(name in headers for name in ("Origin", "Referer", "Content-Type"))
+    if not bare and not origin_allowed(config.trusted_origins):
         raise _Refused(json_error(403, "forbidden_origin"))
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise _Refused(json_error(413, "payload_too_large"))
@@ -44,17 +51,20 @@ def _read_post() -> tuple[str | None, str | None]:
     # that is exactly 16 KiB: werkzeug silently truncates a stream at the limit.
     request.max_content_length = MAX_BODY + 1
     try:
-        if len(request.get_data(cache=True)) > MAX_BODY:
+        body = request.get_data(cache=True)
+        if len(body) > MAX_BODY:
             raise _Refused(json_error(413, "payload_too_large"))
+        if bare and body:  # something was sent after all (a chunked body): the origin rule applies
+            raise _Refused(json_error(403, "forbidden_origin"))
         if request.mimetype == "application/json":
-            data: Any = request.get_json(silent=False)
+            data: Any = {} if logout and not body else request.get_json(silent=False)
             if not isinstance(data, dict):
                 raise _Refused(json_error(400, "invalid_request"))
             token, next_ = data.get("token"), request.args.get("next")
         elif request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
             token = request.form.get("token")
             next_ = request.form.get("next") or request.args.get("next")
-        elif request.get_data(cache=True):
+        elif body:
             raise _Refused(json_error(400, "invalid_request"))
         else:
             token, next_ = None, request.args.get("next")
@@ -75,10 +85,8 @@ def _done(body: dict[str, Any], next_: str | None) -> BaseResponse:
     return json_response(body)
 
 
-def _failed(reason: str, *, counters: dict[str, str] | None = None) -> None:
+def _failed(reason: str) -> None:
     signals.login_failed.send(current_app._get_current_object(), profile=None, reason=reason)  # type: ignore[attr-defined]
-    if counters:
-        throttle.count_failure(counters)
 
 
 @blueprint.after_request
@@ -101,10 +109,11 @@ def login() -> BaseResponse:
     if getattr(session, "store_error", False):
         return store_unavailable()
     # Failed logins are counted per client and per token, in the shared store, before
-    # anything else: a throttled request never costs an upstream call.
+    # anything else: a throttled request never costs an upstream call. The attempt is
+    # counted before asking (see throttle.reserve) and taken back unless it failed.
     counters = throttle.buckets(client_bucket(), token)
     try:
-        wait = throttle.refused_for(counters)
+        wait = throttle.reserve(counters)
         if wait is not None:
             _failed("too_many_attempts")
             return json_error(429, "too_many_attempts", retry_after=wait)
@@ -113,13 +122,19 @@ def login() -> BaseResponse:
             answer = extension.answers.lookup(token, claims["exp"])
         except InvalidToken as exc:
             log.info("Plurality login refused: %s", exc.reason)
-            _failed(exc.reason, counters=counters)
+            _failed(exc.reason)  # stays counted
             return json_error(401, "invalid_token")
         except UpstreamUnavailable as exc:
+            throttle.release(counters)
             _failed(exc.reason)
             if not isinstance(exc, CredentialsRejected):
                 log.warning("Plurality login could not be checked: %s", exc.reason)
             return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
+        except SessionStoreUnavailable:
+            with contextlib.suppress(SessionStoreUnavailable):
+                throttle.release(counters)
+            raise
+        throttle.release(counters)
         profile = Profile.from_upstream(answer.user, claims)
         refusal = login_refusal(extension, profile)
         if refusal is not None:
@@ -136,7 +151,7 @@ def login() -> BaseResponse:
 @blueprint.post("/logout")
 def logout() -> BaseResponse:
     try:
-        _, next_ = _read_post()
+        _, next_ = _read_post(logout=True)
     except _Refused as refused:
         return refused.response
     if getattr(session, "store_error", False):
@@ -178,3 +193,14 @@ def fake_token() -> Response:
 def wrong_method() -> BaseResponse:
     """Keep SPEC's promise that every answer here is JSON, even Flask's 405."""
     return json_error(405, "method_not_allowed", headers={"Allow": "POST, OPTIONS"})
+
+
+@blueprint.get("/openapi.json")
+def openapi_document() -> Response:
+    """These endpoints as an OpenAPI 3.1 document, when ``PLURALITY_OPENAPI`` is on."""
+    if not config.openapi:
+        return json_error(404, "not_found")
+    from .openapi import document  # built only for the few apps that serve it
+
+    prefix = current_app.config["PLURALITY_URL_PREFIX"] or ""
+    return json_response(document(request.script_root + prefix.rstrip("/")))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import AppFactory, build_app, redis_url_or_skip
+from helpers import CHROMIUM_ARGS, AppFactory, build_app, chromium_or_skip, redis_url_or_skip
 
+from flask_plurality import Plurality
 from flask_plurality.testing import FakePlurality
 
 
@@ -50,3 +52,37 @@ def redis_client() -> Iterator[Any]:
     yield client
     client.flushdb()
     client.close()
+
+
+# -- browsers -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    """A headless Debian chromium driven by Playwright (a ``Browser``); skips as
+    :func:`chromium_or_skip` says."""
+    executable = chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+# -- the sample app ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start a test of the sample app (examples/) from scratch: no PLURALITY_* in the
+    environment, which it reads, and a new module-level ``Plurality()``, whose client
+    keeps the circuit breaker and any ``Retry-After`` hold of earlier tests."""
+    for key in list(os.environ):
+        if key.startswith(("PLURALITY_CLIENT", "FLASK_PLURALITY_", "PLURALITY_FAKE", "PLURALITY_API_URL")):
+            monkeypatch.delenv(key)
+    import examples.app
+
+    monkeypatch.setattr(examples.app, "plurality", Plurality())

@@ -185,7 +185,9 @@ def captured(signal: Any, app: Flask) -> Iterator[list[dict[str, Any]]]:
         yield seen
 
 
-#: How the browser tests start Debian's chromium (Playwright's own build is not used).
+# -- browsers -----------------------------------------------------------------------------
+
+#: Debian's chromium, headless, with nothing that reaches out to the network.
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

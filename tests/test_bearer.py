@@ -71,7 +71,8 @@ def stored_keys(app: Flask) -> set[str]:
         return {k.decode() for k in inner.client.keys("*")}
     import os
 
-    return set(os.listdir(inner.cache._path))
+    # The file store's own lock files are not entries.
+    return {name for name in os.listdir(inner.cache._path) if not name.startswith("plurality-lock-")}
 
 
 # -- the switch ---------------------------------------------------------------------------------

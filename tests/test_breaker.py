@@ -248,3 +248,32 @@ def test_retry_after_below_threshold_is_reported_as_rate_limited() -> None:
         breaker.before_call(5, 1)
     assert held.value.reason == "rate_limited"
     assert held.value.retry_after in (3, 4)
+
+
+def test_a_call_cut_short_by_its_caller_is_not_a_breaker_failure(fake: FakePlurality) -> None:
+    """A call given less than PLURALITY_TIMEOUT (its caller waited on another worker
+    first) that times out says nothing about Plurality; one given the whole timeout does."""
+    import dataclasses
+
+    from flask_plurality.client import PluralityClient, Upstream
+
+    client = PluralityClient()
+    upstream = Upstream(fake.url, fake.client_id, fake.client_secret, "POST", timeout=1.0, breaker_threshold=1)
+    fake.hang_seconds = 3.0
+    try:
+        fake.fail_next("timeout")
+        with pytest.raises(UpstreamUnavailable) as cut:
+            client.validate(fake.issue_token(), dataclasses.replace(upstream, budget=0.3))
+        assert cut.value.reason == "timeout"
+        assert client.validate(fake.issue_token(), upstream)["id"]  # the breaker (threshold 1) stayed closed
+
+        fake.fail_next("timeout")
+        with pytest.raises(UpstreamUnavailable) as slow:
+            client.validate(fake.issue_token(), upstream)
+        assert slow.value.reason == "timeout"
+        with pytest.raises(UpstreamUnavailable) as held:
+            client.validate(fake.issue_token(), upstream)
+        assert held.value.reason == "circuit_open"
+        assert len(fake.calls) == 3  # the held-back call never reached Plurality
+    finally:
+        client.close()

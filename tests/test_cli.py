@@ -105,7 +105,7 @@ def test_check_with_a_good_token_and_wrong_credentials(
 ) -> None:
     result = run(make_app(**config), "check", "--token", fake.issue_token())
     assert result.exit_code == ExitCode.CREDENTIALS_REJECTED == 5
-    assert last_line(result) == f"credentials rejected: {said}"
+    assert last_line(result).startswith(f"credentials rejected: {said}")
 
 
 def test_check_with_a_revoked_token(app: Flask, fake: FakePlurality) -> None:
@@ -193,7 +193,7 @@ def test_check_names_the_default_store_without_warnings(app: Flask) -> None:
     assert "warning" not in result.output
     assert result.output.splitlines()[:2] == [
         f"Plurality API:  {app.config['PLURALITY_API_URL']}/user/validate (method auto)",
-        "client id:      demo-client",
+        f"client id:      {FakePlurality.DEMO_CLIENT_ID}",
     ]
 
 
@@ -280,7 +280,8 @@ def test_check_store_that_cannot_keep_a_value(make_app: AppFactory, tmp_path: An
     app.session_interface.inner.cache._path = str(store_dir / "missing" / "deeper")  # type: ignore[attr-defined]
     result = run(app, "check")
     assert result.exit_code == 7
-    assert "session store UNAVAILABLE: a value written to it could not be read back" in result.output
+    # cachelib's set returns False here; the store raises on it (SPEC 7.2: no silent loss).
+    assert "session store UNAVAILABLE" in result.output
 
 
 @pytest.mark.parametrize(
@@ -491,7 +492,7 @@ def test_fake_server_serves_until_stopped(app: Flask) -> None:
     lines = result.output.splitlines()
     assert lines[0].startswith(f"Plurality stand-in running at http://127.0.0.1:{port}/api")
     assert f"  PLURALITY_API_URL=http://127.0.0.1:{port}/api" in lines
-    assert "  PLURALITY_CLIENT_ID=demo-client" in lines
+    assert f"  PLURALITY_CLIENT_ID={FakePlurality.DEMO_CLIENT_ID}" in lines
     token = lines[lines.index("Sample token (user demo@example.com, valid 24 hours):") + 1].strip()
     assert jwt.decode(token, options={"verify_signature": False})["exp"] > time.time()
     assert lines[-1] == "Stopped."

@@ -153,7 +153,7 @@ def test_one_extension_serves_two_apps(tmp_path: Path, fake: FakePlurality) -> N
         assert two.post("/plurality/login", json={"token": token_two}).status_code == 404
 
         # Each app asks its own upstream with its own credentials.
-        assert [(c.client_id, c.auth_ok) for c in fake.calls] == [("demo-client", True)]
+        assert [(c.client_id, c.auth_ok) for c in fake.calls] == [(FakePlurality.DEMO_CLIENT_ID, True)]
         assert [(c.client_id, c.auth_ok) for c in other.calls] == [("second", True)]
         # A token of one is not a login in the other; sessions do not cross either.
         assert two.post("/auth/login", json={"token": token_one}).status_code == 401
@@ -290,20 +290,19 @@ def test_fake_mode_needs_no_credentials_and_replaces_them(tmp_path: Path) -> Non
     assert app.config["PLURALITY_CLIENT_ID"]
 
 
-# -- the README ----------------------------------------------------------------------
+# -- the docs ------------------------------------------------------------------------
 
 
 def _config_table_keys() -> list[str]:
-    """The key of every row of README.rst's config table (the Configuration section)."""
-    text = (ROOT / "README.rst").read_text()
-    start = text.index("\nConfiguration\n-------------\n")
-    end = text.index("\nEndpoints\n---------\n", start)
-    section = text[start:end]
-    assert ".. list-table::" in section
-    return re.findall(r"^   \* - ``(PLURALITY_[A-Z0-9_]+)``\s*$", section, flags=re.MULTILINE)
+    """The key of every row of the config table (the list-table of docs/configuration.rst)."""
+    text = (ROOT / "docs" / "configuration.rst").read_text()
+    table = text[text.index("\n.. list-table::\n") + len("\n.. list-table::\n") :]
+    after = re.search(r"^\S", table, flags=re.MULTILINE)  # the first line not indented ends it
+    table = table[: after.start()] if after else table
+    return re.findall(r"^   \* - ``(PLURALITY_[A-Z0-9_]+)``\s*$", table, flags=re.MULTILINE)
 
 
-def test_readme_config_table_lists_exactly_the_defaults() -> None:
+def test_docs_config_table_lists_exactly_the_defaults() -> None:
     keys = _config_table_keys()
     assert len(keys) == len(set(keys)), "a key is listed twice"
     assert set(keys) == set(DEFAULTS)

@@ -24,7 +24,7 @@ from flask import Flask
 from helpers import AppFactory, age_session, captured, login
 
 from flask_plurality import signals
-from flask_plurality.store import CacheLibStore, RedisStore, get_store
+from flask_plurality.store import FileStore, RedisStore, get_store
 from flask_plurality.testing import FakePlurality, live_server
 from flask_plurality.tokens import token_hash
 
@@ -205,7 +205,7 @@ def test_always_revalidating_routes_never_wait_for_another_worker(
 
 
 def _add_in_process(path: str, start: float, results: Any) -> None:
-    store = CacheLibStore(FileSystemCache(path, threshold=0), shared=True)
+    store = FileStore(FileSystemCache(path, threshold=0))
     while time.time() < start:
         pass
     results.put(store.add("plurality:asking:x", 1, 5))
@@ -213,7 +213,7 @@ def _add_in_process(path: str, start: float, results: Any) -> None:
 
 def test_filesystem_add_has_one_winner_across_processes() -> None:
     """cachelib's own FileSystemCache.add checks, then writes: several processes can
-    all "win". Ours links a finished file into place: exactly one does."""
+    all "win". Ours checks and writes under a lock every process takes: exactly one does."""
     context = multiprocessing.get_context("spawn")
     for _ in range(3):
         with tempfile.TemporaryDirectory() as path:
@@ -231,14 +231,15 @@ def test_filesystem_add_has_one_winner_across_processes() -> None:
 
 
 def test_filesystem_add_takes_over_an_expired_marker(tmp_path: Path) -> None:
-    store = CacheLibStore(FileSystemCache(str(tmp_path), threshold=0), shared=True)
+    store = FileStore(FileSystemCache(str(tmp_path), threshold=0))
     assert store.add("k", "first", 1)
     assert not store.add("k", "second", 1)
     assert store.get("k") == "first"
     time.sleep(2.1)  # cachelib's expiry has a one-second grain
     assert store.add("k", "third", 1)
     assert store.get("k") == "third"
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".__wz_cache")] == []  # no temporary files left
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".__wz_cache") and "-lock-" not in p.name]
+    assert leftovers == []  # no temporary files left (the lock files stay)
 
 
 @pytest.mark.redis
@@ -250,3 +251,48 @@ def test_redis_add_is_set_if_absent_with_an_expiry(redis_client: Any) -> None:
     assert 0 < redis_client.ttl("k") <= 5
     store.delete("k")
     assert store.add("k", 3, 5)
+
+
+def _get(url: str, cookie: str) -> requests.Response:
+    return requests.get(f"{url}/protected", headers={"Cookie": f"session={cookie}"}, timeout=15)
+
+
+@BACKENDS
+@pytest.mark.parametrize(("arrives_after", "calls"), [(0.3, 1), (1.3, 2)])
+def test_a_waiter_judges_freshness_when_it_arrived_not_when_the_answer_lands(
+    make_app: AppFactory,
+    fake: FakePlurality,
+    backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    arrives_after: float,
+    calls: int,
+) -> None:
+    """Plurality answers in 1.5 s, the interval is 1 s. Worker B's request arrives while
+    worker A's call is out. 0.3 s after A asked, A's answer is fresh enough for B (it
+    was 0.3 s old when B's request arrived), however old it is when it lands: B takes
+    it, one call in all. 1.3 s after, it was already too old for B: B asks again, within
+    its own time, and still answers 200."""
+    worker_a, worker_b = workers(make_app, backend, request, tmp_path, PLURALITY_REVALIDATE=1, PLURALITY_TIMEOUT=5)
+    token = fake.issue_token()
+    (cookie,) = stale_sessions(worker_a, token, 1)
+    with worker_a.app_context():
+        store = get_store()
+    lock = f"plurality:asking:{fake.client_id}:{token_hash(token)}"
+    fake.reset_calls()
+    fake.latency = 1.5
+    first: list[requests.Response] = []
+    with served(worker_a, worker_b) as (url_a, url_b):
+        thread = threading.Thread(target=lambda: first.append(_get(url_a, cookie)))
+        thread.start()
+        for _ in range(500):  # until A's call is out
+            if store.get(lock) is not None:
+                break
+            time.sleep(0.005)
+        assert store.get(lock) is not None
+        time.sleep(arrives_after)
+        second = _get(url_b, cookie)
+        thread.join()
+    assert first[0].status_code == 200
+    assert second.status_code == 200
+    assert len(fake.calls) == calls

@@ -39,12 +39,7 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 ADDRESS = re.compile(r"^0x[0-9a-f]{40}$")
 
 
-@pytest.fixture(autouse=True)
-def _no_credentials_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sample app reads PLURALITY_* from the environment: start every test from none."""
-    for key in list(os.environ):
-        if key.startswith(("PLURALITY_CLIENT", "FLASK_PLURALITY_", "PLURALITY_FAKE", "PLURALITY_API_URL")):
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("fresh_sample")
 
 
 def demo_app(tmp_path: Path, **config: Any) -> Flask:
@@ -68,7 +63,7 @@ def test_demo_mode_serves_the_whole_flow(tmp_path: Path) -> None:
     assert home.status_code == 200
     page = home.get_data(as_text=True)
     assert "Sign in (demo)" in page and "Demo mode" in page
-    assert "https://" not in page  # no CDN: demo mode works with no network
+    assert 'src="https://' not in page and 'rel="stylesheet" href="https' not in page  # no CDN: works offline
 
     refused = client.get("/profile", headers={"Accept": "text/html"})
     assert refused.status_code == 302
@@ -181,7 +176,7 @@ def test_python_m_examples_app_starts_with_no_credentials(tmp_path: Path) -> Non
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "examples.app", "--port", str(port)],
+            [sys.executable, "-m", "examples.app", "--port", str(port), "--instance-path", str(tmp_path / "i")],
             cwd=ROOT,
             env=env,
             stdout=log,

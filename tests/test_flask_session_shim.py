@@ -13,7 +13,7 @@ from flask_plurality.testing import FakePlurality
 
 
 def test_the_shim_names_what_it_needs() -> None:
-    assert shim.INTERNALS == ("_upsert_session", "_retrieve_session_data", "serializer")
+    assert shim.INTERNALS == ("_upsert_session", "_delete_session", "_retrieve_session_data", "serializer")
 
 
 def test_the_default_backend_has_every_internal(make_app: AppFactory, fake: FakePlurality) -> None:
@@ -53,6 +53,10 @@ def test_a_missing_internal_is_named() -> None:
 
         def _upsert_session(self) -> None: ...
 
+        def _delete_session(self) -> None: ...
+
     assert shim.missing(Renamed()) == ["_retrieve_session_data"]  # type: ignore[arg-type]
     del Serializer.loads
     assert shim.missing(Renamed()) == ["_retrieve_session_data", "serializer.decode"]  # type: ignore[arg-type]
+    del Renamed._delete_session
+    assert shim.missing(Renamed()) == ["_delete_session", "_retrieve_session_data", "serializer.decode"]  # type: ignore[arg-type]

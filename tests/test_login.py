@@ -463,6 +463,66 @@ def test_logout_without_headers_with_json_body(client: FlaskClient, fake: FakePl
     assert session_state(client) == 401
 
 
+def test_bodyless_logout_without_origin_or_referer_is_a_logout(client: FlaskClient, fake: FakePlurality) -> None:
+    """SPEC section 3: ``curl -X POST .../logout`` sends no Content-Type and no body, which a
+    cross-site form cannot do, so it needs neither Origin nor Referer."""
+    login(client, fake.issue_token())
+    response = client.post("/plurality/logout")
+    assert (response.status_code, response.get_json()) == (200, {"authenticated": False})
+    assert session_state(client) == 401
+
+
+@pytest.mark.parametrize("headers", [{}, SAME_ORIGIN])
+def test_json_logout_with_an_empty_body_is_a_logout(
+    client: FlaskClient, fake: FakePlurality, headers: dict[str, str]
+) -> None:
+    login(client, fake.issue_token())
+    response = client.post("/plurality/logout", data=b"", content_type="application/json", headers=headers)
+    assert (response.status_code, response.get_json()) == (200, {"authenticated": False})
+    assert session_state(client) == 401
+
+
+def test_json_login_with_an_empty_body_is_still_400(client: FlaskClient) -> None:
+    response = client.post("/plurality/login", data=b"", content_type="application/json", headers=SAME_ORIGIN)
+    error_of(response, 400, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"data": b"", "content_type": "text/plain"},  # a Content-Type, even with no body: a form could send it
+        {"data": b"", "content_type": "application/x-www-form-urlencoded"},
+        {"data": {"x": "1"}},
+    ],
+)
+def test_logout_without_origin_but_with_a_content_type_is_refused(
+    client: FlaskClient, fake: FakePlurality, request_kwargs: dict[str, Any]
+) -> None:
+    login(client, fake.issue_token())
+    error_of(client.post("/plurality/logout", **request_kwargs), 403, "forbidden_origin")
+    assert session_state(client) == 200
+
+
+def test_bodyless_logout_over_real_http(app: Flask, fake: FakePlurality) -> None:
+    """What curl and requests send, through a real server; a chunked body without a
+    Content-Type is something sent after all, and is refused."""
+    import requests
+
+    from flask_plurality.testing import live_server
+
+    with live_server(app) as url, requests.Session() as http:
+        token = fake.issue_token()
+        assert http.post(url + "/plurality/login", json={"token": token}, timeout=10).status_code == 200
+        chunked = http.post(url + "/plurality/logout", data=iter([b"x=1"]), timeout=10)
+        assert chunked.request.headers.get("Transfer-Encoding") == "chunked"
+        assert (chunked.status_code, chunked.json()["error"]) == (403, "forbidden_origin")
+        assert http.get(url + "/plurality/session", timeout=10).status_code == 200
+        bare = http.post(url + "/plurality/logout", timeout=10)
+        assert "Content-Type" not in bare.request.headers and "Origin" not in bare.request.headers
+        assert (bare.status_code, bare.json()) == (200, {"authenticated": False})
+        assert http.get(url + "/plurality/session", timeout=10).status_code == 401
+
+
 def test_logout_form_post_with_safe_next_redirects(client: FlaskClient, fake: FakePlurality) -> None:
     login(client, fake.issue_token())
     response = client.post("/plurality/logout", data={"next": "/bye"}, headers=SAME_ORIGIN)

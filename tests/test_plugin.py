@@ -2,7 +2,8 @@
 
 The README's "Testing your app" example is extracted byte for byte and run as a
 project of its own (pytester, in a subprocess, the plugin found only through its
-``pytest11`` entry point), against an app module written the way the quickstart is.
+``pytest11`` entry point), against the README's quickstart ``app.py``, also extracted.
+(``tests/test_packaging.py`` runs the same two files against the built wheel.)
 """
 
 from __future__ import annotations
@@ -23,35 +24,6 @@ pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The user's app, written the way the README's quickstart is, with Flask's tutorial
-# ``create_app(test_config=None)``.
-MYAPP = """
-from flask import Flask
-from flask_plurality import Plurality, current_profile, plurality_required
-
-plurality = Plurality()
-
-
-def create_app(test_config=None):
-    app = Flask(__name__)
-    app.config.from_prefixed_env()
-    if test_config is not None:
-        app.config.from_mapping(test_config)
-    plurality.init_app(app)
-
-    @app.get("/dashboard")
-    @plurality_required
-    def dashboard():
-        return {"user": current_profile.id, "wallet": current_profile.auth_address}
-
-    @app.post("/transfer")
-    @plurality_required(revalidate=True)
-    def transfer():
-        return {"done": True}
-
-    return app
-"""
-
 # What a user's project has: no pytest_plugins line, warnings are errors.
 PYTEST_INI = """
 [pytest]
@@ -71,9 +43,15 @@ def readme_example(title: str) -> str:
     return textwrap.dedent(block.group(1)).strip() + "\n"
 
 
+def quickstart() -> str:
+    """README's quickstart ``app.py``, as a user saves it."""
+    return readme_example("Quickstart")
+
+
 def user_project(pytester: pytest.Pytester, **tests: str) -> None:
+    """A user's project: README's quickstart as ``app.py`` and the given test modules."""
     pytester.makeini(PYTEST_INI)
-    pytester.makepyfile(myapp=MYAPP, **tests)
+    pytester.makepyfile(app=quickstart(), **tests)
 
 
 # -- the README example, run as it stands ------------------------------------------------
@@ -93,7 +71,9 @@ def test_readme_example_really_tests_the_app(pytester: pytest.Pytester) -> None:
     example's assertions are live, not decoration."""
     example = readme_example("Testing your app")
     user_project(pytester, test_readme_example=example)
-    pytester.makepyfile(myapp=MYAPP.replace("    @plurality_required\n    def dashboard", "    def dashboard"))
+    unprotected = quickstart().replace("    @plurality_required\n    def dashboard", "    def dashboard")
+    assert unprotected != quickstart()
+    pytester.makepyfile(app=unprotected)
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=example.count("\ndef test_") - 2, failed=2)
     result.stdout.fnmatch_lines(["*FAILED*test_dashboard_needs_a_login*", "*FAILED*test_logout_ends_the_session*"])
@@ -106,7 +86,7 @@ import pytest
 import requests
 from flask_plurality.testing import FakePlurality, PluralityTestClient
 
-from myapp import create_app
+from app import create_app
 
 
 @pytest.fixture
@@ -118,11 +98,14 @@ def app(plurality_config):
 
 def test_fixture_is_a_running_stand_in(plurality_fake, plurality_config):
     assert isinstance(plurality_fake, FakePlurality)
+    store = plurality_config.pop("SESSION_CACHELIB")
     assert plurality_config == {
         "PLURALITY_API_URL": plurality_fake.url,
         "PLURALITY_CLIENT_ID": plurality_fake.client_id,
         "PLURALITY_CLIENT_SECRET": plurality_fake.client_secret,
+        "SESSION_TYPE": "cachelib",
     }
+    assert "plurality_sessions" in store._path
     response = requests.post(plurality_fake.validate_url, json={"token": "x.y.z"}, timeout=5)
     assert (response.status_code, response.text) == (403, "Invalid token")
 
@@ -161,6 +144,65 @@ def test_fixtures_in_a_users_project(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         ["*AssertionError: login_as(): the app answered 503 SERVICE UNAVAILABLE*upstream_unavailable*"]
     )
+
+
+ISOLATION_TESTS = """
+import pytest
+from flask_plurality.testing import PluralityTestClient
+
+from app import create_app
+
+
+@pytest.fixture
+def app(plurality_config):
+    app = create_app({"TESTING": True, **plurality_config})
+    app.test_client_class = PluralityTestClient
+    return app
+
+
+def junk_logins(client, times):
+    return [client.post("/plurality/login", json={"token": "not.a.token"}).status_code for _ in range(times)]
+
+
+def test_four_junk_tokens_then_a_login(app):
+    client = app.test_client()
+    assert junk_logins(client, 4) == [401] * 4
+    client.login_as(email="ada@example.com")
+
+
+def test_the_eleventh_junk_token_is_throttled(app):
+    assert junk_logins(app.test_client(), 11) == [401] * 10 + [429]
+
+
+def test_a_login_after_the_throttled_test(app):
+    client = app.test_client()
+    client.login_as(email="ada@example.com")
+    assert client.get("/dashboard").status_code == 200
+"""
+
+
+def test_no_state_crosses_tests_or_runs(pytester: pytest.Pytester) -> None:
+    """Failed-login counters live in the session store: with a store of each test's own
+    the same tests pass in every run, and nothing lands in the project's instance folder."""
+    user_project(pytester, test_isolation=ISOLATION_TESTS)
+    for _ in range(3):
+        pytester.runpytest_subprocess().assert_outcomes(passed=3)
+    assert not (pytester.path / "instance").exists()
+
+
+def test_a_test_that_asks_for_the_apps_own_store_shares_it(pytester: pytest.Pytester) -> None:
+    """Overriding ``plurality_store`` is how a test asks otherwise; the default store
+    under the instance folder then keeps the counters, and the same tests fail: the
+    isolation above is what makes them pass."""
+    user_project(pytester, test_isolation=ISOLATION_TESTS)
+    pytester.makeconftest("import pytest\n\n@pytest.fixture\ndef plurality_store():\n    return {}\n")
+    result = pytester.runpytest_subprocess("-rf")
+    result.assert_outcomes(passed=1, failed=2)  # the first test's four failures count in the second
+    result.stdout.fnmatch_lines(
+        ["*FAILED*test_the_eleventh_junk_token_is_throttled*", "*FAILED*test_a_login_after_the_throttled_test*"]
+    )
+    assert "answered 429 TOO MANY REQUESTS" in result.stdout.str()
+    assert (pytester.path / "instance" / "plurality_sessions").is_dir()
 
 
 def test_the_plugin_can_be_turned_off_like_any_other(pytester: pytest.Pytester) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 import jwt
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flask_plurality.testing import FakePlurality, ValidateCall, shared_fake
 
@@ -198,7 +200,11 @@ def test_row2_revoked_token(fake: FakePlurality) -> None:
     assert call(fake, other)[0] == 200
 
 
-@pytest.mark.parametrize("authorization", [NOT_MINE, "Bearer abc", "Digest x"])
+@pytest.mark.parametrize(
+    "authorization",
+    # Plurality checks startsWith('Basic '), case-sensitive, after Node strips trailing spaces.
+    [NOT_MINE, "Bearer abc", "Digest x", "Basic", "basic " + base64.b64encode(b"demo:s3cret").decode()],
+)
 def test_row3_no_basic_header(fake: FakePlurality, authorization: object) -> None:
     result = call(fake, fake.issue_token(), authorization=authorization)
     assert result[:3] == (401, JSON, b'{"message":"Unauthorized"}')
@@ -206,7 +212,7 @@ def test_row3_no_basic_header(fake: FakePlurality, authorization: object) -> Non
 
 @pytest.mark.parametrize(
     "authorization",
-    ["Basic !!!", "Basic", basic("no-colon"), basic(":s3cret"), basic("demo:")],
+    ["Basic !!!", basic("no-colon"), basic(":s3cret"), basic("demo:")],
 )
 def test_row4_basic_without_id_or_secret(fake: FakePlurality, authorization: str) -> None:
     result = call(fake, fake.issue_token(), authorization=authorization)
@@ -462,7 +468,8 @@ def test_restart_keeps_state() -> None:
 def test_shared_fake_is_one_started_demo_instance() -> None:
     fake = shared_fake()
     assert shared_fake() is fake
-    assert (fake.client_id, fake.client_secret) == ("demo-client", "demo-secret")
+    assert (fake.client_id, fake.client_secret) == (FakePlurality.DEMO_CLIENT_ID, "demo-secret")
+    assert FakePlurality.DEMO_CLIENT_ID == "9a3a4bda-bbc5-46e4-8f42-2e4deca35a31"  # a UUID, as Plurality's ids are
     assert call(fake, fake.issue_token())[0] == 200
 
 
@@ -525,12 +532,12 @@ def test_command_line_server() -> None:
         url = lines[0].split()[4]
         token = lines[1 + next(i for i, x in enumerate(lines) if "token" in x)].strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/api")
-        assert "  PLURALITY_CLIENT_ID=demo-client\n" in lines
+        assert f"  PLURALITY_CLIENT_ID={FakePlurality.DEMO_CLIENT_ID}\n" in lines
         assert "  PLURALITY_CLIENT_SECRET=demo-secret\n" in lines
         with requests.post(
             url + "/user/validate",
             json={"token": token},
-            auth=("demo-client", "demo-secret"),
+            auth=(FakePlurality.DEMO_CLIENT_ID, "demo-secret"),
             timeout=5,
         ) as response:
             assert response.json()["success"] is True
@@ -540,3 +547,91 @@ def test_command_line_server() -> None:
     assert "Stopped." in out
     assert "Traceback" not in err
     assert "Warning" not in err
+
+
+# -- any body, never a 500 ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000, b"{" * 100_000, b'{"token":' * 20_000, b"\xff\xfe\x00", b'{"token": 1e999999}', b"1" * 5000],
+    ids=["brackets", "braces", "nested-token", "not-utf8", "huge-float", "long-int"],
+)
+def test_any_body_is_a_401_token_missing_never_a_500(fake: FakePlurality, body: bytes) -> None:
+    assert call(fake, body=body)[:3] == (401, TEXT, b"Token is missing")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.binary(max_size=2048) | st.text(max_size=512).map(str.encode),
+    content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", ""]),
+    authorization=st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=64),
+)
+def test_the_stand_in_answers_any_request_as_plurality_would(
+    fake: FakePlurality, body: bytes, content_type: str, authorization: str
+) -> None:
+    status, _, answer, _ = call(fake, body=body, content_type=content_type, authorization=authorization or "")
+    assert status in (401, 403), answer
+    assert b"Traceback" not in answer
+
+
+# -- the hostile faults ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["drip", "slow_headers"])
+def test_drip_faults_send_the_real_answer_slowly(fake: FakePlurality, fault: str) -> None:
+    fake.drip_interval = 0.003
+    fake.fail_next(fault)
+    token = fake.issue_token(user_id="slow")
+    started = time.monotonic()
+    status, _, body, _ = call(fake, token, timeout=60)
+    assert status == 200 and json.loads(body)["user"]["id"] == "slow"
+    assert time.monotonic() - started > 0.003 * len(body)  # one byte at a time
+    assert [c.outcome for c in fake.calls] == [200]
+
+
+@pytest.mark.parametrize("fault", ["huge", "huge_chunked"])
+def test_huge_faults_are_valid_answers_of_huge_size(fake: FakePlurality, fault: str) -> None:
+    fake.huge_size = 3 * 1024 * 1024
+    fake.fail_next(fault)
+    status, _, body, headers = call(fake, fake.issue_token(), timeout=30)
+    assert status == 200 and len(body) == fake.huge_size
+    assert json.loads(body)["success"] is True
+    assert ("Content-Length" in headers) == (fault == "huge")
+
+
+def test_gzip_fault_is_a_bomb_of_a_valid_answer(fake: FakePlurality) -> None:
+    import gzip
+
+    fake.gzip_size = 8 * 1024 * 1024
+    fake.fail_next("gzip")
+    with requests.post(
+        fake.validate_url,
+        json={"token": fake.issue_token()},
+        auth=(fake.client_id, fake.client_secret),
+        stream=True,
+        timeout=30,
+    ) as response:
+        packed = response.raw.read(decode_content=False)
+        assert response.headers["Content-Encoding"] == "gzip"
+    assert len(packed) < fake.gzip_size // 500
+    inflated = gzip.decompress(packed)
+    assert len(inflated) == fake.gzip_size and json.loads(inflated)["user"]["id"]
+
+
+def test_redirect_fault_points_back_at_itself(fake: FakePlurality) -> None:
+    fake.fail_next("redirect")
+    response = requests.post(fake.validate_url, json={"token": "x"}, allow_redirects=False, timeout=5)
+    assert response.status_code == 307
+    assert response.headers["Location"] == fake.validate_url
+
+
+def test_no_user_fault(fake: FakePlurality) -> None:
+    fake.fail_next("no_user")
+    assert call(fake, fake.issue_token())[:3] == (200, JSON, b'{"success":true,"user":{}}')
+
+
+@pytest.mark.parametrize("value", ["²", "-1", "1e9", "Wed, 21 Oct 2015 07:28:00 GMT", "soon"])
+def test_retry_after_is_sent_as_given(fake: FakePlurality, value: str) -> None:
+    fake.fail_next(503, retry_after=value)
+    assert call(fake, fake.issue_token())[3]["Retry-After"] == value

@@ -446,3 +446,45 @@ def test_a_gateway_401_with_a_non_string_error_is_an_outage_not_a_500(
     )
     assert response.status_code == 503
     assert response.json is not None and response.json["error"] == "upstream_unavailable"
+
+
+# -- the older route's raw user row, and Plurality without a row ---------------------
+
+
+def test_legacy_field_names_are_read(make_app: AppFactory, fake: FakePlurality, canned: Canned) -> None:
+    """The older GET route answered the raw user row: address and pkpAddress."""
+    row = {"id": "u-9", "email": "r@w.x", "address": "0xaddr", "signerAddress": "0xsig", "pkpAddress": "0xpkp"}
+    profile = validate(make_app(PLURALITY_API_URL=canned(200, json.dumps({"user": row}))), fake.issue_token())
+    assert (profile.auth_address, profile.proxy_address) == ("0xaddr", "0xpkp")
+    assert profile.raw == row
+
+
+def test_newer_field_names_win_over_legacy_ones(make_app: AppFactory, fake: FakePlurality, canned: Canned) -> None:
+    user = {"id": "u", "authAddress": "0xnew", "address": "0xold", "proxyAddress": None, "pkpAddress": "0xpkp"}
+    url = canned(200, json.dumps({"success": True, "user": user}))
+    profile = validate(make_app(PLURALITY_API_URL=url), fake.issue_token())
+    assert (profile.auth_address, profile.proxy_address) == ("0xnew", "0xpkp")
+
+
+@pytest.mark.parametrize("user", [{}, {"email": "a@b.c"}, {"id": None}, {"id": ""}])
+def test_a_user_without_id_is_an_outage_never_a_login(
+    make_app: AppFactory, fake: FakePlurality, canned: Canned, user: dict[str, Any]
+) -> None:
+    """Plurality answers {"success": true, "user": {}} when it has no row for the user."""
+    app = make_app(PLURALITY_API_URL=canned(200, json.dumps({"success": True, "user": user})))
+    exc = refusal(app, fake.issue_token())
+    assert type(exc) is UpstreamUnavailable
+    assert exc.reason == "no_user"
+    response = app.test_client().post(
+        "/plurality/login", json={"token": fake.issue_token()}, headers={"Origin": "http://localhost"}
+    )
+    assert response.status_code == 503
+    assert response.json is not None and response.json["error"] == "upstream_unavailable"
+
+
+def test_the_stand_in_no_user_fault_at_login(app: Flask, fake: FakePlurality) -> None:
+    fake.fail_next("no_user")
+    token = fake.issue_token()
+    exc = refusal(app, token)
+    assert type(exc) is UpstreamUnavailable and exc.reason == "no_user"
+    assert validate(app, token).id  # not remembered: asked again, and this time a user

@@ -71,7 +71,7 @@ def stored_entries(app: Flask) -> int:
     inner: Any = app.session_interface.inner  # type: ignore[attr-defined]
     if hasattr(inner, "client"):
         return len(inner.client.keys("*"))
-    return len(os.listdir(inner.cache._path))
+    return len([name for name in os.listdir(inner.cache._path) if not name.startswith("plurality-lock-")])
 
 
 # -- user_loader and current_user ----------------------------------------------------------

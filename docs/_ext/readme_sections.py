@@ -1,11 +1,12 @@
-"""Pull sections of README.rst into the docs, and check README's config table.
+"""Pull sections of README.rst into the docs, and check the docs' config table.
 
-The README is what PyPI and GitHub show; the docs are built from the same text, so the
-two cannot say different things. ``.. readme-section:: Title`` renders the README section
-whose ``---`` heading starts with ``Title`` (several candidates: ``A|B``), without its
-heading. At build start, README's config table is checked against
-``flask_plurality.config.DEFAULTS`` (every key, every default): a mismatch is a warning,
-which ``-W`` turns into a failed build.
+The README is the short page PyPI and GitHub show (install, quickstart, widget, a test
+file); the docs hold the reference. Text lives in one place only: a docs page that needs
+README's text pulls it in with ``.. readme-section:: Title``, which renders the README
+section whose ``---`` heading starts with ``Title`` (several candidates: ``A|B``), without
+its heading. At build start, the config table of ``docs/configuration.rst`` is checked
+against ``flask_plurality.config.DEFAULTS`` (every key, every default): a mismatch is a
+warning, which ``-W`` turns into a failed build.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
 
 README = Path(__file__).resolve().parents[2] / "README.rst"
+#: Where the config table lives (the first list-table of the page).
+CONFIG_PAGE = Path(__file__).resolve().parents[1] / "configuration.rst"
 log = logging.getLogger(__name__)
 
 _UNDERLINE = re.compile(r"([=\-~^\"'`#*+])\1{2,}")
@@ -102,13 +105,19 @@ class ReadmeSection(SphinxDirective):
 
 
 def _config_rows() -> dict[str, str]:
-    """{key: default cell} from README's Configuration list-table."""
-    found = section("Configuration")
-    if found is None:
+    """{key: default cell} from the list-table of ``docs/configuration.rst``."""
+    lines = CONFIG_PAGE.read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(".. list-table::")), None)
+    if start is None:
         return {}
+    table = []
+    for line in lines[start + 1 :]:
+        if line and not line.startswith(" "):
+            break  # the first line not indented ends the table
+        table.append(line)
     rows: dict[str, str] = {}
     cells: list[str] = []
-    for line in [*found[1], "   * - end"]:
+    for line in [*table, "   * - end"]:
         if line.startswith("   * - "):
             if len(cells) >= 2 and cells[0].startswith("``"):
                 rows[cells[0].strip("`")] = cells[1]
@@ -123,21 +132,21 @@ def _plain(cell: str) -> str:
 
 
 def check_config_table(app: Sphinx) -> None:
-    """README's config table names every key of DEFAULTS with its default, and no other."""
+    """The docs' config table names every key of DEFAULTS with its default, and no other."""
     from flask_plurality.config import DEFAULTS
 
     rows = _config_rows()
-    where = f"{README}:Configuration"
+    where = "configuration"  # the docname
     for key in DEFAULTS.keys() - rows.keys():
-        log.warning("README.rst's config table lacks %s, which DEFAULTS has", key, location=where)
+        log.warning("the config table lacks %s, which DEFAULTS has", key, location=where)
     for key in rows.keys() - DEFAULTS.keys():
-        log.warning("README.rst's config table lists %s, which DEFAULTS does not have", key, location=where)
+        log.warning("the config table lists %s, which DEFAULTS does not have", key, location=where)
     for key in rows.keys() & DEFAULTS.keys():
         value: Any = DEFAULTS[key]
         expected = "required" if value is None and key in ("PLURALITY_CLIENT_ID", "PLURALITY_CLIENT_SECRET") else value
         if _plain(rows[key]) != _plain(str(expected)):
             log.warning(
-                "README.rst gives %s the default %s; DEFAULTS says %r", key, rows[key], expected, location=where
+                "the config table gives %s the default %s; DEFAULTS says %r", key, rows[key], expected, location=where
             )
 
 

@@ -1,0 +1,72 @@
+"""What every store implementation shares: TTL bounds, failure handling, the session writer."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any, Final, Protocol
+
+from ..exceptions import SessionStoreUnavailable
+
+log = logging.getLogger("flask_plurality")
+
+#: No key the extension writes lives longer than this (revocations, the longest-lived,
+#: must outlive every session they concern; tokens live one day).
+MAX_TTL: Final = 2 * 86400
+
+
+def bounded(ttl: float) -> int:
+    """A TTL in whole seconds, at least 1 and at most :data:`MAX_TTL`."""
+    return max(1, min(int(ttl), MAX_TTL))
+
+
+class SessionWriter(Protocol):
+    """How a store writes Flask-Session's own entries, checking every outcome."""
+
+    def save_session(self, store_id: str, session: Any, ttl: int, *, only_if_present: bool) -> None:
+        """Write the session; with ``only_if_present``, only over an entry that is still
+        stored (atomically: a concurrent delete wins), silently doing nothing otherwise."""
+        ...
+
+    def delete_session(self, store_id: str) -> None: ...
+
+
+def log_store_failure(exc: BaseException | str) -> None:
+    """Log a store failure: its type and message (or what failed), never a value."""
+    if isinstance(exc, str):
+        log.error("The session store failed: %s", exc)
+    else:
+        log.error("The session store failed: %s: %s", type(exc).__name__, exc)
+
+
+def unavailable_error(exc: BaseException | str) -> SessionStoreUnavailable:
+    """Log a store failure and build the error to raise for it."""
+    log_store_failure(exc)
+    return SessionStoreUnavailable("The session store is unavailable.")
+
+
+@contextlib.contextmanager
+def store_errors_as_unavailable() -> Iterator[None]:
+    """Any failure of the store client becomes :class:`SessionStoreUnavailable` (a 503)."""
+    try:
+        yield
+    except SessionStoreUnavailable:
+        raise
+    except Exception as exc:
+        raise unavailable_error(exc) from None
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def loads(raw: Any) -> Any:
+    """A stored JSON value, ``None`` for nothing or junk."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, TypeError):
+        return None

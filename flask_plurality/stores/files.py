@@ -1,0 +1,170 @@
+"""cachelib's ``FileSystemCache`` (the default store): one directory, every process.
+
+cachelib writes each entry to a temporary file and renames it into place, so a reader
+never sees half an entry; but its ``add`` and the check-then-write of a session are two
+steps another process can come between. Here every read-modify-write of one key runs
+under an exclusive ``flock`` on one of 64 lock files in the directory (chosen by the
+key), shared by every process on the machine: a logout's delete and a late request's
+"write only if still there" cannot interleave, a counter's increments are never lost,
+and one ``add`` wins. Every failed write or delete (read-only or full disk) raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import time
+import zlib
+from collections.abc import Iterator
+from typing import Any, Final
+
+from cachelib.file import FileSystemCache
+
+from .base import bounded, store_errors_as_unavailable, unavailable_error
+
+#: ``fcntl`` where there is one (not on Windows: one process per directory there).
+fcntl: Any = importlib.import_module("fcntl") if os.name == "posix" else None
+
+#: Lock files per directory; a key always takes the same one.
+LOCK_STRIPES: Final = 64
+
+
+class FileStore:
+    """The extension's keys and Flask-Session's sessions in a ``FileSystemCache``."""
+
+    shared = True
+
+    def __init__(self, cache: FileSystemCache) -> None:
+        self.cache = cache
+        # cachelib skips names ending in its transaction suffix when it lists, counts
+        # and sweeps entries: the lock files are never taken for cache entries.
+        self._lock_name = os.path.join(cache._path, "plurality-lock-{:02d}" + cache._fs_transaction_suffix)
+        # get_rarely_written: key -> its file, and (file's identity, value).
+        self._epoch_files: dict[str, str] = {}
+        self._epochs: dict[str, tuple[tuple[int, int, int], Any]] = {}
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        path = self._lock_name.format(zlib.crc32(key.encode()) % LOCK_STRIPES)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise unavailable_error(exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _write(self, key: str, value: Any, ttl: int) -> None:
+        # FileSystemCache expires at int(now) + ttl: one second more, or an entry written
+        # at x.99 with a ttl of 1 would live 0.01 s (readers check ages themselves).
+        with store_errors_as_unavailable():
+            done = self.cache.set(key, value, timeout=ttl + 1)
+        if not done:  # cachelib logs the OSError and returns False
+            raise unavailable_error("a session file could not be written (read-only or full disk?)")
+
+    def _remove(self, key: str) -> None:
+        try:
+            os.remove(self.cache._get_filename(key))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise unavailable_error(exc) from None
+
+    def get(self, key: str) -> Any:
+        with store_errors_as_unavailable():
+            return self.cache.get(key)
+
+    def set(self, key: str, value: Any, ttl: float) -> None:
+        self._write(key, value, bounded(ttl))
+
+    def delete(self, key: str) -> None:
+        with self._locked(key):
+            self._remove(key)
+
+    def add(self, key: str, value: Any, ttl: float) -> bool:
+        with self._locked(key):
+            if self.get(key) is not None:  # held, not expired
+                return False
+            self._write(key, value, bounded(ttl))
+            return True
+
+    def incr(self, key: str, ttl: float) -> tuple[int, int]:
+        with self._locked(key):
+            now = time.time()
+            count, until = self._counter(key, now)
+            if not count:
+                until = now + bounded(ttl)
+            self._write(key, [count + 1, until], bounded(until - now + 1))
+        return count + 1, max(1, int(until - now + 0.999))
+
+    def decr(self, key: str) -> None:
+        with self._locked(key):
+            now = time.time()
+            count, until = self._counter(key, now)
+            if count > 1:
+                self._write(key, [count - 1, until], bounded(until - now + 1))
+            elif count == 1:
+                self._remove(key)
+
+    def peek(self, key: str) -> tuple[int, int]:
+        now = time.time()
+        count, until = self._counter(key, now)
+        return count, max(0, int(until - now + 0.999)) if count else 0
+
+    def _counter(self, key: str, now: float) -> tuple[int, float]:
+        value = self.get(key)
+        if (
+            isinstance(value, list)
+            and len(value) == 2
+            and isinstance(value[0], int)
+            and isinstance(value[1], int | float)
+            and value[1] > now
+        ):
+            return value[0], float(value[1])
+        return 0, now
+
+    def get_rarely_written(self, key: str) -> Any:
+        """One ``stat`` instead of opening and unpickling a file: cachelib writes through
+        a temporary file and a rename, so any write changes the file's inode and mtime,
+        and only then is the value read again."""
+        path = self._epoch_files.get(key)
+        if path is None:
+            path = self._epoch_files[key] = self.cache._get_filename(key)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise unavailable_error(exc) from None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        known = self._epochs.get(key)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        value = self.get(key)
+        self._epochs[key] = (stamp, value)
+        return value
+
+    # -- Flask-Session's entries --------------------------------------------------
+
+    def save_session(self, store_id: str, session: Any, ttl: int, *, only_if_present: bool) -> None:
+        with self._locked(store_id):
+            if only_if_present and not self.cache.has(store_id):
+                return  # deleted (a logout) while this request ran: stays deleted
+            with store_errors_as_unavailable():
+                done = self.cache.set(store_id, dict(session), timeout=max(1, ttl))
+            if not done:
+                raise unavailable_error("a session file could not be written (read-only or full disk?)")
+
+    def delete_session(self, store_id: str) -> None:
+        with self._locked(store_id):
+            self._remove(store_id)
+
+    def sweep(self) -> None:
+        """Delete every expired entry (sessions, answers, counters, markers)."""
+        self.cache._remove_expired(time.time())

@@ -1,0 +1,369 @@
+"""The conformance suite: SPEC 7's promises, the same tests on every session backend.
+
+Every test here runs once per backend family of ``tests/backend_app.FAMILIES``, against
+real servers (``tests/backends.py`` starts them or skips, and fails in CI, when one is
+missing). Two apps built on the same backend stand for two workers or machines.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from http.cookiejar import DefaultCookiePolicy
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+import requests.adapters
+from helpers import SAME_ORIGIN, error_of, login
+
+from flask_plurality.testing import FakePlurality
+
+if TYPE_CHECKING:
+    from backends import Backend
+
+pytest_plugins = ["backends"]
+
+
+def test_a_login_is_shared_and_a_logout_ends_it_everywhere(backend: Backend, fake: FakePlurality) -> None:
+    """With pymemcache's default ``noreply``, this failed on memcached: the login's write
+    reached memcached after the next request, on another connection, had read."""
+    first, second = backend.make_app(), backend.make_app()
+    browser = first.test_client()
+    assert login(browser, fake.issue_token()).status_code == 200
+    cookie = browser.get_cookie("session")
+    assert cookie is not None
+    other = second.test_client()
+    other.set_cookie("session", cookie.value)
+    assert other.get("/protected").status_code == 200  # the second worker sees the login
+    assert browser.post("/plurality/logout", json={}, headers={"Origin": "http://localhost"}).status_code == 200
+    assert other.get("/protected").status_code == 401
+    assert browser.get("/protected").status_code == 401
+
+
+def test_the_apps_own_session_data_is_kept(backend: Backend, fake: FakePlurality) -> None:
+    app = backend.make_app()
+    browser = app.test_client()
+    assert login(browser, fake.issue_token()).status_code == 200
+    assert browser.post("/note?value=hello").get_json() == {"note": "hello"}
+    other: Any = backend.make_app().test_client()
+    other.set_cookie("session", browser.get_cookie("session").value)
+    assert other.get("/note").get_json() == {"note": "hello"}
+
+
+# -- 1. logout is final, even against requests already running -----------------------
+
+#: Races per backend: sessions logged out while a request of theirs is in flight.
+RACES = 200
+#: Sessions raced at once (a round); RACES / BATCH rounds.
+BATCH = 40
+
+
+def _in_threads(jobs: list[Callable[[], Any]]) -> list[Any]:
+    """Run every job at once in a thread of its own; their results, in order."""
+    results: list[Any] = [None] * len(jobs)
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            results[n] = jobs[n]()
+        except BaseException as exc:  # reported below, not lost in a thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _login_over_http(http: requests.Session, base: str, token: str) -> str:
+    response = http.post(f"{base}/plurality/login", json={"token": token}, headers={"Origin": base}, timeout=10)
+    assert response.status_code == 200, response.text
+    cookie = response.cookies.get("session")
+    assert cookie
+    return str(cookie)
+
+
+def _race_round(
+    http: requests.Session, a: str, b: str, fake: FakePlurality, where: Path, round_: int
+) -> tuple[list[str], list[int]]:
+    """One round of BATCH races: (the sessions' cookies, the held requests' statuses)."""
+    racing = round_ % 2 == 1
+    cookies = _in_threads([partial(_login_over_http, http, a, fake.issue_token()) for _ in range(BATCH)])
+    release = where / f"release-{round_}"
+    entered = [where / f"entered-{round_}-{n}" for n in range(BATCH)]
+
+    def held(n: int) -> int:
+        url = f"{b}/slow?entered={entered[n]}&release={release}"
+        return http.get(url, cookies={"session": cookies[n]}, timeout=30).status_code
+
+    def logout(n: int) -> int:
+        if racing:  # release the held requests as the logouts go out: save and delete race
+            release.touch()
+        url, origin = f"{a}/plurality/logout", {"Origin": a}
+        return http.post(url, json={}, headers=origin, cookies={"session": cookies[n]}, timeout=30).status_code
+
+    held_statuses: list[int] = []
+    slow = threading.Thread(target=lambda: held_statuses.extend(_in_threads([partial(held, n) for n in range(BATCH)])))
+    slow.start()
+    deadline = time.monotonic() + 30
+    while not all(path.exists() for path in entered):
+        assert time.monotonic() < deadline, "the held requests never got in"
+        time.sleep(0.005)
+    assert _in_threads([partial(logout, n) for n in range(BATCH)]) == [200] * BATCH
+    release.touch()
+    slow.join(60)
+    return cookies, held_statuses
+
+
+def test_logout_is_final_against_requests_in_flight_on_another_process(
+    backend: Backend, fake: FakePlurality, tmp_path: Path
+) -> None:
+    """RACES times: a request of the session is let in on server B and held; the session
+    logs out on server A; then the held request ends (and Flask-Session saves the session
+    it read). Half the rounds release the held requests only once the logouts answered,
+    half at the same moment the logouts are sent, so the save and the delete really race.
+    Afterwards the old cookie must be refused (asked of either server): zero resurrections."""
+    from backends import app_servers
+
+    statuses: Counter[int] = Counter()
+    resurrected: Counter[int] = Counter()
+    # 40 logins at once from one address: more than the failed-login limit counts in advance.
+    options = backend.server_options(PLURALITY_LOGIN_MAX_FAILURES=10 * BATCH)
+    with app_servers([options, {**options, "instance_path": backend.server_options()["instance_path"]}]) as (a, b):
+        http = requests.Session()
+        http.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # each request names its cookie
+        http.mount("http://", requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=2 * BATCH))
+        for round_ in range(RACES // BATCH):
+            cookies, held = _race_round(http, a, b, fake, tmp_path, round_)
+            statuses.update(held)
+            for n, cookie in enumerate(cookies):  # one shared store: either server can tell
+                base = (a, b)[n % 2]
+                answer = http.get(f"{base}/plurality/session", cookies={"session": cookie}, timeout=10)
+                if answer.status_code != 401:
+                    resurrected[answer.status_code] += 1
+        http.close()
+    print(f"\n{backend.name}: {RACES} races, resurrections {dict(resurrected)}, held requests {dict(statuses)}")
+    assert statuses == {200: RACES}  # every held request had been let in
+    assert resurrected == {}
+
+
+# -- 2. no silent loss: a failing store answers 503 -------------------------------------
+
+
+def test_a_failing_store_answers_503_and_loses_nothing_silently(backend: Backend, fake: FakePlurality) -> None:
+    """Read-only directory, cut connection or stopped server: login, logout, protected
+    routes and the app's own session writes answer 503; revoke_user raises and the CLI
+    exits 7. Once the store is back, what was there is intact and the logout that
+    answered 503 did not happen (it said so)."""
+    from flask_plurality import SessionStoreUnavailable
+
+    spec = backend.proxied_spec() if backend.proxied_spec is not None else None
+    app = backend.make_app(spec)
+    browser = app.test_client()
+    user = "outage-user"
+    assert login(browser, fake.issue_token(user_id=user)).status_code == 200
+    assert browser.post("/note?value=before").status_code == 200
+    with backend.outage():
+        error_of(login(app.test_client(), fake.issue_token()), 503, "session_store_unavailable")
+        error_of(browser.get("/protected"), 503, "session_store_unavailable")
+        error_of(browser.post("/note?value=lost"), 503, "session_store_unavailable")
+        error_of(browser.post("/plurality/logout", json={}, headers=SAME_ORIGIN), 503, "session_store_unavailable")
+        with app.app_context(), pytest.raises(SessionStoreUnavailable):
+            app.extensions["plurality"].revoke_user(user)
+        result = app.test_cli_runner().invoke(args=["plurality", "revoke-user", user])
+        assert result.exit_code == 7, result.output
+    deadline = time.monotonic() + 30  # a Sentinel group may be electing a primary still
+    while (status := browser.get("/protected").status_code) == 503 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status == 200  # the logout answered 503: not logged out
+    assert browser.get("/note").get_json() == {"note": "before"}  # the 503 write is not half there
+
+
+# -- 3. revocation reaches every process ----------------------------------------------------
+
+
+def test_revoke_user_takes_effect_on_every_process(backend: Backend, fake: FakePlurality) -> None:
+    from backends import app_servers
+
+    user = "revoked-user"
+    http = requests.Session()
+    http.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    with app_servers([backend.server_options(), backend.server_options()]) as (a, b):
+        cookie = _login_over_http(http, a, fake.issue_token(user_id=user))
+        other = _login_over_http(http, a, fake.issue_token(user_id="someone-else"))
+        for base in (a, b):
+            assert http.get(f"{base}/protected", cookies={"session": cookie}, timeout=10).status_code == 200
+        app = backend.make_app()  # a third process's view of the store: where the admin runs it
+        with app.app_context():
+            app.extensions["plurality"].revoke_user(user)
+        for base in (b, a):
+            assert http.get(f"{base}/protected", cookies={"session": cookie}, timeout=10).status_code == 401
+            assert http.get(f"{base}/protected", cookies={"session": other}, timeout=10).status_code == 200
+        again = _login_over_http(http, b, fake.issue_token(user_id=user))  # a later login works, everywhere
+        for base in (a, b):
+            assert http.get(f"{base}/protected", cookies={"session": again}, timeout=10).status_code == 200
+    http.close()
+
+
+# -- 4. throttles are exact under concurrency ------------------------------------------------
+
+
+def test_64_concurrent_bad_logins_reach_plurality_at_most_the_limit(backend: Backend, fake: FakePlurality) -> None:
+    from backends import app_servers
+
+    limit = 10
+    tokens = [fake.issue_token() for _ in range(64)]
+    for token in tokens:
+        fake.revoke(token)  # well formed and unexpired: each reaches Plurality, which says no
+    http = requests.Session()
+    http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=64))
+    options = backend.server_options(PLURALITY_LOGIN_MAX_FAILURES=limit)
+    with app_servers([options, {**options, "instance_path": backend.server_options()["instance_path"]}]) as servers:
+        fake.reset_calls()
+        start = threading.Barrier(64)
+
+        def attempt(n: int) -> int:
+            base = servers[n % 2]
+            start.wait()
+            url, origin = f"{base}/plurality/login", {"Origin": base}
+            return http.post(url, json={"token": tokens[n]}, headers=origin, timeout=30).status_code
+
+        statuses = Counter(_in_threads([partial(attempt, n) for n in range(64)]))
+    http.close()
+    asked = len(fake.calls)
+    print(f"\n{backend.name}: 64 concurrent bad logins: {dict(statuses)}, {asked} reached Plurality (limit {limit})")
+    assert set(statuses) <= {401, 429}
+    assert asked <= limit
+    assert statuses[401] == asked  # every one that was asked was refused by Plurality
+    assert statuses[401] >= 1
+
+
+# -- 5. bounded keys, and expired ones removed ---------------------------------------------
+
+
+def test_a_forged_token_a_year_long_leaves_nothing_longer_than_a_day(backend: Backend, fake: FakePlurality) -> None:
+    from backends import live_entries
+
+    app = backend.make_app(PLURALITY_LOGIN_MAX_FAILURES=1000)
+    for _ in range(20):
+        token = fake.issue_token(ttl=365 * 86400)
+        fake.revoke(token)
+        assert login(app.test_client(), token).status_code == 401
+    entries = live_entries(backend, app)
+    assert entries, "the refusals should be remembered"
+    assert max(entries.values()) <= 86400 + 60, entries
+    assert min(entries.values()) > 0
+
+
+def test_every_entry_has_a_bounded_ttl_and_expired_ones_are_removed(backend: Backend, fake: FakePlurality) -> None:
+    from backends import live_entries, stored_anything
+
+    from flask_plurality.store import get_store
+
+    app = backend.make_app()
+    browser = app.test_client()
+    assert login(browser, fake.issue_token(ttl=3)).status_code == 200
+    assert browser.post("/note?value=x").status_code == 200
+    with app.app_context():
+        app.extensions["plurality"].revoke_user("someone")
+    entries = live_entries(backend, app)
+    assert len(entries) >= 3  # the session, the user's revocation stamp, the epoch
+    assert max(entries.values()) <= 2 * 86400 + 5  # revocations: the longest-lived, 2 days
+    assert min(entries.values()) > 0
+    time.sleep(4.2)  # the session (capped at its token's 3 s) has expired
+    sweep = getattr(get_store(app), "sweep", None)
+    if sweep is not None:  # files and SQL rows: the hourly sweep (its work, run now)
+        sweep()
+    left = live_entries(backend, app)
+    if "memcached" in backend.name:
+        # memcached keeps a counter taken back to 0 until its window (300 s) ends: deleting
+        # it at 0 could lose another worker's count in between. Bounded all the same.
+        zeros = {k: v for k, v in left.items() if ":fail-" in k}
+        assert zeros and max(zeros.values()) <= 300
+        left = {k: v for k, v in left.items() if k not in zeros}
+        entries = {k: v for k, v in entries.items() if ":fail-" not in k}
+    assert len(left) == len(entries) - 1  # only the two revocation entries are left
+    assert all(ttl > 2 * 86400 - 60 for ttl in left.values()), left
+    if "memcached" not in backend.name:
+        assert stored_anything(backend, app) == len(left)  # nothing expired lies around
+
+
+# -- 6. never the wrong server ----------------------------------------------------------------
+
+
+def test_the_shim_fits_every_backend(backend: Backend) -> None:
+    from flask_plurality.sessions import shim
+
+    app = backend.make_app()
+    assert shim.missing(app.session_interface.inner) == []  # type: ignore[attr-defined]
+
+
+def test_the_stores_own_operations_are_atomic(backend: Backend) -> None:
+    """Two workers' stores (two clients), 16 threads each: one ``add`` wins, no count is
+    lost, and a counter taken back to zero starts a new window."""
+    from flask_plurality.store import get_store
+
+    stores = [get_store(backend.make_app()), get_store(backend.make_app())]
+    prefix = backend.spec["prefix"]
+    wins = _in_threads([partial(stores[n % 2].add, f"{prefix}marker", n, 30) for n in range(32)])
+    assert wins.count(True) == 1
+    counts = _in_threads([partial(stores[n % 2].incr, f"{prefix}counter", 60) for n in range(32)])
+    assert sorted(count for count, _ in counts) == list(range(1, 33))
+    assert all(0 < left <= 60 for _, left in counts)
+    assert stores[0].peek(f"{prefix}counter")[0] == 32
+    _in_threads([partial(stores[n % 2].decr, f"{prefix}counter") for n in range(32)])
+    assert stores[1].peek(f"{prefix}counter")[0] == 0
+    assert stores[0].incr(f"{prefix}counter", 60)[0] == 1
+
+
+def test_a_session_client_flask_session_would_replace_is_refused(fake: FakePlurality, tmp_path: Path) -> None:
+    """Flask-Session 0.8 swaps a SESSION_REDIS that is not a redis.Redis for Redis() on
+    localhost (and likewise for memcached and SQLAlchemy), with only a warning."""
+    from flask import Flask
+    from redis.cluster import RedisCluster
+
+    from flask_plurality import ConfigurationError, Plurality
+    from flask_plurality.testing import config_for
+
+    cluster = RedisCluster.__new__(RedisCluster)  # a real RedisCluster object, never connected
+    cases = [
+        ({"SESSION_TYPE": "redis", "SESSION_REDIS": cluster}, "Redis Cluster is not supported"),
+        ({"SESSION_TYPE": "memcached", "SESSION_MEMCACHED": object()}, "not a memcached client"),
+        ({"SESSION_TYPE": "sqlalchemy", "SESSION_SQLALCHEMY": object()}, "not a flask_sqlalchemy.SQLAlchemy"),
+    ]
+    for config, message in cases:
+        app = Flask("refused", instance_path=str(tmp_path))
+        app.config.update(TESTING=True, **config_for(fake), **config)
+        with pytest.raises(ConfigurationError, match=message):
+            Plurality(app)
+        assert "plurality" not in app.extensions
+
+
+def test_revoke_user_on_a_per_process_store_is_refused_and_leaves_nothing(
+    fake: FakePlurality, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cachelib import SimpleCache
+    from helpers import build_app
+
+    from flask_plurality import ConfigurationError
+
+    app = build_app(fake, str(tmp_path), SESSION_TYPE="cachelib", SESSION_CACHELIB=SimpleCache())
+    assert any("inside each process" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    browser = app.test_client()
+    assert login(browser, fake.issue_token(user_id="u1")).status_code == 200
+    with app.app_context(), pytest.raises(ConfigurationError, match="per process"):
+        app.extensions["plurality"].revoke_user("u1")
+    assert app.test_cli_runner().invoke(args=["plurality", "revoke-user", "u1"]).exit_code == 8
+    assert browser.get("/protected").status_code == 200  # nothing was half revoked
+    later = app.test_client()
+    assert login(later, fake.issue_token(user_id="u1")).status_code == 200  # nor refuses a later login
+    assert later.get("/protected").status_code == 200

@@ -1,0 +1,176 @@
+"""From ``pip install`` to a passing test suite, as a new user meets the package.
+
+Builds the sdist and the wheel, checks them with ``twine check --strict`` (what PyPI
+renders), installs the wheel with the ``testing`` extra into a fresh virtual
+environment, and in an empty directory runs README.rst's quickstart (the run command,
+then its curl login) and README.rst's test file, three runs in a row. The code is taken
+from README.rst's own code blocks, so README and this test cannot drift apart.
+
+It needs the package index (pip installs Flask and friends into the new environment);
+``.ci/run`` sets ``PLURALITY_REQUIRE_PACKAGING=1`` so that an unreachable index fails
+here instead of skipping.
+"""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+from helpers import free_port
+
+import flask_plurality
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.rst").read_text(encoding="utf-8")
+
+pytestmark = pytest.mark.slow
+
+
+def readme_blocks(title: str, language: str) -> list[str]:
+    """The ``language`` code blocks of README section ``title``, dedented, in order."""
+    match = re.search(rf"^{re.escape(title)}\n-+\n(.*?)(?=^\S[^\n]*\n-{{3,}}\n|\Z)", README, re.M | re.S)
+    assert match, f"README.rst has no section {title!r}"
+    blocks = re.findall(rf"^\.\. code-block:: {language}\n\n((?:    .*\n|\n)+)", match.group(1), re.M)
+    return [textwrap.dedent(block).strip() + "\n" for block in blocks]
+
+
+def run(*cmd: str | Path, timeout: float = 600, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def user_env(venv: Path) -> dict[str, str]:
+    """A shell of someone who just activated the new virtual environment: none of ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLURALITY_", "FLASK_", "PYTHON", "VIRTUAL_ENV"))}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(venv)
+    return env
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("dist")
+    built = run(sys.executable, "-m", "build", "--outdir", out, ROOT)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    version = flask_plurality.__version__
+    files = {
+        "sdist": out / f"flask_plurality-{version}.tar.gz",
+        "wheel": out / f"flask_plurality-{version}-py3-none-any.whl",
+    }
+    assert all(path.is_file() for path in files.values()), sorted(out.iterdir())
+    return files
+
+
+def test_twine_check_passes_for_both(dist: dict[str, Path]) -> None:
+    """PyPI must be able to render the README: plain reStructuredText, no Sphinx roles."""
+    checked = run(sys.executable, "-m", "twine", "check", "--strict", dist["sdist"], dist["wheel"])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count("PASSED") == 2, checked.stdout
+
+
+def test_wheel_metadata(dist: dict[str, Path]) -> None:
+    with zipfile.ZipFile(dist["wheel"]) as wheel:
+        names = set(wheel.namelist())
+        info = f"flask_plurality-{flask_plurality.__version__}.dist-info"
+        metadata = email.message_from_bytes(wheel.read(f"{info}/METADATA"))
+        entry_points = wheel.read(f"{info}/entry_points.txt").decode()
+    assert {"flask_plurality/py.typed", "flask_plurality/pytest_plugin.py", f"{info}/licenses/LICENSE"} <= names
+    assert not any(name.startswith(("tests/", "examples/", "benchmarks/")) for name in names)
+    assert metadata["Version"] == flask_plurality.__version__  # one version, read from __version__
+    assert metadata["License-Expression"] == "MIT"
+    urls = dict(url.split(", ", 1) for url in metadata.get_all("Project-URL", []))
+    assert {"Homepage", "Documentation", "Source", "Changes"} <= set(urls), urls
+    assert all(url.startswith("https://") for url in urls.values())
+    assert "plurality = flask_plurality.pytest_plugin" in entry_points
+    assert 'extra == "testing"' in " ".join(metadata.get_all("Requires-Dist", []))
+
+
+def test_sdist_ships_the_package_and_docs_and_no_tests(dist: dict[str, Path]) -> None:
+    """It shipped tests/test_*.py without the conftest.py and helpers they need: none now."""
+    with tarfile.open(dist["sdist"]) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    assert {"LICENSE", "README.rst", "CHANGES.rst", "pyproject.toml", "flask_plurality/py.typed"} <= names
+    assert {"docs/conf.py", "docs/configuration.rst", "docs/_static/tables.css"} <= names
+    assert not any(name.startswith(("tests/", "examples/", "benchmarks/", ".ci/", "docs/_build")) for name in names)
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> requests.Response:
+    deadline = time.monotonic() + 90  # a bound for a loaded machine, not a measurement
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            return requests.get(url, timeout=5)
+        except requests.ConnectionError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer:\n{log.read_text()}")
+
+
+def test_readme_quickstart_and_test_file_against_the_installed_wheel(dist: dict[str, Path], tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    assert run(sys.executable, "-m", "venv", venv).returncode == 0
+    env = user_env(venv)
+    installed = run(venv / "bin" / "python", "-m", "pip", "install", f"{dist['wheel']}[testing]", env=env)
+    if installed.returncode != 0:
+        reason = f"pip could not install the wheel's dependencies:\n{installed.stderr[-2000:]}"
+        if os.environ.get("PLURALITY_REQUIRE_PACKAGING") or "No matching distribution" not in installed.stderr:
+            pytest.fail(reason)
+        pytest.skip(reason)  # no package index here
+
+    project = tmp_path / "project"  # an empty directory, nowhere near the checkout
+    project.mkdir()
+    [app_py] = readme_blocks("Quickstart", "python")
+    [test_app_py] = readme_blocks("Testing your app", "python")
+    (project / "app.py").write_text(app_py)
+    (project / "test_app.py").write_text(test_app_py)
+
+    # The quickstart's run command, as written, on a port of the test's own.
+    shell = readme_blocks("Quickstart", "sh")
+    [run_line] = [line for block in shell for line in block.splitlines() if "FLASK_PLURALITY_FAKE" in line]
+    [try_it] = [block for block in shell if "curl" in block]
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            ["bash", "-c", f"exec env {run_line} --port {port}"],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert wait_for(base + "/dashboard", server, log).status_code == 401  # the app answers
+        # README's curl login, as written, on that port.
+        login = run("bash", "-euc", try_it.replace("127.0.0.1:5000", f"127.0.0.1:{port}"), cwd=project, env=env)
+        assert login.returncode == 0, login.stdout + login.stderr
+        login_answer, dashboard = login.stdout.split("\n", 1)
+        logged_in = json.loads(login_answer)
+        assert logged_in["authenticated"] is True and logged_in["profile"]["email"] == "demo@example.com"
+        assert json.loads(dashboard) == {"email": "demo@example.com", "user": logged_in["profile"]["id"]}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    instance_before = sorted(p.name for p in (project / "instance").rglob("*"))
+    assert "plurality_sessions" in instance_before  # the server's own store, with the login in it
+
+    # README's test file, as written, with the plugin found through its entry point: three
+    # runs in a row pass (failed-login counters once crossed runs and made the third fail).
+    expected = test_app_py.count("\ndef test_")
+    assert expected >= 5
+    for attempt in range(3):
+        tested = run(venv / "bin" / "pytest", "-q", "-p", "no:cacheprovider", cwd=project, env=env)
+        assert tested.returncode == 0, f"run {attempt + 1}:\n{tested.stdout[-4000:]}{tested.stderr[-2000:]}"
+        assert f"{expected} passed" in tested.stdout, tested.stdout
+    # The tests did not write into the instance folder the development server uses.
+    assert sorted(p.name for p in (project / "instance").rglob("*")) == instance_before
