@@ -39,6 +39,8 @@ from flask_plurality import ConfigurationError, Plurality, current_profile, plur
 from flask_plurality.config import DEFAULTS, fake_mode
 from flask_plurality.security import safe_next
 
+from .members import init_members
+
 HERE = Path(__file__).resolve().parent
 #: Real-mode settings; ``.env`` is git-ignored (see ``.env.example``).
 ENV_FILE = HERE / ".env"
@@ -129,6 +131,7 @@ def create_app(
     else:
         app.config["PLURALITY_FAKE"] = False
     plurality.init_app(app)
+    init_members(app, plurality)  # its own users (SQLite), and a members-only page
     if demo:
         app.logger.warning(
             "DEMO MODE: logins are minted and checked by a local stand-in, not by Plurality. "
@@ -243,9 +246,9 @@ def _register_routes(app: Flask) -> None:
         )
 
     @app.get("/api/me")
-    @plurality_required
+    @plurality_required(bearer=True)
     def api_me() -> Response:
-        """What a JavaScript front end or a mobile app would call."""
+        """What a JavaScript front end or a mobile app would call (also with a bearer token)."""
         return jsonify(profile=current_profile.to_json(), server_time=int(time.time()))
 
     @app.post("/api/transfer")

@@ -13,6 +13,7 @@ from .exceptions import (
 from .extension import Plurality
 from .profile import AnonymousProfile, Profile
 from .state import get_extension
+from .users import current_user
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "SessionStoreUnavailable",
     "UpstreamUnavailable",
     "current_profile",
+    "current_user",
     "get_extension",
     "plurality_required",
     "signals",

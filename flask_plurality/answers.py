@@ -71,15 +71,23 @@ class AnswerCache:
         self.client = client
         self._flight: SingleFlight[Answer] = SingleFlight()
 
-    def lookup(self, token: str, exp: int, interval: int = 0) -> Answer:
+    def cached(self, token: str, interval: int, *, digest: str | None = None) -> Answer | None:
+        """The cached "yes" for ``token`` if younger than ``interval`` seconds, without
+        asking anyone; raises :class:`InvalidToken` for a remembered "no". ``digest``:
+        the token's :func:`.token_hash`, when the caller has it already."""
+        return _usable(get_store().get(key("answer", _name(token, digest))), interval)
+
+    def lookup(self, token: str, exp: int, interval: int = 0, keep: int = 0) -> Answer:
         """Plurality's answer for ``token`` (in an app context).
 
         ``interval`` 0 wants an answer asked for after this call began (a login, or
         "revalidate always"); ``N`` accepts a cached "yes" younger than N seconds.
+        ``keep`` makes a fresh "yes" stay in the cache at least that long (bearer tokens
+        under ``PLURALITY_ON_UPSTREAM_ERROR = "allow"``: the grace period's evidence).
         Raises :class:`InvalidToken` for a "no", :class:`UpstreamUnavailable` when
         there is no answer to be had.
         """
-        name = f"{config.client_id}:{token_hash(token)}"
+        name = _name(token)
         answer_key = key("answer", name)
         store = get_store()
         since = time.time() - interval  # a "yes" asked after this is fresh enough for this request
@@ -98,8 +106,9 @@ class AnswerCache:
                 ttl = min(math.ceil(exp - time.time()), NO_ANSWER_TTL)
                 store.set(answer_key, {"ok": False, "reason": exc.reason}, ttl)
                 raise
-            if interval:
-                store.set(answer_key, {"ok": True, "at": at, "user": user}, min(interval, math.ceil(exp - at)))
+            if interval or keep:
+                ttl = min(max(interval, keep), math.ceil(exp - at))
+                store.set(answer_key, {"ok": True, "at": at, "user": user}, ttl)
             return Answer(user, at, cached=False)
 
         def call() -> Answer:
@@ -118,6 +127,11 @@ class AnswerCache:
         # return an interval caller's cached answer.
         flight = f"{upstream.api_url} {answer_key} {'fresh' if not interval else 'cached'}"
         return self._flight.do(flight, call, wait=upstream.timeout + 1)
+
+
+def _name(token: str, digest: str | None = None) -> str:
+    """The answer cache's name for ``token``: the client id and a hash, never the token."""
+    return f"{config.client_id}:{digest or token_hash(token)}"
 
 
 def _ask_once_across_processes(

@@ -43,6 +43,8 @@ DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_REVOCATION_CHECK": True,
     "PLURALITY_VERIFY_TLS": True,
     "PLURALITY_OPENAPI": False,
+    "PLURALITY_ACCEPT_BEARER": False,
+    "PLURALITY_BEARER_REVALIDATE": 60,
 }
 
 _METHODS: Final = ("AUTO", "POST", "GET")
@@ -198,6 +200,15 @@ class ConfigView:
     def openapi(self) -> bool:
         return flag(self._get("PLURALITY_OPENAPI"), "PLURALITY_OPENAPI")
 
+    @property
+    def accept_bearer(self) -> bool:
+        value = self._get("PLURALITY_ACCEPT_BEARER")
+        return value if value is True or value is False else flag(value, "PLURALITY_ACCEPT_BEARER")
+
+    @property
+    def bearer_revalidate(self) -> int:
+        return int(self._get("PLURALITY_BEARER_REVALIDATE"))
+
 
 #: The accessor; use inside an app context.
 config: Final = ConfigView()
@@ -222,10 +233,11 @@ def check_values(app_config: dict[str, Any]) -> None:
     _number(app_config, "PLURALITY_TIMEOUT", minimum=0.001)
     _number(app_config, "PLURALITY_GRACE_PERIOD")
     _number(app_config, "PLURALITY_BREAKER_COOLDOWN", minimum=0.001)
+    _number(app_config, "PLURALITY_BEARER_REVALIDATE", integer=True)
     for key in ("PLURALITY_MAX_TOKEN_LENGTH", "PLURALITY_LOGIN_MAX_FAILURES", "PLURALITY_LOGIN_FAILURE_WINDOW",
                 "PLURALITY_BREAKER_THRESHOLD"):
         _number(app_config, key, integer=True, minimum=1)
-    for key in ("PLURALITY_REVOCATION_CHECK", "PLURALITY_VERIFY_TLS", "PLURALITY_OPENAPI"):
+    for key in ("PLURALITY_REVOCATION_CHECK", "PLURALITY_VERIFY_TLS", "PLURALITY_OPENAPI", "PLURALITY_ACCEPT_BEARER"):
         flag(app_config[key], key)
     if not fake_mode(app_config["PLURALITY_FAKE"]):  # fake mode brings its own (a UUID)
         problem = client_id_problem(app_config.get("PLURALITY_CLIENT_ID"))

@@ -10,19 +10,22 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
 from urllib.parse import quote
 
-from flask import Flask, current_app, g, has_request_context, redirect, request, session
+from flask import Flask, current_app, g, redirect, request, session
 from werkzeug.local import LocalProxy
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import signals
+from .bearer import authenticate, bearer_token, default_interval
 from .config import ConfigView, config, parse_interval
 from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
-from .logins import PROFILE_ATTR, current_login_profile
+from .logins import PROFILE_ATTR, forget_profile, request_profile
 from .profile import ANONYMOUS, AnonymousProfile, Profile
-from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, store_unavailable
+from .responses import BEARER_CHALLENGE, CHALLENGE, DEFAULT_RETRY_AFTER, INVALID_BEARER, json_error, store_unavailable
 from .revocation import is_revoked
 from .sessiondata import SESSION_KEY, Login
+from .sessions import is_detached
 from .state import EXTENSION_KEY, get_extension
+from .users import forbidden, load_user
 
 if TYPE_CHECKING:
     from .extension import Plurality
@@ -32,6 +35,11 @@ log = logging.getLogger("flask_plurality")
 F = TypeVar("F", bound=Callable[..., Any])
 #: ``revalidate`` not given: the app's ``PLURALITY_REVALIDATE`` decides.
 APP_DEFAULT: Final = object()
+#: ``g`` attribute: the ``WWW-Authenticate`` a later 401 of this request names.
+_CHALLENGE_ATTR: Final = "_plurality_challenge"
+
+
+Predicate = Callable[[Profile], bool]
 
 
 @overload
@@ -39,24 +47,40 @@ def plurality_required(view: F) -> F: ...
 
 
 @overload
-def plurality_required(*, revalidate: bool | int | None = ...) -> Callable[[F], F]: ...
+def plurality_required(
+    *, revalidate: bool | int | None = ..., bearer: bool | None = ..., allow: Predicate | None = ...
+) -> Callable[[F], F]: ...
 
 
-def plurality_required(view: F | None = None, *, revalidate: bool | int | None = None) -> F | Callable[[F], F]:
+def plurality_required(
+    view: F | None = None,
+    *,
+    revalidate: bool | int | None = None,
+    bearer: bool | None = None,
+    allow: Predicate | None = None,
+) -> F | Callable[[F], F]:
     """Let the view run only for a logged-in Plurality user.
 
     ``revalidate`` overrides ``PLURALITY_REVALIDATE`` for this view: ``True`` or ``0``
     asks Plurality on every request, ``N`` when the last good answer is older than N
-    seconds, ``False`` never; ``None`` (the default) keeps the app's setting. Works bare
-    or called, on sync and async views and in ``MethodView.decorators``; ``OPTIONS``
-    (CORS preflight) always passes.
+    seconds, ``False`` never; ``None`` (the default) keeps the app's setting.
+    ``bearer`` overrides ``PLURALITY_ACCEPT_BEARER``: ``True`` also accepts
+    ``Authorization: Bearer <pluralityToken>`` (which then decides over any cookie),
+    ``False`` only the session cookie. ``allow`` is ``predicate(profile) -> bool``,
+    checked after the login check: ``False`` answers 403 ``forbidden``.
+    Works bare or called, on sync and async views and in ``MethodView.decorators``;
+    ``OPTIONS`` (CORS preflight) always passes.
     """
+    if allow is not None and not callable(allow):
+        raise TypeError(f"allow= must be a function of the profile returning a bool, not {allow!r}")
+    if bearer is not None and not isinstance(bearer, bool):
+        raise TypeError(f"bearer= must be True, False or None, not {bearer!r}")
     if view is None:
-        return lambda f: _guard(f, revalidate)
-    return _guard(view, revalidate)
+        return lambda f: _guard(f, revalidate, bearer, allow)
+    return _guard(view, revalidate, bearer, allow)
 
 
-def _guard(view: F, revalidate: bool | int | None) -> F:
+def _guard(view: F, revalidate: bool | int | None, bearer: bool | None, allow: Predicate | None) -> F:
     # Resolved once here, not per request; a bad value fails at import time.
     policy: Any = APP_DEFAULT if revalidate is None else parse_interval(revalidate, "revalidate")
     is_async = inspect.iscoroutinefunction(view)
@@ -66,9 +90,13 @@ def _guard(view: F, revalidate: bool | int | None) -> F:
         if request.method != "OPTIONS":
             app = current_app._get_current_object()  # type: ignore[attr-defined]
             extension = app.extensions.get(EXTENSION_KEY) or get_extension()  # the latter raises clearly
-            outcome = authorize(extension, policy, app)
+            outcome = authorize(extension, policy, app, bearer=bearer)
             if not isinstance(outcome, Profile):
                 return outcome
+            if extension.user_callback is not None or allow is not None:
+                refusal = _admit(extension, outcome, allow)
+                if refusal is not None:
+                    return refusal
         if is_async:
             return current_app.ensure_sync(view)(*args, **kwargs)
         return view(*args, **kwargs)
@@ -76,25 +104,51 @@ def _guard(view: F, revalidate: bool | int | None) -> F:
     return cast(F, wrapper)
 
 
-def authorize(extension: Plurality, revalidate: Any, app: Flask) -> Profile | BaseResponse:
+def _admit(extension: Plurality, profile: Profile, allow: Predicate | None) -> BaseResponse | None:
+    """After the login check: the app's own user must exist, and ``allow`` must say yes."""
+    if extension.user_callback is not None and load_user() is None:
+        log.info("The user loader found no user for %s; logged out", profile.id)
+        if is_detached(session._get_current_object()):  # type: ignore[attr-defined]
+            forget_profile()
+            return json_error(401, "login_required", headers=INVALID_BEARER)
+        return unauthorized(extension, clear=True, challenge=g.get(_CHALLENGE_ATTR, CHALLENGE))
+    if allow is not None and not current_app.ensure_sync(allow)(profile):
+        return forbidden(extension)
+    return None
+
+
+def authorize(
+    extension: Plurality, revalidate: Any, app: Flask, *, bearer: bool | None = None
+) -> Profile | BaseResponse:
     """The check behind ``@plurality_required``: a profile, or the answer to send.
 
     On the hot path (no revalidation due) this costs a few dictionary reads and, when
-    someone was revoked since this session was last checked, one store read.
+    someone was revoked since this session was last checked, one store read. With
+    bearer tokens accepted, a request that brings one is judged by it alone.
     """
+    challenge = CHALLENGE
+    cfg: ConfigView | None = None
+    if bearer or (bearer is None and app.config["PLURALITY_ACCEPT_BEARER"]):
+        cfg = ConfigView(app.config)
+        if bearer or cfg.accept_bearer:
+            token = bearer_token(request)
+            if token is not None:
+                return authenticate(extension, token, default_interval(revalidate, cfg), app, cfg)
+            challenge = BEARER_CHALLENGE
+            setattr(g, _CHALLENGE_ATTR, challenge)  # for a later refusal in this request (user loader)
     sess = session._get_current_object()  # type: ignore[attr-defined]
     if getattr(sess, "store_error", False):
         return store_unavailable()
     now = time.time()
     login = Login.load(sess.get(SESSION_KEY))
     if login is None:
-        return unauthorized(extension)
+        return unauthorized(extension, challenge=challenge)
     if login.exp <= now:
-        return unauthorized(extension, clear=True)
-    cfg = ConfigView(app.config)
+        return unauthorized(extension, clear=True, challenge=challenge)
+    cfg = cfg or ConfigView(app.config)
     try:
         if is_revoked(login, cfg, sess, app):
-            return unauthorized(extension, clear=True)
+            return unauthorized(extension, clear=True, challenge=challenge)
         interval = cfg.revalidate if revalidate is APP_DEFAULT else revalidate
         if interval is None or now - login.validated_at < interval:
             setattr(g, PROFILE_ATTR, login.profile)
@@ -104,7 +158,7 @@ def authorize(extension: Plurality, revalidate: Any, app: Flask) -> Profile | Ba
         except InvalidToken as exc:
             log.info("Revalidation refused user %s (%s); session cleared", login.profile.id, exc.reason)
             signals.revalidation_failed.send(app, profile=login.profile, reason=exc.reason, allowed=False)
-            return unauthorized(extension, clear=True)
+            return unauthorized(extension, clear=True, challenge=challenge)
         except UpstreamUnavailable as exc:
             # Grace counts from the last *good* answer, which a failure never moves.
             allowed = cfg.on_upstream_error == "allow" and now - login.validated_at < cfg.grace_period
@@ -126,11 +180,11 @@ def authorize(extension: Plurality, revalidate: Any, app: Flask) -> Profile | Ba
     return profile
 
 
-def unauthorized(extension: Plurality, *, clear: bool = False) -> BaseResponse:
+def unauthorized(extension: Plurality, *, clear: bool = False, challenge: dict[str, str] = CHALLENGE) -> BaseResponse:
     """The answer to a request that is not (or no longer) logged in."""
     if clear:
         session.clear()
-    g.pop(PROFILE_ATTR, None)
+    forget_profile()
     if extension.unauthorized_callback is not None:
         return current_app.make_response(current_app.ensure_sync(extension.unauthorized_callback)())
     login_url = config.login_url
@@ -138,7 +192,7 @@ def unauthorized(extension: Plurality, *, clear: bool = False) -> BaseResponse:
         target = request.full_path.rstrip("?") if request.query_string else request.path
         joiner = "&" if "?" in login_url else "?"
         return redirect(f"{login_url}{joiner}next={quote(target, safe='/')}", 302)
-    return json_error(401, "login_required", headers=CHALLENGE)
+    return json_error(401, "login_required", headers=challenge)
 
 
 def _prefers_html() -> bool:
@@ -147,13 +201,7 @@ def _prefers_html() -> bool:
 
 
 def _load_profile() -> Profile | AnonymousProfile:
-    if not has_request_context():
-        return ANONYMOUS
-    profile = g.get(PROFILE_ATTR)
-    if profile is None:
-        profile = current_login_profile() if EXTENSION_KEY in current_app.extensions else None
-        setattr(g, PROFILE_ATTR, profile)
-    return profile or ANONYMOUS
+    return request_profile() or ANONYMOUS
 
 
 #: The logged-in user's :class:`Profile`; falsy (an :class:`AnonymousProfile`) otherwise.

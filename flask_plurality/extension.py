@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 from flask.typing import ResponseReturnValue
@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("flask_plurality")
 
 UnauthorizedHandler = Callable[[], ResponseReturnValue]
+ForbiddenHandler = Callable[[], ResponseReturnValue]
+#: ``user_loader``'s callback: the app's own user for a profile, or ``None``.
+UserLoader = Callable[[Profile], Any]
+#: ``before_login``'s callback: ``None`` lets the login happen, a string or response refuses it.
+LoginGate = Callable[[Profile], "ResponseReturnValue | str | None"]
 
 
 class Plurality:
@@ -53,6 +58,12 @@ class Plurality:
         self.answers = AnswerCache(self.client)
         #: Set by :meth:`unauthorized_handler`.
         self.unauthorized_callback: UnauthorizedHandler | None = None
+        #: Set by :meth:`forbidden_handler`.
+        self.forbidden_callback: ForbiddenHandler | None = None
+        #: Set by :meth:`user_loader`.
+        self.user_callback: UserLoader | None = None
+        #: Set by :meth:`before_login`.
+        self.before_login_callback: LoginGate | None = None
         if app is not None:
             self.init_app(app)
 
@@ -88,6 +99,34 @@ class Plurality:
     def unauthorized_handler(self, callback: UnauthorizedHandler) -> UnauthorizedHandler:
         """Replace the answer to a request that is not logged in; return what it returns."""
         self.unauthorized_callback = callback
+        return callback
+
+    def forbidden_handler(self, callback: ForbiddenHandler) -> ForbiddenHandler:
+        """Replace the 403 ``forbidden`` answer of ``@plurality_required(allow=...)``
+        (``current_profile`` is the refused profile); return what it returns."""
+        self.forbidden_callback = callback
+        return callback
+
+    def user_loader(self, callback: UserLoader) -> UserLoader:
+        """Register ``callback(profile) -> user | None``: the app's own user for a login,
+        typically its row for ``profile.id``, found or created.
+
+        :data:`flask_plurality.current_user` is what it returns, loaded at most once per
+        request. On a ``@plurality_required`` route, ``None`` means the account no longer
+        exists: the session is cleared and the route answers 401 ``login_required``.
+        """
+        self.user_callback = callback
+        return callback
+
+    def before_login(self, callback: LoginGate) -> LoginGate:
+        """Register ``callback(profile) -> None | str | Response``, run after Plurality
+        said yes and before anything is stored (at ``/login``, and for bearer requests).
+
+        ``None`` lets the login happen; a string refuses it with 403 ``login_refused``
+        and that message; a response is sent as it is. A refused login stores nothing
+        and sends ``login_failed`` with ``reason="refused"``.
+        """
+        self.before_login_callback = callback
         return callback
 
     # -- public API ---------------------------------------------------------------

@@ -9,19 +9,22 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import current_app, g, session
+from flask import current_app, g, has_request_context, session
 
 from .exceptions import SessionStoreUnavailable
 from .profile import Profile
 from .revocation import current_epoch, is_revoked, stamp_of
 from .sessiondata import SESSION_KEY, Login
 from .sessions import GuardedSessionInterface
+from .state import EXTENSION_KEY
 from .store import store_errors_as_unavailable
 
 log = logging.getLogger("flask_plurality")
 
 #: Where a request keeps its profile once known (``current_profile`` reads it).
 PROFILE_ATTR = "_plurality_profile"
+#: Where a request keeps the app's own user once loaded (``None`` is a loaded "nobody").
+USER_ATTR = "_plurality_user"
 
 
 def load_login() -> Login | None:
@@ -50,6 +53,18 @@ def current_login_profile(*, strict: bool = False) -> Profile | None:
     return login.profile
 
 
+def request_profile() -> Profile | None:
+    """This request's profile, found once (``current_profile`` and ``current_user`` read it):
+    what ``@plurality_required`` or a bearer token set, else the session's login."""
+    if not has_request_context():
+        return None
+    profile: Profile | None = g.get(PROFILE_ATTR)
+    if profile is None:
+        profile = current_login_profile() if EXTENSION_KEY in current_app.extensions else None
+        setattr(g, PROFILE_ATTR, profile)
+    return profile
+
+
 def start_login(profile: Profile, token: str, exp: int) -> None:
     """Store a fresh login under a new session id (no fixation)."""
     if not isinstance(current_app.session_interface, GuardedSessionInterface):
@@ -68,11 +83,18 @@ def start_login(profile: Profile, token: str, exp: int) -> None:
     with store_errors_as_unavailable():
         current_app.session_interface.regenerate(session)  # deletes the old id's entry
     setattr(g, PROFILE_ATTR, profile)
+    g.pop(USER_ATTR, None)
 
 
 def end_login() -> Login | None:
     """Clear this request's session (deleting its stored entry); the login it held."""
     login = load_login()
     session.clear()
-    g.pop(PROFILE_ATTR, None)
+    forget_profile()
     return login
+
+
+def forget_profile() -> None:
+    """The request's login ended: ``current_profile`` and ``current_user`` are nobody's."""
+    g.pop(PROFILE_ATTR, None)
+    g.pop(USER_ATTR, None)

@@ -21,11 +21,17 @@ _MESSAGES = {
     "session_store_unavailable": "Sessions are unavailable right now. Try again shortly.",
     "not_found": "Not found.",
     "method_not_allowed": "Use POST.",
+    "login_refused": "This account may not sign in here.",
+    "forbidden": "This account may not open this page.",
 }
 
 
 #: The header every "log in first" answer carries.
 CHALLENGE = {"WWW-Authenticate": "Plurality"}
+#: ... on a route that also takes ``Authorization: Bearer`` (RFC 6750).
+BEARER_CHALLENGE = {"WWW-Authenticate": "Plurality, Bearer"}
+#: The answer to a bearer token that is no good (RFC 6750 section 3.1).
+INVALID_BEARER = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

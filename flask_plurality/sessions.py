@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
 from cachelib.file import FileSystemCache
-from flask import Flask, Request, Response, has_request_context, request
+from flask import Flask, Request, Response, has_request_context, request, session
 from flask.sessions import SessionInterface, SessionMixin
 from flask_session import Session
 from flask_session.base import ServerSideSession, ServerSideSessionInterface
@@ -42,6 +42,20 @@ class UnavailableSession(ServerSideSession):  # type: ignore[misc]
     that writes to it gets a 503 instead of a 200 whose write was dropped."""
 
     store_error = True
+
+
+def detach_session() -> None:
+    """This request is judged by its bearer token: its session is emptied and never saved.
+
+    A bearer request creates no session, and a cookie it also carries is neither read
+    (the token decides) nor refreshed (no ``Set-Cookie``); the stored entry is untouched."""
+    sess = session._get_current_object()  # type: ignore[attr-defined]
+    sess.detached = True
+    dict.clear(sess)  # not session.clear(): that would mark it modified (and delete the entry)
+
+
+def is_detached(sess: SessionMixin) -> bool:
+    return getattr(sess, "detached", False) is True
 
 
 #: While Flask-Session loads a session: (epoch key, box for what was read with it).
@@ -146,6 +160,8 @@ class GuardedSessionInterface(SessionInterface):
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         from .responses import store_unavailable_into
 
+        if getattr(session, "detached", False):
+            return  # a bearer request's session: never saved, no cookie (see detach_session)
         if isinstance(session, UnavailableSession):
             if session.modified:  # the view wrote to a session that could not be loaded
                 log.error("A view wrote to the session while the store was unavailable; answered 503")

@@ -14,6 +14,7 @@ from flask import Flask, current_app
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
+    from .bearer import Seen
     from .extension import Plurality
     from .fake import FakePlurality
     from .store import Store
@@ -26,13 +27,16 @@ STATE_KEY = "plurality.state"
 class AppState:
     """Per-app state, kept in ``app.extensions`` (never on the extension object)."""
 
-    __slots__ = ("fake", "store")
+    __slots__ = ("bearer_tokens", "fake", "store")
 
     def __init__(self) -> None:
         #: The extension's own keys (answers, throttles, revocations); found on first use.
         self.store: Store | None = None
         #: The stand-in in ``PLURALITY_FAKE`` mode.
         self.fake: FakePlurality | None = None
+        #: Bearer tokens this process accepted before: their decoded claims and the
+        #: revocation epoch they were last found good under (``bearer.Seen``).
+        self.bearer_tokens: dict[str, Seen] = {}
 
 
 def get_extension(app: Flask | None = None) -> Plurality:

@@ -19,6 +19,7 @@ from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, json_response
 from .security import client_bucket, origin_allowed, safe_next
 from .state import get_extension, get_state
 from .tokens import read_claims
+from .users import login_refusal
 
 log = logging.getLogger("flask_plurality")
 
@@ -135,6 +136,10 @@ def login() -> BaseResponse:
             raise
         throttle.release(counters)
         profile = Profile.from_upstream(answer.user, claims)
+        refusal = login_refusal(extension, profile)
+        if refusal is not None:
+            log.info("Plurality login of user %s refused by the app", profile.id)
+            return refusal
         start_login(profile, token, int(claims["exp"]))
     except SessionStoreUnavailable:
         return store_unavailable()

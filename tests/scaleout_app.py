@@ -24,6 +24,9 @@ def create_app() -> Flask:
         PLURALITY_API_URL=env["SCALEOUT_API_URL"],
         PLURALITY_CLIENT_ID=env["SCALEOUT_CLIENT_ID"],
         PLURALITY_CLIENT_SECRET=env["SCALEOUT_CLIENT_SECRET"],
+        # Strings, as from the environment: the bearer scale-out test turns these on.
+        PLURALITY_ACCEPT_BEARER=env.get("SCALEOUT_ACCEPT_BEARER", "false"),
+        PLURALITY_BEARER_REVALIDATE=env.get("SCALEOUT_BEARER_REVALIDATE", "60"),
         SESSION_TYPE="redis",
         SESSION_REDIS=redis.Redis.from_url(env["SCALEOUT_REDIS_URL"], socket_timeout=2, socket_connect_timeout=2),
     )

@@ -1,0 +1,207 @@
+"""``Authorization: Bearer <pluralityToken>``: clients that hold no session cookie (SPEC section 8).
+
+A mobile app, a CLI or a frontend on another site sends the widget's token with every
+request. Each such request is judged on its own, like a login that stores nothing: the
+token is read locally (junk and expired tokens never reach Plurality), Plurality's
+answer comes through the shared answer cache (``PLURALITY_BEARER_REVALIDATE``, single
+flight, breaker), failures count in the login throttle, ``revoke_user`` refuses tokens
+issued before it, and the request's session is detached: empty, never saved, no cookie.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from flask import Flask, Request, g
+from werkzeug.wrappers import Response as BaseResponse
+
+from . import signals, throttle
+from .answers import Answer
+from .config import ConfigView, config
+from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
+from .logins import PROFILE_ATTR
+from .profile import Profile
+from .responses import DEFAULT_RETRY_AFTER, INVALID_BEARER, json_error, store_unavailable
+from .revocation import REVOCATION_EPOCH, stamp_of
+from .security import client_bucket
+from .sessions import detach_session
+from .state import get_state
+from .store import get_store
+from .tokens import read_claims, token_hash
+from .users import login_refusal
+
+if TYPE_CHECKING:
+    from .extension import Plurality
+
+log = logging.getLogger("flask_plurality")
+
+#: Bearer tokens remembered per app and process (see :class:`Seen`); past this, forget all.
+_MAX_REMEMBERED: Final = 10_000
+
+
+def bearer_token(request: Request) -> str | None:
+    """The credentials of ``Authorization: Bearer ...`` (the scheme in any case), or
+    ``None`` when the request brings none (no header, another scheme, nothing after it)."""
+    header = request.headers.get("Authorization")
+    if not header:
+        return None
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.strip() or None
+
+
+def authenticate(
+    extension: Plurality, token: str, interval: int, app: Flask, cfg: ConfigView
+) -> Profile | BaseResponse:
+    """The profile ``token`` stands for, or the answer to send (401, 429, 503).
+
+    ``interval``: how old a cached "yes" may be (0: ask Plurality now).
+    """
+    detach_session()
+    counters: dict[str, str] | None = None
+    try:
+        try:
+            seen = _read(token, app, cfg)
+            claims = seen.claims
+            answer = extension.answers.cached(token, interval, digest=seen.digest) if interval else None
+            if answer is None:
+                # About to ask Plurality: a client or token that keeps failing is refused first.
+                # Looked at, not reserved as /login does: a burst of good requests with one
+                # token (a page's twenty API calls) shares one upstream call and must not be
+                # refused for the burst's size. Only a failure is counted (see _refused).
+                counters = throttle.buckets(client_bucket(), token)
+                wait = _throttled(counters)
+                if wait is not None:
+                    return json_error(429, "too_many_attempts", retry_after=wait)
+                keep = cfg.grace_period if cfg.on_upstream_error == "allow" else 0
+                answer = extension.answers.lookup(token, seen.exp, interval, keep)
+        except InvalidToken as exc:
+            return _refused(token, exc.reason)
+        except UpstreamUnavailable as exc:
+            outcome = _outage(extension, token, exc, cfg, app)
+            if isinstance(outcome, BaseResponse):
+                return outcome
+            answer = outcome
+        profile = Profile.from_upstream(answer.user, claims)
+        if cfg.revocation_check and _revoked(profile.id, seen, app, cfg):
+            log.info("Refused a bearer token of revoked user %s", profile.id)
+            return json_error(401, "invalid_token", headers=INVALID_BEARER)
+    except SessionStoreUnavailable:
+        return store_unavailable()
+    refusal = login_refusal(extension, profile)  # a gate must not be walked around through the API
+    if refusal is not None:
+        return refusal
+    setattr(g, PROFILE_ATTR, profile)
+    return profile
+
+
+def _throttled(counters: dict[str, str]) -> int | None:
+    """Seconds to wait when one of ``counters`` is at the limit; ``None`` to go on."""
+    store = get_store()
+    for name in counters.values():
+        count, left = store.peek(name)
+        if count >= config.login_max_failures:
+            return max(1, left)
+    return None
+
+
+def _refused(token: str, reason: str) -> BaseResponse:
+    """401 ``invalid_token``, counted as a failed login (429 once over the limit)."""
+    log.info("Bearer token refused: %s", reason)
+    counters = throttle.buckets(client_bucket(), token)
+    wait = _throttled(counters)
+    if wait is not None:
+        return json_error(429, "too_many_attempts", retry_after=wait)
+    store = get_store()
+    for name in counters.values():
+        store.incr(name, config.login_failure_window)
+    return json_error(401, "invalid_token", headers=INVALID_BEARER)
+
+
+def _outage(
+    extension: Plurality, token: str, exc: UpstreamUnavailable, cfg: ConfigView, app: Flask
+) -> Answer | BaseResponse:
+    """``PLURALITY_ON_UPSTREAM_ERROR``: under ``"allow"``, Plurality's last "yes" for this
+    token if younger than the grace period; otherwise 503."""
+    last: Answer | None = None
+    if cfg.on_upstream_error == "allow":
+        try:
+            last = extension.answers.cached(token, cfg.grace_period)
+        except InvalidToken as refused:  # a "no" landed meanwhile
+            return _refused(token, refused.reason)
+    user_id = last.user.get("id") if last is not None else None
+    signals.revalidation_failed.send(app, profile=None, reason=exc.reason, allowed=last is not None)
+    if last is not None:
+        log.info("Bearer token of user %s not confirmed (%s); let in (grace period)", user_id, exc.reason)
+        return last
+    log.info("Bearer token could not be checked (%s); answered 503", exc.reason)
+    return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
+
+
+class Seen:
+    """What this process knows of a bearer token it accepted before: its claims (decoded
+    once, not on every request), its hash, and the revocation epoch it was last found
+    not revoked under."""
+
+    __slots__ = ("claims", "digest", "epoch", "exp")
+
+    def __init__(self, claims: dict[str, Any], digest: str) -> None:
+        self.claims = claims
+        self.exp = int(claims["exp"])
+        self.digest = digest
+        self.epoch: str | None = None
+
+
+def _read(token: str, app: Flask, cfg: ConfigView) -> Seen:
+    """The token's claims, from this process's memory or decoded (never verified: only
+    Plurality can); raise :class:`InvalidToken` for junk or an expired token."""
+    remembered = get_state(app).bearer_tokens
+    seen = remembered.get(token)
+    if seen is None:
+        seen = Seen(read_claims(token, max_length=cfg.max_token_length), token_hash(token))
+        if len(remembered) >= _MAX_REMEMBERED:
+            remembered.clear()
+        remembered[token] = seen
+    elif seen.exp <= time.time():
+        del remembered[token]
+        raise InvalidToken("The token has expired.", reason="expired")
+    return seen
+
+
+def _revoked(user_id: str, seen: Seen, app: Flask, cfg: ConfigView) -> bool:
+    """Was ``revoke_user`` called for ``user_id`` at or after the token was issued?
+
+    A bearer token has no session to remember a stamp in, so its ``iat`` is compared
+    with the time in the user's stamp (a token issued in the second of the revocation is
+    refused too). While the store-wide epoch is the one this token was last found good
+    under, no stamp is read: a ``stat`` on files, one read on Redis.
+    """
+    raw = get_store(app).get_rarely_written(cfg.key_prefix + REVOCATION_EPOCH)
+    if not isinstance(raw, str):
+        return False  # nobody revoked (in the last REVOCATION_TTL)
+    if seen.epoch == raw:
+        return False
+    stamp = stamp_of(user_id, app)
+    if stamp is not None and _issued_before(seen.claims, stamp):
+        return True
+    seen.epoch = raw  # the stamp was read after the epoch: see revocation.is_revoked
+    return False
+
+
+def _issued_before(claims: dict[str, Any], stamp: str) -> bool:
+    revoked_at, _, _ = stamp.partition("-")
+    iat = claims.get("iat")
+    if not revoked_at.isdigit() or not isinstance(iat, int | float) or isinstance(iat, bool):
+        return True  # cannot tell: refuse rather than let a revoked user in
+    return iat <= int(revoked_at)
+
+
+def default_interval(revalidate: Any, cfg: ConfigView) -> int:
+    """``PLURALITY_BEARER_REVALIDATE``, or the route's ``revalidate=`` if that is stricter."""
+    interval = cfg.bearer_revalidate
+    if isinstance(revalidate, int) and not isinstance(revalidate, bool):
+        return min(interval, revalidate)
+    return interval
