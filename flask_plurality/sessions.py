@@ -186,7 +186,7 @@ class GuardedSessionInterface(SessionInterface):
             session = self.inner.open_session(app, request)
         except Exception as exc:
             if not isinstance(exc, SessionStoreUnavailable):  # already logged
-                log_store_failure(exc)
+                log_store_failure(exc, where="session_load")
             return UnavailableSession(sid=None)
         finally:
             _epoch_read.reset(reading)
@@ -213,7 +213,7 @@ class GuardedSessionInterface(SessionInterface):
             self.inner.save_session(app, session, response)
         except Exception as exc:
             if not isinstance(exc, SessionStoreUnavailable):  # already logged
-                log_store_failure(exc)
+                log_store_failure(exc, where="session_save")
             store_unavailable_into(response)
 
 

@@ -8,6 +8,9 @@ import logging
 from collections.abc import Iterator
 from typing import Any, Final, Protocol
 
+from flask import current_app, has_app_context
+
+from .. import signals
 from ..exceptions import SessionStoreUnavailable
 
 log = logging.getLogger("flask_plurality")
@@ -33,12 +36,15 @@ class SessionWriter(Protocol):
     def delete_session(self, store_id: str) -> None: ...
 
 
-def log_store_failure(exc: BaseException | str) -> None:
-    """Log a store failure: its type and message (or what failed), never a value."""
+def log_store_failure(exc: BaseException | str, where: str = "extension") -> None:
+    """Log a store failure: its type and message (or what failed), never a value; and
+    send ``store_failed`` (``where``: ``session_load``, ``session_save``, ``extension``)."""
     if isinstance(exc, str):
         log.error("The session store failed: %s", exc)
     else:
         log.error("The session store failed: %s: %s", type(exc).__name__, exc)
+    if has_app_context():
+        signals.store_failed.send(current_app._get_current_object(), where=where)  # type: ignore[attr-defined]
 
 
 def unavailable_error(exc: BaseException | str) -> SessionStoreUnavailable:
