@@ -133,7 +133,7 @@ class PluralityMetrics:
         self.answer_cache = counter(
             "plurality_answer_cache",
             "Answers about a token needed by a login or revalidation: result=hit when the "
-            "shared answer cache had it, miss when it took an upstream call.",
+            "shared answer cache had it, miss when it took an upstream call (this request's or a shared one).",
             ["result"],
             registry=registry,
         )

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import AppFactory, login
+from helpers import AppFactory, age_session, login
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -172,6 +172,29 @@ def test_revalidation_spans_are_children_of_the_request_span(
     assert span.context is not None and span.context.trace_id == parent.get_span_context().trace_id
     assert span.attributes is not None and span.attributes["plurality.outcome"] == "valid"
     assert_nothing_secret(spans, fake.client_secret, token, "bob@example.com")
+
+
+def test_an_answer_from_the_shared_cache_is_a_cached_span_without_a_call(
+    make_app: AppFactory, fake: FakePlurality, spans: InMemorySpanExporter
+) -> None:
+    app = make_app(PLURALITY_REVALIDATE=600)
+    token = fake.issue_token()
+    browsers = [app.test_client() for _ in range(2)]
+    for browser in browsers:
+        assert login(browser, token).status_code == 200
+        age_session(browser, 601)
+    spans.clear()
+    for browser in browsers:  # the first asks, the second gets the first's answer
+        assert browser.get("/protected").status_code == 200
+    asked, cached = validate_spans(spans)
+    assert asked.attributes is not None and cached.attributes is not None
+    assert asked.attributes["plurality.cached"] is False
+    assert asked.attributes["http.response.status_code"] == 200
+    assert cached.attributes["plurality.cached"] is True
+    assert cached.attributes["plurality.outcome"] == "valid"
+    assert "http.request.method" not in cached.attributes
+    assert len(fake.calls) == 3
+    assert_nothing_secret(spans, fake.client_secret, token)
 
 
 def test_the_hot_path_makes_no_span(make_app: AppFactory, fake: FakePlurality, spans: InMemorySpanExporter) -> None:
