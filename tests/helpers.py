@@ -62,14 +62,14 @@ def gunicorn(app: str, env: dict[str, str], workers: int, log: Path, *options: s
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         pids: set[int] = set()
         while len(pids) < workers:  # every worker has booted and answers
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, f"gunicorn did not start:\n{log.read_text()}"
             try:
-                pids |= {r["pid"] for r in fan_out(lambda: requests.get(f"{base}/pid", timeout=5).json(), 2 * workers)}
-            except requests.ConnectionError:
+                pids |= {r["pid"] for r in fan_out(lambda: requests.get(f"{base}/pid", timeout=15).json(), 2 * workers)}
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a worker still booting
                 time.sleep(0.1)
         yield base
     finally:
