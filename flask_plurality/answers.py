@@ -33,6 +33,7 @@ from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailab
 from .singleflight import SingleFlight
 from .store import Store, get_store, key
 from .tokens import token_hash
+from .tracing import observed_answer, validate_upstream
 
 #: Seconds between two looks at the answer cache while another process asks (jittered).
 _POLL: Final = (0.02, 0.05)
@@ -77,6 +78,7 @@ class AnswerCache:
         the token's :func:`.token_hash`, when the caller has it already."""
         return _usable(get_store().get(key("answer", _name(token, digest))), interval)
 
+    @observed_answer
     def lookup(self, token: str, exp: int, interval: int = 0, keep: int = 0) -> Answer:
         """Plurality's answer for ``token`` (in an app context).
 
@@ -99,7 +101,7 @@ class AnswerCache:
         def ask(budget: Upstream) -> Answer:
             at = time.time()  # when we asked: the answer is no fresher than that
             try:
-                user = self.client.validate(token, budget)
+                user = validate_upstream(self.client, token, budget)
             except InvalidToken as exc:
                 # Kept until the token's exp, but never more than a day: a forged token
                 # with an exp a year away must not leave a year-long entry.
@@ -185,7 +187,9 @@ def _usable(entry: Any, interval: int, since: float | None = None) -> Answer | N
     if not isinstance(entry, dict):
         return None
     if entry.get("ok") is False:
-        raise InvalidToken("Plurality refused the token.", reason=str(entry.get("reason") or "rejected"))
+        refusal = InvalidToken("Plurality refused the token.", reason=str(entry.get("reason") or "rejected"))
+        refusal.cached = True
+        raise refusal
     at, user = entry.get("at"), entry.get("user")
     if (
         interval

@@ -100,6 +100,8 @@ class _Breaker:
         self.open_until = 0.0  # monotonic; no call before this
         self.held_by_upstream = False  # open_until came from a Retry-After
         self.probe_until = 0.0  # a probe is in flight until then (it may never report back)
+        self.is_open = False  # holding calls back since the last call (for metrics)
+        self.openings = 0  # times it went from not holding to holding calls back
 
     def before_call(self, threshold: int, timeout: float) -> None:
         """Raise :class:`UpstreamUnavailable` instead of calling; or let this call through."""
@@ -125,7 +127,7 @@ class _Breaker:
                 log.info("Plurality answers again after %d failed calls", self.failures)
             self.failures = 0
             self.open_until = self.probe_until = 0.0
-            self.held_by_upstream = False
+            self.held_by_upstream = self.is_open = False
 
     def released(self) -> None:
         """Neither a success nor a failure (a call cut short by its caller): if it was the
@@ -150,7 +152,11 @@ class _Breaker:
                     self.failures,
                     self.open_until - now,
                 )
-            return self._wait(now) if now < self.open_until else None
+            held = now < self.open_until
+            if held and not self.is_open:
+                self.openings += 1
+            self.is_open = held
+            return self._wait(now) if held else None
 
 
 _RETRY: Final = Retry(0)

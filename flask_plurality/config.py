@@ -45,6 +45,8 @@ DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_OPENAPI": False,
     "PLURALITY_ACCEPT_BEARER": False,
     "PLURALITY_BEARER_REVALIDATE": 60,
+    "PLURALITY_METRICS": False,
+    "PLURALITY_METRICS_PATH": None,
 }
 
 _METHODS: Final = ("AUTO", "POST", "GET")
@@ -237,7 +239,13 @@ def check_values(app_config: dict[str, Any]) -> None:
     for key in ("PLURALITY_MAX_TOKEN_LENGTH", "PLURALITY_LOGIN_MAX_FAILURES", "PLURALITY_LOGIN_FAILURE_WINDOW",
                 "PLURALITY_BREAKER_THRESHOLD"):
         _number(app_config, key, integer=True, minimum=1)
-    for key in ("PLURALITY_REVOCATION_CHECK", "PLURALITY_VERIFY_TLS", "PLURALITY_OPENAPI", "PLURALITY_ACCEPT_BEARER"):
+    for key in (
+        "PLURALITY_REVOCATION_CHECK",
+        "PLURALITY_VERIFY_TLS",
+        "PLURALITY_OPENAPI",
+        "PLURALITY_ACCEPT_BEARER",
+        "PLURALITY_METRICS",
+    ):
         flag(app_config[key], key)
     if not fake_mode(app_config["PLURALITY_FAKE"]):  # fake mode brings its own (a UUID)
         problem = client_id_problem(app_config.get("PLURALITY_CLIENT_ID"))

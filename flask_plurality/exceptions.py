@@ -35,6 +35,8 @@ class InvalidToken(PluralityError):
     """The token is not acceptable: malformed, expired, revoked or for another app."""
 
     reason = "invalid_token"
+    #: ``True`` when the refusal came from the shared answer cache (Plurality was not asked again).
+    cached: bool = False
 
 
 class UpstreamUnavailable(PluralityError):

@@ -21,9 +21,10 @@ from . import signals
 from .answers import AnswerCache
 from .cli import plurality_cli
 from .client import PluralityClient
-from .config import DEFAULTS, check_values, config, fake_mode
+from .config import DEFAULTS, check_values, config, fake_mode, flag
 from .exceptions import ConfigurationError, InvalidToken
 from .logins import end_login
+from .metrics import PluralityMetrics, init_metrics
 from .profile import Profile
 from .revocation import revoke
 from .security import warn_insecure_transport
@@ -34,6 +35,8 @@ from .tokens import read_claims
 from .views import blueprint
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from .fake import FakePlurality
 
 log = logging.getLogger("flask_plurality")
@@ -95,6 +98,14 @@ class Plurality:
         app.extensions[STATE_KEY] = state
         app.register_blueprint(blueprint, url_prefix=app.config["PLURALITY_URL_PREFIX"])
         app.cli.add_command(plurality_cli)
+        if flag(app.config["PLURALITY_METRICS"], "PLURALITY_METRICS"):
+            self.init_metrics(app)
+
+    def init_metrics(self, app: Flask, registry: CollectorRegistry | None = None) -> PluralityMetrics:
+        """Count ``app``'s logins, upstream calls, answer cache, breaker, throttle, store
+        failures and revocations as Prometheus metrics (``pip install flask-plurality[metrics]``),
+        into ``registry`` or prometheus_client's default one. See docs/metrics.rst."""
+        return init_metrics(app, registry)
 
     def unauthorized_handler(self, callback: UnauthorizedHandler) -> UnauthorizedHandler:
         """Replace the answer to a request that is not logged in; return what it returns."""

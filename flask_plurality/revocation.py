@@ -19,9 +19,10 @@ import secrets
 import time
 from typing import Any, Final, cast
 
-from flask import Flask, session
+from flask import Flask, current_app, session
 from flask.sessions import SessionMixin
 
+from . import signals
 from .config import ConfigView, config
 from .exceptions import ConfigurationError
 from .sessiondata import SESSION_KEY, Login
@@ -55,6 +56,7 @@ def revoke(user_id: str) -> None:
     # Then, never before, the epoch every session compares with (see is_revoked).
     store.set(config.key_prefix + REVOCATION_EPOCH, value, REVOCATION_TTL)
     log.info("Revoked every session of Plurality user %s", user_id)
+    signals.user_revoked.send(current_app._get_current_object(), user_id=user_id)  # type: ignore[attr-defined]
 
 
 def stamp_of(user_id: str, app: Flask | None = None) -> str | None:

@@ -29,7 +29,7 @@ from .revocation import REVOCATION_EPOCH
 from .security import redacted_session_class
 from .sessiondata import session_lifetime_cap
 from .store import Store, log, log_store_failure, store_for
-from .stores.base import SessionWriter
+from .stores.base import SessionWriter, store_use
 
 #: Seconds between two sweeps of expired session entries (files, SQL rows), per process.
 SWEEP_INTERVAL: Final = 3600.0
@@ -141,6 +141,7 @@ class GuardedSessionInterface(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
         box: list[Any] = []
         reading = _epoch_read.set((str(app.config.get("PLURALITY_KEY_PREFIX", "plurality:")) + REVOCATION_EPOCH, box))
+        use = store_use.set("session_load")
         try:
             session = self.inner.open_session(app, request)
         except Exception as exc:
@@ -148,6 +149,7 @@ class GuardedSessionInterface(SessionInterface):
                 log_store_failure(exc)
             return UnavailableSession(sid=None)
         finally:
+            store_use.reset(use)
             _epoch_read.reset(reading)
         if box:
             #: ``revoke_user``'s epoch as it was when this session was read.
@@ -170,12 +172,15 @@ class GuardedSessionInterface(SessionInterface):
         if self._sweep is not None and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL
             threading.Thread(target=self._sweep, name="plurality-session-sweep", daemon=True).start()
+        use = store_use.set("session_save")
         try:
             self.inner.save_session(app, session, response)
         except Exception as exc:
             if not isinstance(exc, SessionStoreUnavailable):  # already logged
                 log_store_failure(exc)
             store_unavailable_into(response)
+        finally:
+            store_use.reset(use)
 
 
 def sweep_expired(sweep: Callable[[], None]) -> None:

@@ -1,6 +1,5 @@
-"""Blinker signals; the sender is the app, keyword args include ``profile``.
-
-Failures also carry ``reason``, a short code such as ``"expired"``, ``"rejected"``,
+"""Blinker signals; the sender is the app. The login signals carry ``profile``, and
+their failures also ``reason``, a short code such as ``"expired"``, ``"rejected"``,
 ``"wrong_client"``, ``"timeout"``, ``"credentials_rejected"``.
 """
 
@@ -21,4 +20,41 @@ revalidated = _signals.signal("plurality.revalidated")
 #: ``True`` when the outage policy let the request through anyway.
 revalidation_failed = _signals.signal("plurality.revalidation-failed")
 
-__all__ = ["logged_in", "logged_out", "login_failed", "revalidated", "revalidation_failed"]
+
+# What an operator counts (flask_plurality.metrics connects to these; see docs/metrics.rst).
+# None is sent on the hot path (a protected request that does not ask Plurality).
+
+#: A login or revalidation needed Plurality's answer about a token: ``cached`` is
+#: ``True`` when the shared answer cache had it (no call), ``outcome`` one of
+#: ``"valid"``, ``"invalid"``, ``"unavailable"``, ``"credentials_rejected"``.
+answer_served = _signals.signal("plurality.answer-served")
+#: A call to Plurality's validate API finished (a breaker fail-fast is no call):
+#: ``outcome`` as for ``answer_served`` (or ``"error"``), ``reason`` (``None`` when
+#: valid), ``duration`` in seconds, ``upstream`` (the API URL).
+upstream_called = _signals.signal("plurality.upstream-called")
+#: This process's circuit breaker to ``upstream`` (the API URL) opened: calls fail fast.
+breaker_opened = _signals.signal("plurality.breaker-opened")
+#: ... and closed again: a call after the hold succeeded. ``upstream``.
+breaker_closed = _signals.signal("plurality.breaker-closed")
+#: The failed-login throttle refused a request (429): ``scope`` is ``"client"`` or ``"token"``.
+throttled = _signals.signal("plurality.throttled")
+#: A read or write of the session store failed (answered 503): ``where`` is
+#: ``"session_load"``, ``"session_save"`` or ``"extension"`` (answer cache, throttle, revocation).
+store_failed = _signals.signal("plurality.store-failed")
+#: ``revoke_user`` took effect: ``user_id``.
+user_revoked = _signals.signal("plurality.user-revoked")
+
+__all__ = [
+    "answer_served",
+    "breaker_closed",
+    "breaker_opened",
+    "logged_in",
+    "logged_out",
+    "login_failed",
+    "revalidated",
+    "revalidation_failed",
+    "store_failed",
+    "throttled",
+    "upstream_called",
+    "user_revoked",
+]

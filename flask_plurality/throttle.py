@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import logging
 
+from flask import current_app
+
+from . import signals
 from .config import config
 from .store import get_store, key
 from .tokens import token_hash
@@ -42,6 +45,8 @@ def reserve(counters: dict[str, str]) -> int | None:
             for counted in taken:  # a refused attempt is no failure of its own
                 store.decr(counted)
             log.warning("Too many failed Plurality logins from %s; refusing for %d s", who, left)
+            scope = "client" if who.startswith("client") else "token"
+            signals.throttled.send(current_app._get_current_object(), scope=scope)  # type: ignore[attr-defined]
             return left
     return None
 

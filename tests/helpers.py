@@ -9,12 +9,17 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from flask.views import MethodView
@@ -34,6 +39,43 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def fan_out(call: Callable[[], Any], times: int, threads: int = 8) -> list[Any]:
+    """``call()`` ``times`` times from ``threads`` threads; the results in order."""
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda _: call(), range(times)))
+
+
+@contextmanager
+def gunicorn(app: str, env: dict[str, str], workers: int, log: Path, *options: str) -> Iterator[str]:
+    """``gunicorn -w N [options] app`` (the tests folder on its path) on a free loopback
+    port; yields its base URL once every worker answers ``GET /pid``. Stopped after,
+    and the test fails if its log shows a traceback."""
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", *options, "-w", str(workers), "-b", f"127.0.0.1:{port}",
+               "--pythonpath", str(TESTS), app]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        pids: set[int] = set()
+        while len(pids) < workers:  # every worker has booted and answers
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"gunicorn did not start:\n{log.read_text()}"
+            try:
+                pids |= {r["pid"] for r in fan_out(lambda: requests.get(f"{base}/pid", timeout=15).json(), 2 * workers)}
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a worker still booting
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        assert "Traceback" not in log.read_text(), log.read_text()
 
 
 def build_app(fake: FakePlurality, instance_path: str, *, session_redis: Any = None, **config: Any) -> Flask:

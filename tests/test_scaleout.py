@@ -5,30 +5,25 @@ Plurality stand-in runs in this test process."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from helpers import free_port, redis_url_or_skip
+from helpers import fan_out, redis_url_or_skip
+from helpers import gunicorn as serve
 
 from flask_plurality.testing import FakePlurality
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
-TESTS = Path(__file__).resolve().parent
 
 
 
 @contextmanager
 def gunicorn(fake: FakePlurality, workers: int, log: Path) -> Iterator[str]:
     """``gunicorn -w N 'scaleout_app:create_app()'`` on a free port; yields its base URL."""
-    port = free_port()
     env = {
         **os.environ,
         "SCALEOUT_SECRET_KEY": "the-same-key-in-every-process",
@@ -37,31 +32,8 @@ def gunicorn(fake: FakePlurality, workers: int, log: Path) -> Iterator[str]:
         "SCALEOUT_CLIENT_SECRET": fake.client_secret,
         "SCALEOUT_REDIS_URL": redis_url_or_skip(),
     }
-    command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-               "--pythonpath", str(TESTS), "scaleout_app:create_app()"]
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        pids: set[int] = set()
-        while len(pids) < workers:  # every worker has booted and answers
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"gunicorn did not start:\n{log.read_text()}"
-            try:
-                pids |= {r["pid"] for r in fan_out(lambda: requests.get(f"{base}/pid", timeout=5).json(), 2 * workers)}
-            except requests.ConnectionError:
-                time.sleep(0.1)
+    with serve("scaleout_app:create_app()", env, workers, log) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        assert "Traceback" not in log.read_text(), log.read_text()
-
-
-def fan_out(call: Callable[[], Any], times: int, threads: int = 8) -> list[Any]:
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda _: call(), range(times)))
 
 
 def sign_in(base: str, fake: FakePlurality) -> tuple[str, str]:

@@ -6,8 +6,12 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any, Final, Protocol
 
+from flask import current_app, has_app_context
+
+from .. import signals
 from ..exceptions import SessionStoreUnavailable
 
 log = logging.getLogger("flask_plurality")
@@ -33,12 +37,20 @@ class SessionWriter(Protocol):
     def delete_session(self, store_id: str) -> None: ...
 
 
+#: What the store is being used for, for ``store_failed``'s ``where``: the session
+#: interface sets ``session_load`` / ``session_save`` while it loads or saves.
+store_use: ContextVar[str] = ContextVar("plurality_store_use", default="extension")
+
+
 def log_store_failure(exc: BaseException | str) -> None:
-    """Log a store failure: its type and message (or what failed), never a value."""
+    """Log a store failure: its type and message (or what failed), never a value; and
+    send ``store_failed`` (``where``: :data:`store_use`)."""
     if isinstance(exc, str):
         log.error("The session store failed: %s", exc)
     else:
         log.error("The session store failed: %s: %s", type(exc).__name__, exc)
+    if has_app_context():
+        signals.store_failed.send(current_app._get_current_object(), where=store_use.get())  # type: ignore[attr-defined]
 
 
 def unavailable_error(exc: BaseException | str) -> SessionStoreUnavailable:
