@@ -4,7 +4,7 @@
     python3 dev.py demo     # create .venv, install, start the sample app (no credentials)
     python3 dev.py test     # create .venv, install, run the whole test suite
                             # (test --cov: under coverage.py; fails under setup.cfg's fail_under)
-    python3 dev.py lint     # ruff, mypy --strict, import contracts (.importlinter), docs build
+    python3 dev.py lint     # ruff check and format, mypy --strict, import contracts, docs build
     python3 dev.py bench    # the benchmark table (bench --instructions: counted by callgrind)
     python3 dev.py dist     # build the sdist and the wheel into dist/, then twine check them
 
@@ -101,6 +101,7 @@ def main(argv: list[str]) -> int:
         built = sorted(str(path) for path in dist.glob("flask_plurality-*"))
         return status or _run(PY, "-m", "twine", "check", "--strict", *built)
     status = _run(PY, "-m", "ruff", "check", ".")
+    status |= _run(PY, "-m", "ruff", "format", "--check", ".")  # as .pre-commit-config.yaml formats
     status |= _run(PY, "-m", "mypy", "--strict", "flask_plurality")
     status |= _run(BIN / "lint-imports", "--no-cache")  # the import contracts in .importlinter
     if (ROOT / "docs" / "conf.py").exists():

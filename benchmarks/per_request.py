@@ -57,10 +57,28 @@ class Plan:
     upstream_latency: float  # seconds the stand-in takes to answer
 
 
-FULL = Plan(rounds=60, batch=50, http_rounds=8, http_requests=300, concurrency=4, workers=2, logins=15,
-            rtt=0.020, upstream_latency=0.010)
-QUICK = Plan(rounds=2, batch=5, http_rounds=1, http_requests=20, concurrency=2, workers=2, logins=2,
-             rtt=0.005, upstream_latency=0.002)
+FULL = Plan(
+    rounds=60,
+    batch=50,
+    http_rounds=8,
+    http_requests=300,
+    concurrency=4,
+    workers=2,
+    logins=15,
+    rtt=0.020,
+    upstream_latency=0.010,
+)
+QUICK = Plan(
+    rounds=2,
+    batch=5,
+    http_rounds=1,
+    http_requests=20,
+    concurrency=2,
+    workers=2,
+    logins=2,
+    rtt=0.005,
+    upstream_latency=0.002,
+)
 
 
 # -- in-process --------------------------------------------------------------------

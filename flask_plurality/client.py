@@ -52,9 +52,7 @@ MAX_BODY: Final = 8 * 1024
 _INVALID_TOKEN: Final = b"Invalid token"  # Plurality's own refusal, plain text (UPSTREAM.md row 2)
 _TOKEN_MISSING: Final = b"Token is missing"
 # Bodies of the 401s that are about *our* credentials (UPSTREAM.md rows 3-6).
-_CREDENTIAL_ERRORS: Final = frozenset(
-    {"Unauthorized", "Invalid Client ID", "Invalid Client Secret"}
-)
+_CREDENTIAL_ERRORS: Final = frozenset({"Unauthorized", "Invalid Client ID", "Invalid Client Secret"})
 _WRONG_CLIENT: Final = "user does not belong to the given client"
 
 

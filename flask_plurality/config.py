@@ -236,8 +236,12 @@ def check_values(app_config: dict[str, Any]) -> None:
     _number(app_config, "PLURALITY_GRACE_PERIOD")
     _number(app_config, "PLURALITY_BREAKER_COOLDOWN", minimum=0.001)
     _number(app_config, "PLURALITY_BEARER_REVALIDATE", integer=True)
-    for key in ("PLURALITY_MAX_TOKEN_LENGTH", "PLURALITY_LOGIN_MAX_FAILURES", "PLURALITY_LOGIN_FAILURE_WINDOW",
-                "PLURALITY_BREAKER_THRESHOLD"):
+    for key in (
+        "PLURALITY_MAX_TOKEN_LENGTH",
+        "PLURALITY_LOGIN_MAX_FAILURES",
+        "PLURALITY_LOGIN_FAILURE_WINDOW",
+        "PLURALITY_BREAKER_THRESHOLD",
+    ):
         _number(app_config, key, integer=True, minimum=1)
     for key in (
         "PLURALITY_REVOCATION_CHECK",

@@ -71,9 +71,7 @@ def current_epoch() -> str | None:
     return value if isinstance(value, str) else None
 
 
-def is_revoked(
-    login: Login, cfg: ConfigView = config, sess: SessionMixin = session, app: Flask | None = None
-) -> bool:
+def is_revoked(login: Login, cfg: ConfigView = config, sess: SessionMixin = session, app: Flask | None = None) -> bool:
     """Was ``revoke_user`` called for this user after this login began?
 
     While the store-wide revocation epoch is the one this login was last checked

@@ -35,8 +35,6 @@ from .stores.base import SessionWriter, store_use
 SWEEP_INTERVAL: Final = 3600.0
 
 
-
-
 class UnavailableSession(ServerSideSession):  # type: ignore[misc]
     """Stands in for a session the store could not load: empty, and never saved. A view
     that writes to it gets a 503 instead of a 200 whose write was dropped."""

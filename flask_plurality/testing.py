@@ -41,9 +41,7 @@ __all__ = [
 def live_server(app: WSGIApplication, *, access_log: bool = False) -> Iterator[str]:
     """Serve ``app`` on a free loopback port (werkzeug's threaded server, in a thread)
     and yield its base URL: for browser tests and tests that need real concurrency."""
-    server = make_server(
-        "127.0.0.1", 0, app, threaded=True, request_handler=None if access_log else _QuietHandler
-    )
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=None if access_log else _QuietHandler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

@@ -56,8 +56,19 @@ def gunicorn(app: str, env: dict[str, str], workers: int, log: Path, *options: s
     port; yields its base URL once every worker answers ``GET /pid``. Stopped after,
     and the test fails if its log shows a traceback."""
     port = free_port()
-    command = [sys.executable, "-m", "gunicorn", *options, "-w", str(workers), "-b", f"127.0.0.1:{port}",
-               "--pythonpath", str(TESTS), app]
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        *options,
+        "-w",
+        str(workers),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--pythonpath",
+        str(TESTS),
+        app,
+    ]
     with log.open("wb") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

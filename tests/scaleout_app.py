@@ -1,6 +1,6 @@
 """The app the scale-out tests run under gunicorn: configured from the environment.
 
-    gunicorn -w 3 --pythonpath tests 'scaleout_app:create_app()'
+gunicorn -w 3 --pythonpath tests 'scaleout_app:create_app()'
 """
 
 from __future__ import annotations

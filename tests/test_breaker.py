@@ -27,9 +27,7 @@ def breaker_app(make_app: AppFactory, policy: str = "deny", **config: Any) -> Fl
 
 
 @pytest.mark.parametrize("policy", ["deny", "allow"])
-def test_open_breaker_answers_without_calling_plurality(
-    make_app: AppFactory, fake: FakePlurality, policy: str
-) -> None:
+def test_open_breaker_answers_without_calling_plurality(make_app: AppFactory, fake: FakePlurality, policy: str) -> None:
     app = breaker_app(make_app, policy)
     client = app.test_client()
     assert login(client, fake.issue_token()).status_code == 200

@@ -44,7 +44,6 @@ def run(app: Flask, *args: str, input: str | None = None) -> Result:
     return result
 
 
-
 def last_line(result: Result) -> str:
     return result.output.strip().splitlines()[-1]
 

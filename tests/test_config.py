@@ -327,9 +327,7 @@ def test_a_cookie_session_installed_after_init_app_never_holds_a_login(
 
     app.secret_key = "x" * 32
     app.session_interface = SecureCookieSessionInterface()
-    response = app.test_client().post(
-        "/plurality/login", json={"token": fake.issue_token()}, headers=SAME_ORIGIN
-    )
+    response = app.test_client().post("/plurality/login", json={"token": fake.issue_token()}, headers=SAME_ORIGIN)
     assert response.status_code == 503
     assert response.json is not None and response.json["error"] == "session_store_unavailable"
     assert "Set-Cookie" not in response.headers  # nothing reached the browser

@@ -74,9 +74,7 @@ def test_demo_mode_serves_the_whole_flow(tmp_path: Path) -> None:
 
     token = client.post("/plurality/fake/token", json={"email": "carol@example.com"}).json["pluralityToken"]
     before = validate_calls()
-    assert client.post("/plurality/login", json={"token": token}, headers=SAME_ORIGIN).json[
-        "authenticated"
-    ]
+    assert client.post("/plurality/login", json={"token": token}, headers=SAME_ORIGIN).json["authenticated"]
     assert validate_calls() == before + 1
 
     profile = client.get("/profile")
@@ -121,9 +119,7 @@ def test_real_mode_embeds_the_widget_and_never_sends_the_secret(fake: FakePlural
     assert client.post("/plurality/fake/token").status_code == 404
 
     token = fake.issue_token(email="dave@example.com", client_id="sample-app-id")
-    assert client.post("/plurality/login", json={"token": token}, headers=SAME_ORIGIN).json[
-        "authenticated"
-    ]
+    assert client.post("/plurality/login", json={"token": token}, headers=SAME_ORIGIN).json["authenticated"]
     assert fake.calls[-1].client_id == "sample-app-id" and fake.calls[-1].auth_ok
 
     responses = [client.get(path) for path in ("/", "/?next=/profile", "/profile", "/api/me", "/plurality/session")]
@@ -165,7 +161,6 @@ def test_env_file_switches_to_real_mode(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv("PLURALITY_CLIENT_ID")
     with pytest.raises(ConfigurationError, match="PLURALITY_CLIENT_SECRET"):
         create_app(env_file=only_id, instance_path=str(tmp_path / "i3"))
-
 
 
 @pytest.mark.slow

@@ -64,9 +64,7 @@ def test_a_slow_request_does_not_resurrect_a_logged_out_session(
 def test_sessions_still_refresh_while_they_exist(make_app: AppFactory, fake: FakePlurality) -> None:
     app = make_app()
     client = app.test_client()
-    assert client.post(
-        "/plurality/login", json={"token": fake.issue_token()}, headers=SAME_ORIGIN
-    ).status_code == 200
+    assert client.post("/plurality/login", json={"token": fake.issue_token()}, headers=SAME_ORIGIN).status_code == 200
     with client.session_transaction() as sess:
         sess["cart"] = ["apple"]
     for _ in range(3):

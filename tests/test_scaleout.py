@@ -20,7 +20,6 @@ from flask_plurality.testing import FakePlurality
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 
-
 @contextmanager
 def gunicorn(fake: FakePlurality, workers: int, log: Path) -> Iterator[str]:
     """``gunicorn -w N 'scaleout_app:create_app()'`` on a free port; yields its base URL."""

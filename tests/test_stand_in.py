@@ -566,8 +566,9 @@ def test_any_body_is_a_401_token_missing_never_a_500(fake: FakePlurality, body: 
     body=st.binary(max_size=2048) | st.text(max_size=512).map(str.encode),
     content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", ""]),
     # requests itself refuses a header value that starts with whitespace (' ', U+0085, U+00A0).
-    authorization=st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=64)
-    .filter(lambda value: not value[:1].isspace()),
+    authorization=st.text(
+        st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=64
+    ).filter(lambda value: not value[:1].isspace()),
 )
 def test_the_stand_in_answers_any_request_as_plurality_would(
     fake: FakePlurality, body: bytes, content_type: str, authorization: str

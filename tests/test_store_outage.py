@@ -31,7 +31,6 @@ from flask_plurality.testing import FakePlurality
 pytestmark = pytest.mark.redis
 
 
-
 class RedisServer:
     """A redis-server of the test's own; the data survives only an orderly restart."""
 
@@ -48,8 +47,19 @@ class RedisServer:
         binary = shutil.which("redis-server")
         assert binary is not None
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -441,9 +441,7 @@ def test_a_gateway_401_with_a_non_string_error_is_an_outage_not_a_500(
     app = make_app(PLURALITY_API_URL=canned(401, body, JSON))
     exc = refusal(app, fake.issue_token())
     assert type(exc) is UpstreamUnavailable
-    response = app.test_client().post(
-        "/plurality/login", json={"token": fake.issue_token()}, headers=SAME_ORIGIN
-    )
+    response = app.test_client().post("/plurality/login", json={"token": fake.issue_token()}, headers=SAME_ORIGIN)
     assert response.status_code == 503
     assert response.json is not None and response.json["error"] == "upstream_unavailable"
 
