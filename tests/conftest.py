@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import CHROMIUM_ARGS, AppFactory, build_app, chromium_or_skip, redis_url_or_skip
+from helpers import CHROMIUM_ARGS, HYGIENE_CLIENT_ID, AppFactory, build_app, chromium_or_skip, redis_url_or_skip
 
 from flask_plurality import Plurality
 from flask_plurality.testing import FakePlurality
@@ -86,3 +87,16 @@ def fresh_sample(monkeypatch: pytest.MonkeyPatch) -> None:
     import examples.app
 
     monkeypatch.setattr(examples.app, "plurality", Plurality())
+
+
+@pytest.fixture
+def secret() -> str:
+    """A client secret of the test's own, to search every output for."""
+    return "sk_" + secrets.token_urlsafe(24)
+
+
+@pytest.fixture
+def hfake(secret: str) -> Iterator[FakePlurality]:
+    """A stand-in that knows only ``HYGIENE_CLIENT_ID`` with ``secret``."""
+    with FakePlurality(client_id=HYGIENE_CLIENT_ID, client_secret=secret) as stand_in:
+        yield stand_in

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,9 @@ from flask_plurality import Plurality, current_profile, plurality_required
 from flask_plurality.testing import FakePlurality, config_for
 
 AppFactory = Callable[..., Flask]
+
+#: The client id of ``hfake`` (conftest), the stand-in whose secret tests search for.
+HYGIENE_CLIENT_ID = "0b0e5e1c-7f57-4c8e-9d55-3f2f9a9b6a01"
 
 #: The app's own origin as the test client sees it: what a same-site page sends.
 SAME_ORIGIN = {"Origin": "http://localhost"}
@@ -270,3 +274,33 @@ def chromium_or_skip() -> str:
         pytest.skip(reason)
     assert executable is not None
     return executable
+
+
+def wait_for(url: str, process: subprocess.Popen[Any], log: Path) -> requests.Response:
+    """The first answer of a server ``process`` starts (its output goes to ``log``)."""
+    deadline = time.monotonic() + 90  # a bound for a loaded machine, not a measurement
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            return requests.get(url, timeout=5)
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer:\n{log.read_text()}")
+
+
+def all_at_once(count: int, send: Callable[[int], Any]) -> list[Any]:
+    """``send(0)`` ... ``send(count - 1)``, each in a thread of its own, released together
+    by a barrier so they really overlap; their results in that order."""
+    results: list[Any] = [None] * count
+    start = threading.Barrier(count)
+
+    def run(n: int) -> None:
+        start.wait()
+        results[n] = send(n)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(result is not None for result in results), "a request raised instead of answering"
+    return results

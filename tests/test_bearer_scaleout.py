@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import free_port, redis_url_or_skip
+from helpers import all_at_once, free_port, redis_url_or_skip
 
 from flask_plurality.testing import FakePlurality
 
@@ -78,19 +77,11 @@ def process(fake: FakePlurality, log: Path) -> Iterator[tuple[str, int]]:
 def burst(bases: list[str], token: str) -> list[requests.Response]:
     """``PER_PROCESS`` simultaneous bearer requests on each process."""
     jobs = [base for base in bases for _ in range(PER_PROCESS)]
-    results: list[Any] = [None] * len(jobs)
-    start = threading.Barrier(len(jobs))
 
-    def send(n: int) -> None:
-        start.wait()
-        results[n] = requests.get(f"{jobs[n]}/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=20)
+    def send(n: int) -> requests.Response:
+        return requests.get(f"{jobs[n]}/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=20)
 
-    threads = [threading.Thread(target=send, args=(n,)) for n in range(len(jobs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
+    return all_at_once(len(jobs), send)
 
 
 def test_sixteen_concurrent_requests_on_two_processes_ask_once_per_window(

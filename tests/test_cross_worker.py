@@ -21,7 +21,7 @@ import pytest
 import requests
 from cachelib.file import FileSystemCache
 from flask import Flask
-from helpers import AppFactory, age_session, captured, login
+from helpers import AppFactory, age_session, all_at_once, captured, login
 
 from flask_plurality import signals
 from flask_plurality.store import FileStore, RedisStore, get_store
@@ -63,21 +63,12 @@ def served(*apps: Flask) -> Iterator[list[str]]:
 def burst(urls: list[str], cookies: list[str], per_url: int, path: str = "/protected") -> list[requests.Response]:
     """``per_url`` simultaneous requests on every worker, cycling through the sessions."""
     jobs = [(url, cookies[i % len(cookies)]) for url in urls for i in range(per_url)]
-    results: list[requests.Response | None] = [None] * len(jobs)
-    start = threading.Barrier(len(jobs))
 
-    def send(n: int) -> None:
+    def send(n: int) -> requests.Response:
         url, cookie = jobs[n]
-        start.wait()
-        results[n] = requests.get(f"{url}{path}", headers={"Cookie": f"session={cookie}"}, timeout=15)
+        return requests.get(f"{url}{path}", headers={"Cookie": f"session={cookie}"}, timeout=15)
 
-    threads = [threading.Thread(target=send, args=(n,)) for n in range(len(jobs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert all(r is not None for r in results)
-    return [r for r in results if r is not None]
+    return all_at_once(len(jobs), send)
 
 
 @BACKENDS

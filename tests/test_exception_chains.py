@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask
+from helpers import HYGIENE_CLIENT_ID as CLIENT_ID
 from helpers import build_app, free_port
 
 from flask_plurality import PluralityError
 from flask_plurality.client import PluralityClient, Upstream
 from flask_plurality.testing import FakePlurality
 
-CLIENT_ID = "0b0e5e1c-7f57-4c8e-9d55-3f2f9a9b6a01"
 _ATOMS = (int, float, bool, type(None), complex)
 
 
@@ -80,17 +80,6 @@ def forbidden(secret: str, tokens: list[str]) -> dict[str, str]:
 def leaks(exc: BaseException, secret: str, tokens: list[str]) -> list[str]:
     bad = forbidden(secret, tokens)
     return [f"{what} at {path}" for path, text in reachable_text(exc) for what, value in bad.items() if value in text]
-
-
-@pytest.fixture
-def secret() -> str:
-    return "sk_" + secrets.token_urlsafe(24)
-
-
-@pytest.fixture
-def hfake(secret: str) -> Iterator[FakePlurality]:
-    with FakePlurality(client_id=CLIENT_ID, client_secret=secret) as stand_in:
-        yield stand_in
 
 
 def test_the_walk_finds_what_requests_keeps_on_its_exceptions(secret: str) -> None:

@@ -22,13 +22,11 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
-import requests
-from helpers import free_port
+from helpers import free_port, wait_for
 
 import flask_plurality
 
@@ -103,16 +101,6 @@ def test_sdist_ships_the_package_and_docs_and_no_tests(dist: dict[str, Path]) ->
     assert {"LICENSE", "README.rst", "CHANGES.rst", "pyproject.toml", "flask_plurality/py.typed"} <= names
     assert {"docs/conf.py", "docs/configuration.rst", "docs/_static/tables.css"} <= names
     assert not any(name.startswith(("tests/", "examples/", "benchmarks/", ".ci/", "docs/_build")) for name in names)
-
-
-def wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> requests.Response:
-    deadline = time.monotonic() + 90  # a bound for a loaded machine, not a measurement
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            return requests.get(url, timeout=5)
-        except requests.ConnectionError:
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer:\n{log.read_text()}")
 
 
 def test_readme_quickstart_and_test_file_against_the_installed_wheel(dist: dict[str, Path], tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # examples/ is not installed; it is imported from the checkout
     sys.path.insert(0, str(ROOT))
 
-from helpers import SAME_ORIGIN, error_of, free_port  # noqa: E402
+from helpers import SAME_ORIGIN, error_of, free_port, wait_for  # noqa: E402
 
 from examples.app import DASHBOARD, create_app  # noqa: E402
 from flask_plurality import ConfigurationError  # noqa: E402
@@ -261,16 +260,6 @@ def test_next_never_leaves_the_site_in_chromium(chromium: Any, tmp_path: Path) -
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLURALITY_", "FLASK_", "GUNICORN_", "WEB_C"))}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def wait_for(url: str, process: subprocess.Popen[Any], log: Path) -> requests.Response:
-    deadline = time.monotonic() + 90  # a bound for a loaded machine, not a measurement
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            return requests.get(url, timeout=5)
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer:\n{log.read_text()}")
 
 
 def demo_login(base: str) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 from flask import Flask, current_app, session
+from helpers import HYGIENE_CLIENT_ID as CLIENT_ID
 from helpers import build_app
 
 from flask_plurality import (
@@ -28,8 +29,6 @@ from flask_plurality.answers import upstream_settings
 from flask_plurality.client import PluralityClient, Upstream
 from flask_plurality.logins import load_login
 from flask_plurality.testing import FakePlurality, live_server
-
-CLIENT_ID = "hygiene-client"
 
 
 class Capture(logging.Handler):
@@ -70,17 +69,6 @@ def everything_at_debug() -> Iterator[Capture]:
         for lg, level in saved:
             lg.setLevel(level)
             lg.removeHandler(capture)
-
-
-@pytest.fixture
-def secret() -> str:
-    return "sk_" + secrets.token_urlsafe(24)
-
-
-@pytest.fixture
-def hfake(secret: str) -> Iterator[FakePlurality]:
-    with FakePlurality(client_id=CLIENT_ID, client_secret=secret) as stand_in:
-        yield stand_in
 
 
 def hygiene_app(fake: FakePlurality, tmp_path: Any, name: str, **config: Any) -> Flask:
