@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import threading
 import uuid
 from collections.abc import Iterator
@@ -38,14 +39,18 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def live_server(app: WSGIApplication, *, access_log: bool = False) -> Iterator[str]:
+def live_server(
+    app: WSGIApplication, *, access_log: bool = False, ssl_context: ssl.SSLContext | None = None
+) -> Iterator[str]:
     """Serve ``app`` on a free loopback port (werkzeug's threaded server, in a thread)
-    and yield its base URL: for browser tests and tests that need real concurrency."""
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=None if access_log else _QuietHandler)
+    and yield its base URL: for browser tests and tests that need real concurrency.
+    With ``ssl_context``, over HTTPS."""
+    handler = None if access_log else _QuietHandler
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=handler, ssl_context=ssl_context)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.port}"
+        yield f"{'https' if ssl_context is not None else 'http'}://127.0.0.1:{server.port}"
     finally:
         server.shutdown()
         server.server_close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -383,10 +382,6 @@ def tls_fake(fake: FakePlurality, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
     import ssl
     import subprocess
 
-    from werkzeug.serving import make_server
-
-    from flask_plurality.fake import _QuietHandler
-
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command to make a certificate")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
@@ -396,15 +391,8 @@ def tls_fake(fake: FakePlurality, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server = make_server("127.0.0.1", 0, fake._wsgi, threaded=True, ssl_context=context, request_handler=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.port}/api"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with live_server(fake._wsgi, ssl_context=context) as base:
+        yield base + "/api"
 
 
 @pytest.mark.parametrize(("fault", "reason"), [("drip", "timeout"), ("slow_headers", "timeout"), ("huge", "oversized")])
