@@ -157,6 +157,18 @@ def login(client: FlaskClient, token: str, **kwargs: Any) -> Any:
     return client.post("/plurality/login", json={"token": token}, **kwargs)
 
 
+def logged_in_on_two(first: Flask, second: Flask, token: str) -> tuple[FlaskClient, FlaskClient]:
+    """Log in on ``first`` (a worker) and give a client of ``second`` the same cookie:
+    (the browser, the same browser as another worker sees it)."""
+    browser = first.test_client()
+    assert login(browser, token).status_code == 200
+    cookie = browser.get_cookie("session")
+    assert cookie is not None
+    other = second.test_client()
+    other.set_cookie("session", cookie.value)
+    return browser, other
+
+
 def redis_url_or_skip() -> str:
     url = os.environ.get("PLURALITY_TEST_REDIS_URL")
     reason = None

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 import requests.adapters
-from helpers import SAME_ORIGIN, error_of, login
+from helpers import SAME_ORIGIN, error_of, logged_in_on_two, login
 
 from flask_plurality.testing import FakePlurality
 
@@ -32,15 +32,9 @@ pytest_plugins = ["backends"]
 def test_a_login_is_shared_and_a_logout_ends_it_everywhere(backend: Backend, fake: FakePlurality) -> None:
     """With pymemcache's default ``noreply``, this failed on memcached: the login's write
     reached memcached after the next request, on another connection, had read."""
-    first, second = backend.make_app(), backend.make_app()
-    browser = first.test_client()
-    assert login(browser, fake.issue_token()).status_code == 200
-    cookie = browser.get_cookie("session")
-    assert cookie is not None
-    other = second.test_client()
-    other.set_cookie("session", cookie.value)
+    browser, other = logged_in_on_two(backend.make_app(), backend.make_app(), fake.issue_token())
     assert other.get("/protected").status_code == 200  # the second worker sees the login
-    assert browser.post("/plurality/logout", json={}, headers={"Origin": "http://localhost"}).status_code == 200
+    assert browser.post("/plurality/logout", json={}, headers=SAME_ORIGIN).status_code == 200
     assert other.get("/protected").status_code == 401
     assert browser.get("/protected").status_code == 401
 

@@ -15,7 +15,7 @@ import redis
 from cachelib import SimpleCache
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import SAME_ORIGIN, AppFactory, CountingRedis, login, redis_url_or_skip
+from helpers import SAME_ORIGIN, AppFactory, CountingRedis, logged_in_on_two, login, redis_url_or_skip
 
 from flask_plurality import Plurality, current_profile, plurality_required
 from flask_plurality.store import RedisStore, describe_store, store_for
@@ -98,14 +98,8 @@ def test_login_check_and_logout_round_trip(redis_app: Flask, redis_client: Any, 
 @pytest.mark.redis
 def test_session_lives_in_redis_not_in_the_app(make_app: AppFactory, redis_client: Any, fake: FakePlurality) -> None:
     """A second app instance on the same Redis (another worker) honours the login."""
-    first = make_app(session_redis=redis_client)
-    second = make_app(session_redis=redis_client)
-    client = first.test_client()
-    assert login(client, fake.issue_token()).status_code == 200
-    cookie = client.get_cookie("session")
-    assert cookie is not None
-    other = second.test_client()
-    other.set_cookie("session", cookie.value)
+    first, second = make_app(session_redis=redis_client), make_app(session_redis=redis_client)
+    client, other = logged_in_on_two(first, second, fake.issue_token())
     assert other.get("/protected").status_code == 200
     assert other.post("/plurality/logout", json={}, headers=SAME_ORIGIN).status_code == 200
     assert client.get("/protected").status_code == 401
