@@ -177,9 +177,12 @@ def _revoked(user_id: str, seen: Seen, app: Flask, cfg: ConfigView) -> bool:
     A bearer token has no session to remember a stamp in, so its ``iat`` is compared
     with the time in the user's stamp (a token issued in the second of the revocation is
     refused too). While the store-wide epoch is the one this token was last found good
-    under, no stamp is read: a ``stat`` on files, one read on Redis.
+    under, no stamp is read: an ``access`` on files, one read on Redis.
     """
-    raw = get_store(app).get_rarely_written(cfg.key_prefix + REVOCATION_EPOCH)
+    store, epoch_key = get_store(app), cfg.key_prefix + REVOCATION_EPOCH
+    if store.still_current(epoch_key, seen.epoch):
+        return False
+    raw = store.get_rarely_written(epoch_key)
     if not isinstance(raw, str):
         return False  # nobody revoked (in the last REVOCATION_TTL)
     if seen.epoch == raw:

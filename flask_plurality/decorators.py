@@ -10,7 +10,8 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
 from urllib.parse import quote
 
-from flask import Flask, current_app, g, redirect, request, session
+from flask import Flask, Request, current_app, g, redirect, request, session
+from flask.sessions import SessionMixin
 from werkzeug.local import LocalProxy
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -18,16 +19,19 @@ from . import signals
 from .bearer import authenticate, bearer_token, default_interval
 from .config import ConfigView, config, parse_interval
 from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
+from .flask_context import request_context, request_globals
 from .logins import PROFILE_ATTR, forget_profile, request_profile
 from .profile import ANONYMOUS, AnonymousProfile, Profile
 from .responses import BEARER_CHALLENGE, CHALLENGE, DEFAULT_RETRY_AFTER, INVALID_BEARER, json_error, store_unavailable
 from .revocation import is_revoked
-from .sessiondata import SESSION_KEY, Login
+from .sessiondata import SESSION_KEY, forget_parsed, stored_login
 from .sessions import is_detached
 from .state import EXTENSION_KEY, get_extension
 from .users import forbidden, load_user
 
 if TYPE_CHECKING:
+    from flask.ctx import _AppCtxGlobals
+
     from .extension import Plurality
 
 log = logging.getLogger("flask_plurality")
@@ -87,10 +91,10 @@ def _guard(view: F, revalidate: bool | int | None, bearer: bool | None, allow: P
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if request.method != "OPTIONS":
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        app, req, sess, g_ = request_context()
+        if req.method != "OPTIONS":
             extension = app.extensions.get(EXTENSION_KEY) or get_extension()  # the latter raises clearly
-            outcome = authorize(extension, policy, app, bearer=bearer)
+            outcome = _authorize(extension, policy, app, bearer, req, sess, g_)
             if not isinstance(outcome, Profile):
                 return outcome
             if extension.user_callback is not None or allow is not None:
@@ -98,7 +102,7 @@ def _guard(view: F, revalidate: bool | int | None, bearer: bool | None, allow: P
                 if refusal is not None:
                     return refusal
         if is_async:
-            return current_app.ensure_sync(view)(*args, **kwargs)
+            return app.ensure_sync(view)(*args, **kwargs)
         return view(*args, **kwargs)
 
     return cast(F, wrapper)
@@ -122,37 +126,60 @@ def authorize(
 ) -> Profile | BaseResponse:
     """The check behind ``@plurality_required``: a profile, or the answer to send.
 
-    On the hot path (no revalidation due) this costs a few dictionary reads and, when
-    someone was revoked since this session was last checked, one store read. With
-    bearer tokens accepted, a request that brings one is judged by it alone.
+    ``revalidate``: seconds, ``None`` (never) or :data:`APP_DEFAULT`; ``bearer`` as
+    ``@plurality_required``'s.
     """
+    _, req, sess, g_ = request_context()
+    return _authorize(extension, revalidate, app, bearer, req, sess, g_)
+
+
+def _authorize(
+    extension: Plurality,
+    revalidate: Any,
+    app: Flask,
+    bearer: bool | None,
+    req: Request,
+    sess: SessionMixin,
+    g_: _AppCtxGlobals,
+) -> Profile | BaseResponse:
+    """:func:`authorize` with the request's context already looked up.
+
+    On the hot path (no revalidation due, nobody revoked since this session was last
+    checked) this costs a few dictionary reads: the stored login is parsed once per
+    change (:func:`.sessiondata.stored_login`), the settings are read straight from
+    ``app.config``, and the revocation epoch came with the session (on files: one
+    ``stat``). ``benchmarks/backends.py`` counts its instructions on every backend.
+    """
+    conf = app.config
     challenge = CHALLENGE
-    cfg: ConfigView | None = None
-    if bearer or (bearer is None and app.config["PLURALITY_ACCEPT_BEARER"]):
-        cfg = ConfigView(app.config)
+    if bearer or (bearer is None and conf["PLURALITY_ACCEPT_BEARER"]):
+        cfg = ConfigView(conf)
         if bearer or cfg.accept_bearer:
-            token = bearer_token(request)
+            token = bearer_token(req)
             if token is not None:
                 return authenticate(extension, token, default_interval(revalidate, cfg), app, cfg)
             challenge = BEARER_CHALLENGE
-            setattr(g, _CHALLENGE_ATTR, challenge)  # for a later refusal in this request (user loader)
-    sess = session._get_current_object()  # type: ignore[attr-defined]
+            g_.__dict__[_CHALLENGE_ATTR] = challenge  # for a later refusal in this request (user loader)
     if getattr(sess, "store_error", False):
         return store_unavailable()
-    now = time.time()
-    login = Login.load(sess.get(SESSION_KEY))
+    login = stored_login(sess)
     if login is None:
         return unauthorized(extension, challenge=challenge)
+    now = time.time()
     if login.exp <= now:
         return unauthorized(extension, clear=True, challenge=challenge)
-    cfg = cfg or ConfigView(app.config)
     try:
-        if is_revoked(login, cfg, sess, app):
+        if is_revoked(login, sess, app):
             return unauthorized(extension, clear=True, challenge=challenge)
-        interval = cfg.revalidate if revalidate is APP_DEFAULT else revalidate
+        if revalidate is APP_DEFAULT:
+            setting = conf["PLURALITY_REVALIDATE"]
+            interval = None if setting is None else parse_interval(setting, "PLURALITY_REVALIDATE")
+        else:
+            interval = revalidate
         if interval is None or now - login.validated_at < interval:
-            setattr(g, PROFILE_ATTR, login.profile)
+            g_.__dict__[PROFILE_ATTR] = login.profile
             return login.profile
+        cfg = ConfigView(conf)
         try:
             answer = extension.answers.lookup(login.token, login.exp, interval)
         except InvalidToken as exc:
@@ -165,7 +192,7 @@ def authorize(
             signals.revalidation_failed.send(app, profile=login.profile, reason=exc.reason, allowed=allowed)
             if allowed:
                 log.info("Revalidation of user %s failed (%s); let in (grace period)", login.profile.id, exc.reason)
-                setattr(g, PROFILE_ATTR, login.profile)
+                g_.__dict__[PROFILE_ATTR] = login.profile
                 return login.profile
             log.info("Revalidation of user %s failed (%s); answered 503", login.profile.id, exc.reason)
             return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
@@ -173,16 +200,16 @@ def authorize(
         return store_unavailable()
     claims = {"exp": login.exp, "uniqueSessionId": login.profile.unique_session_id}
     profile = Profile.from_upstream(answer.user, claims)
-    login.profile, login.validated_at = profile, max(login.validated_at, answer.at)
-    session[SESSION_KEY] = login.dump()
+    sess[SESSION_KEY] = login.replace(profile=profile, validated_at=max(login.validated_at, answer.at)).dump()
     signals.revalidated.send(app, profile=profile, cached=answer.cached)
-    setattr(g, PROFILE_ATTR, profile)
+    g_.__dict__[PROFILE_ATTR] = profile
     return profile
 
 
 def unauthorized(extension: Plurality, *, clear: bool = False, challenge: dict[str, str] = CHALLENGE) -> BaseResponse:
     """The answer to a request that is not (or no longer) logged in."""
     if clear:
+        forget_parsed(session)
         session.clear()
     forget_profile()
     if extension.unauthorized_callback is not None:
@@ -201,8 +228,30 @@ def _prefers_html() -> bool:
 
 
 def _load_profile() -> Profile | AnonymousProfile:
-    return request_profile() or ANONYMOUS
+    g_ = request_globals()
+    profile = g_.__dict__.get(PROFILE_ATTR) if g_ is not None else None  # set by @plurality_required
+    if profile is None:
+        profile = request_profile()
+    return profile if profile is not None else ANONYMOUS
+
+
+class _ProfileProxy(LocalProxy):  # type: ignore[type-arg]
+    """werkzeug's ``LocalProxy`` (``bool()``, ``==``, ``isinstance``, ``_get_current_object``
+    all as usual), with the profile's attributes read directly: ``current_profile.id``
+    costs a third of the generic proxy's read, which views and templates pay on every use."""
+
+    __slots__ = ()
+
+    def __getattribute__(self, name: str) -> Any:
+        # Not __getattr__: that runs only after the normal lookup has raised (and
+        # built) an AttributeError, which costs more than the rest of the read.
+        if name[0] == "_":  # the proxy's own (_get_current_object, __class__...)
+            return object.__getattribute__(self, name)
+        return getattr(_load_profile(), name)
+
+    def __bool__(self) -> bool:  # "is someone logged in?", as often asked as .id
+        return _load_profile() is not ANONYMOUS
 
 
 #: The logged-in user's :class:`Profile`; falsy (an :class:`AnonymousProfile`) otherwise.
-current_profile: Profile = cast(Profile, LocalProxy(_load_profile))
+current_profile: Profile = cast(Profile, _ProfileProxy(_load_profile))

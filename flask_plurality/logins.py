@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import current_app, g, has_request_context, session
+from flask import current_app, g, session
 
 from .exceptions import SessionStoreUnavailable
+from .flask_context import request_globals
 from .profile import Profile
 from .revocation import current_epoch, is_revoked, stamp_of
-from .sessiondata import SESSION_KEY, Login
+from .sessiondata import SESSION_KEY, Login, forget_parsed, stored_login
 from .sessions import GuardedSessionInterface
 from .state import EXTENSION_KEY
 from .store import store_errors_as_unavailable
@@ -29,7 +30,7 @@ USER_ATTR = "_plurality_user"
 
 def load_login() -> Login | None:
     """The login stored in this request's session, if any (not checked)."""
-    return Login.load(session.get(SESSION_KEY))
+    return stored_login(session._get_current_object())  # type: ignore[attr-defined]
 
 
 def current_login_profile(*, strict: bool = False) -> Profile | None:
@@ -43,7 +44,7 @@ def current_login_profile(*, strict: bool = False) -> Profile | None:
     if login is None or login.exp <= time.time():
         return None
     try:
-        if is_revoked(login):
+        if is_revoked(login, session._get_current_object(), current_app._get_current_object()):  # type: ignore[attr-defined]
             session.clear()
             return None
     except SessionStoreUnavailable:
@@ -56,12 +57,13 @@ def current_login_profile(*, strict: bool = False) -> Profile | None:
 def request_profile() -> Profile | None:
     """This request's profile, found once (``current_profile`` and ``current_user`` read it):
     what ``@plurality_required`` or a bearer token set, else the session's login."""
-    if not has_request_context():
+    g_ = request_globals()  # not the g proxy: current_profile reads this on every use
+    if g_ is None:
         return None
-    profile: Profile | None = g.get(PROFILE_ATTR)
+    profile: Profile | None = g_.__dict__.get(PROFILE_ATTR)
     if profile is None:
         profile = current_login_profile() if EXTENSION_KEY in current_app.extensions else None
-        setattr(g, PROFILE_ATTR, profile)
+        g_.__dict__[PROFILE_ATTR] = profile
     return profile
 
 
@@ -78,6 +80,7 @@ def start_login(profile: Profile, token: str, exp: int) -> None:
     now = time.time()
     epoch = current_epoch()  # before the stamp: see revocation.is_revoked
     login = Login(profile, token, exp, now, now, stamp_of(profile.id), epoch)
+    forget_parsed(session)  # the old id's, if any: regenerate() below drops that id
     session[SESSION_KEY] = login.dump()
     session.permanent = True
     with store_errors_as_unavailable():
@@ -89,6 +92,7 @@ def start_login(profile: Profile, token: str, exp: int) -> None:
 def end_login() -> Login | None:
     """Clear this request's session (deleting its stored entry); the login it held."""
     login = load_login()
+    forget_parsed(session)
     session.clear()
     forget_profile()
     return login

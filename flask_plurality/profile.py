@@ -77,7 +77,7 @@ class Profile:
             proxy_address=_opt_str(data.get("proxy_address")),
             unique_session_id=_opt_str(data.get("unique_session_id")),
             expires_at=exp if isinstance(exp, int) and not isinstance(exp, bool) else None,
-            raw=raw if isinstance(raw, dict) else {},
+            raw=dict(raw) if isinstance(raw, dict) else {},  # not shared with the session's
         )
 
 

@@ -19,11 +19,11 @@ import secrets
 import time
 from typing import Any, Final, cast
 
-from flask import Flask, current_app, session
+from flask import Flask, current_app
 from flask.sessions import SessionMixin
 
 from . import signals
-from .config import ConfigView, config
+from .config import config, flag
 from .exceptions import ConfigurationError
 from .sessiondata import SESSION_KEY, Login
 from .store import get_store, key
@@ -54,7 +54,7 @@ def revoke(user_id: str) -> None:
     value = f"{int(time.time())}-{secrets.token_hex(8)}"
     store.set(key("revoked", user_id), value, REVOCATION_TTL)
     # Then, never before, the epoch every session compares with (see is_revoked).
-    store.set(config.key_prefix + REVOCATION_EPOCH, value, REVOCATION_TTL)
+    store.set_rarely_written(config.key_prefix + REVOCATION_EPOCH, value, REVOCATION_TTL)
     log.info("Revoked every session of Plurality user %s", user_id)
     signals.user_revoked.send(current_app._get_current_object(), user_id=user_id)  # type: ignore[attr-defined]
 
@@ -71,18 +71,23 @@ def current_epoch() -> str | None:
     return value if isinstance(value, str) else None
 
 
-def is_revoked(login: Login, cfg: ConfigView = config, sess: SessionMixin = session, app: Flask | None = None) -> bool:
+def is_revoked(login: Login, sess: SessionMixin, app: Flask) -> bool:
     """Was ``revoke_user`` called for this user after this login began?
 
     While the store-wide revocation epoch is the one this login was last checked
-    under (no ``revoke_user`` anywhere since), no per-user read is needed: on Redis the
-    epoch comes in the same MGET as the session, on FileSystemCache from a ``stat``.
+    under (no ``revoke_user`` anywhere since), no per-user read is needed: on Redis,
+    memcached and SQL the epoch comes with the session, on FileSystemCache from one
+    ``access`` (:meth:`.stores.files.FileStore.still_current`).
     """
-    if not cfg.revocation_check:
+    setting = app.config["PLURALITY_REVOCATION_CHECK"]
+    if setting is not True and not flag(setting, "PLURALITY_REVOCATION_CHECK"):
         return False
-    epoch: Any = getattr(sess, "revocation_epoch", _NOT_READ)  # read with the session (Redis)
+    epoch: Any = getattr(sess, "revocation_epoch", _NOT_READ)  # read with the session
     if epoch is _NOT_READ:
-        raw = get_store(app).get_rarely_written(cfg.key_prefix + REVOCATION_EPOCH)
+        store, epoch_key = get_store(app), app.config["PLURALITY_KEY_PREFIX"] + REVOCATION_EPOCH
+        if store.still_current(epoch_key, login.checked_epoch):
+            return False
+        raw = store.get_rarely_written(epoch_key)
         epoch = raw if isinstance(raw, str) else None
     if epoch == login.checked_epoch:
         return False
@@ -92,6 +97,5 @@ def is_revoked(login: Login, cfg: ConfigView = config, sess: SessionMixin = sess
         return True
     # revoke_user writes the stamp before the epoch, and the epoch was read first:
     # every revocation up to this epoch is seen, so later requests may skip the read.
-    login.checked_epoch = cast(str | None, epoch)
-    sess[SESSION_KEY] = login.dump()
+    sess[SESSION_KEY] = login.replace(checked_epoch=cast(str | None, epoch)).dump()
     return False

@@ -92,6 +92,16 @@ class Store(Protocol):
         (the revocation epoch): backends may answer it from a cheaper check."""
         ...
 
+    def still_current(self, key: str, value: Any) -> bool:
+        """Does ``key`` (written by :meth:`set_rarely_written`) still hold ``value``
+        (``None``: nothing)? ``False`` when unsure; never ``True`` after a
+        :meth:`set_rarely_written` of another value has returned, in any process."""
+        ...
+
+    def set_rarely_written(self, key: str, value: Any, ttl: float) -> None:
+        """:meth:`set` for such a key."""
+        ...
+
 
 def redis_client(inner: SessionInterface) -> Redis | None:
     """The ``redis.Redis`` (or subclass: any server speaking its protocol) behind ``inner``."""

@@ -128,10 +128,24 @@ def build(spec: dict[str, Any], plurality_config: dict[str, Any], instance_path:
 
     @app.get("/bare")
     def bare() -> dict[str, Any]:
-        """The benchmarks' baseline: a hand-written check of the session."""
+        """The benchmarks' baseline: a hand-written check of the session (``/guarded``
+        with the same body is the decorator's cost)."""
         if "_plurality" not in session:
             return {"error": "login_required"}
         return {"ok": True}
+
+    @app.get("/guarded")
+    @plurality_required
+    def guarded() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/bare-user")
+    def bare_user() -> dict[str, Any]:
+        """The hand-written check reading the user's id (``/protected``'s body) from the session."""
+        login = session.get("_plurality")
+        if login is None:
+            return {"error": "login_required"}
+        return {"id": login["profile"]["id"]}
 
     @app.get("/slow")
     @plurality_required

@@ -50,7 +50,7 @@ def test_public_api() -> None:
     kinds: dict[str, Callable[[Any], bool]] = {
         "Plurality": lambda obj: isinstance(obj, type) and callable(obj.init_app),
         "plurality_required": inspect.isfunction,
-        "current_profile": lambda obj: type(obj) is LocalProxy,
+        "current_profile": lambda obj: issubclass(type(obj), LocalProxy),
         "PluralityError": lambda obj: isinstance(obj, type) and issubclass(obj, Exception),
         "ConfigurationError": lambda obj: isinstance(obj, type) and issubclass(obj, PluralityError),
         "InvalidToken": lambda obj: isinstance(obj, type) and issubclass(obj, PluralityError),

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from cachelib import BaseCache, SimpleCache
 from cachelib.file import FileSystemCache
 
-from .base import MAX_TTL, SessionWriter, bounded, store_errors_as_unavailable, unavailable_error
+from .base import MAX_TTL, RarelyWritten, SessionWriter, bounded, store_errors_as_unavailable, unavailable_error
 from .files import FileStore
 from .memcached import MemcachedStore, is_pymemcache
 from .redis import RedisStore, refuse_cluster
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 
-class CacheLibStore:
+class CacheLibStore(RarelyWritten):
     """Any other cachelib cache; per process (``shared=False``) for ``SimpleCache``.
 
     Read-modify-write steps run under a lock of this process: exact within it, which is
@@ -111,9 +111,6 @@ class CacheLibStore:
         if isinstance(value, list) and len(value) == 2 and value[1] > now:
             return int(value[0]), float(value[1])
         return 0, now
-
-    def get_rarely_written(self, key: str) -> Any:
-        return self.get(key)
 
     def save_session(self, store_id: str, session: Any, ttl: int, *, only_if_present: bool) -> None:
         with self._lock:

@@ -37,6 +37,27 @@ class SessionWriter(Protocol):
     def delete_session(self, store_id: str) -> None: ...
 
 
+class RarelyWritten:
+    """The revocation epoch's reads and writes where the backend has nothing cheaper than
+    a plain ``get`` and ``set`` (every store but files). On Redis, memcached and SQL the
+    epoch usually comes with the session anyway (``retrieve_session``)."""
+
+    def get(self, key: str) -> Any:  # pragma: no cover - every store defines its own
+        raise NotImplementedError
+
+    def set(self, key: str, value: Any, ttl: float) -> None:  # pragma: no cover - as get
+        raise NotImplementedError
+
+    def get_rarely_written(self, key: str) -> Any:
+        return self.get(key)
+
+    def still_current(self, key: str, value: Any) -> bool:
+        return False  # nothing cheaper than reading the value: the caller reads it
+
+    def set_rarely_written(self, key: str, value: Any, ttl: float) -> None:
+        self.set(key, value, ttl)
+
+
 #: What the store is being used for, for ``store_failed``'s ``where``: the session
 #: interface sets ``session_load`` / ``session_save`` while it loads or saves.
 store_use: ContextVar[str] = ContextVar("plurality_store_use", default="extension")

@@ -12,6 +12,7 @@ and one ``add`` wins. Every failed write or delete (read-only or full disk) rais
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import os
 import time
@@ -43,6 +44,10 @@ class FileStore:
         # get_rarely_written: key -> its file, and (file's identity, value).
         self._epoch_files: dict[str, str] = {}
         self._epochs: dict[str, tuple[tuple[int, int, int], Any]] = {}
+        # still_current: the markers' directory (its name ends in cachelib's suffix, so
+        # cachelib never lists, counts or sweeps it), and (key, value) -> marker file.
+        self._marker_dir = os.path.join(cache._path, "plurality-current" + cache._fs_transaction_suffix)
+        self._markers: dict[tuple[str, str], str] = {}
 
     @contextlib.contextmanager
     def _locked(self, key: str) -> Iterator[None]:
@@ -133,9 +138,7 @@ class FileStore:
         """One ``stat`` instead of opening and unpickling a file: cachelib writes through
         a temporary file and a rename, so any write changes the file's inode and mtime,
         and only then is the value read again."""
-        path = self._epoch_files.get(key)
-        if path is None:
-            path = self._epoch_files[key] = self.cache._get_filename(key)
+        path = self._file_of(key)
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -147,8 +150,59 @@ class FileStore:
         if known is not None and known[0] == stamp:
             return known[1]
         value = self.get(key)
+        if value is None:  # expired (or junk): remove it, so still_current(key, None) holds again
+            with self._locked(key):
+                if self.get(key) is None:
+                    self._remove(key)
+            return None
         self._epochs[key] = (stamp, value)
         return value
+
+    def still_current(self, key: str, value: Any) -> bool:
+        """Does ``key`` still hold ``value``? One ``access`` (a fifth of a ``stat``): while
+        ``value`` is the current one, :meth:`set_rarely_written` keeps a marker file named
+        after it; ``None`` is current while ``key`` has no file. ``False`` when unsure."""
+        if value is None:
+            return not os.access(self._file_of(key), os.F_OK)
+        if not isinstance(value, str):
+            return False
+        return os.access(self._marker(key, value), os.F_OK)
+
+    def set_rarely_written(self, key: str, value: Any, ttl: float) -> None:
+        """Write ``key``, then mark ``value`` current, then unmark every older value: once
+        this returns, :meth:`still_current` of an older value is ``False`` in every process."""
+        with self._locked(key):
+            self._write(key, value, bounded(ttl))
+            if not isinstance(value, str):
+                return
+            marker = self._marker(key, value)
+            try:
+                os.makedirs(self._marker_dir, mode=0o700, exist_ok=True)
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600))
+                prefix = os.path.basename(self._marker(key, ""))
+                for entry in os.scandir(self._marker_dir):
+                    if entry.name.startswith(prefix) and entry.path != marker:
+                        os.remove(entry.path)
+            except OSError as exc:
+                raise unavailable_error(exc) from None
+
+    def _file_of(self, key: str) -> str:
+        path = self._epoch_files.get(key)
+        if path is None:
+            path = self._epoch_files[key] = self.cache._get_filename(key)
+        return path
+
+    def _marker(self, key: str, value: str) -> str:
+        """The marker file of ``value`` for ``key`` (``value`` "": the prefix of all of them)."""
+        path = self._markers.get((key, value))
+        if path is None:
+            if len(self._markers) >= 64:
+                self._markers.clear()
+            name = hashlib.sha256(key.encode()).hexdigest()[:16] + "-"
+            if value:
+                name += hashlib.sha256(value.encode()).hexdigest()[:32]
+            path = self._markers[(key, value)] = os.path.join(self._marker_dir, name)
+        return path
 
     # -- Flask-Session's entries --------------------------------------------------
 

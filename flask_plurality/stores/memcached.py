@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .base import bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
+from .base import RarelyWritten, bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
 
 #: memcached reads a TTL above 30 days as a Unix time.
 _RELATIVE_LIMIT = 30 * 86400
@@ -40,7 +40,7 @@ def _expire(ttl: int) -> int:
     return ttl if ttl <= _RELATIVE_LIMIT else int(time.time()) + ttl
 
 
-class MemcachedStore:
+class MemcachedStore(RarelyWritten):
     """The extension's keys in memcached; with ``encode``, Flask-Session's sessions too."""
 
     shared = True
@@ -110,9 +110,6 @@ class MemcachedStore:
         except (TypeError, ValueError):
             return 0, 0
         return count, _seconds_left(values.get(name + ":until"), 1)
-
-    def get_rarely_written(self, key: str) -> Any:
-        return self.get(key)
 
     # -- Flask-Session's entries --------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .base import bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
+from .base import RarelyWritten, bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -24,7 +24,7 @@ return left
 """
 
 
-class RedisStore:
+class RedisStore(RarelyWritten):
     """The extension's keys in Redis; with ``encode``, Flask-Session's sessions too."""
 
     shared = True
@@ -89,9 +89,6 @@ class RedisStore:
             return int(raw), max(int(left), 1)
         except ValueError:
             return 0, 0
-
-    def get_rarely_written(self, key: str) -> Any:
-        return self.get(key)
 
     # -- Flask-Session's entries --------------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from .base import bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
+from .base import RarelyWritten, bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
 
 #: Attempts of a statement the database aborted as a deadlock or serialization failure.
 _ATTEMPTS = 3
@@ -33,7 +33,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-class SQLStore:
+class SQLStore(RarelyWritten):
     """The extension's keys in ``<sessions table>_plurality``; Flask-Session's rows too."""
 
     shared = True
@@ -182,9 +182,6 @@ class SQLStore:
         if row is None:
             return 0, 0
         return int(row[0]), max(1, int(float(row[1]) - now + 0.999))
-
-    def get_rarely_written(self, key: str) -> Any:
-        return self.get(key)
 
     # -- Flask-Session's entries ----------------------------------------------------
 
