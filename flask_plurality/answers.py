@@ -9,6 +9,9 @@ of the token, never the token.
 Concurrent askers in one process share one upstream call (:class:`.SingleFlight`);
 across processes, an interval revalidation first takes an **ask lock** in the store,
 and a process that finds it taken waits for the holder's answer instead of asking too.
+The caller's ``attempt`` is entered only around that one call, by whoever makes it:
+bearer requests count it in the failed-login throttle there, once per call, not once
+per request sharing it.
 
 Freshness is judged when a request *arrives*: it accepts an answer that was at most
 ``interval`` old then, or asked after it, however old that answer is by the time it
@@ -25,6 +28,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Final, NamedTuple
 
 from .client import PluralityClient, Upstream
@@ -79,13 +83,26 @@ class AnswerCache:
         return _usable(get_store().get(key("answer", _name(token, digest))), interval)
 
     @observed_answer
-    def lookup(self, token: str, exp: int, interval: int = 0, keep: int = 0) -> Answer:
+    def lookup(
+        self,
+        token: str,
+        exp: int,
+        interval: int = 0,
+        keep: int = 0,
+        *,
+        attempt: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    ) -> Answer:
         """Plurality's answer for ``token`` (in an app context).
 
         ``interval`` 0 wants an answer asked for after this call began (a login, or
         "revalidate always"); ``N`` accepts a cached "yes" younger than N seconds.
         ``keep`` makes a fresh "yes" stay in the cache at least that long (bearer tokens
         under ``PLURALITY_ON_UPSTREAM_ERROR = "allow"``: the grace period's evidence).
+        ``attempt()`` is entered around the call to Plurality, right before it, and only
+        by the caller that makes it (the single flight's leader, the ask lock's holder);
+        an answer from the cache or from another caller's call enters nothing. If
+        entering it raises, no call is made and that exception is the outcome of every
+        caller sharing the flight.
         Raises :class:`InvalidToken` for a "no", :class:`UpstreamUnavailable` when
         there is no answer to be had.
         """
@@ -101,7 +118,8 @@ class AnswerCache:
         def ask(budget: Upstream) -> Answer:
             at = time.time()  # when we asked: the answer is no fresher than that
             try:
-                user = validate_upstream(self.client, token, budget)
+                with attempt():
+                    user = validate_upstream(self.client, token, budget)
             except InvalidToken as exc:
                 # Kept until the token's exp, but never more than a day: a forged token
                 # with an exp a year away must not leave a year-long entry.
