@@ -4,14 +4,18 @@ A mobile app, a CLI or a frontend on another site sends the widget's token with 
 request. Each such request is judged on its own, like a login that stores nothing: the
 token is read locally (junk and expired tokens never reach Plurality), Plurality's
 answer comes through the shared answer cache (``PLURALITY_BEARER_REVALIDATE``, single
-flight, breaker), failures count in the login throttle, ``revoke_user`` refuses tokens
-issued before it, and the request's session is detached: empty, never saved, no cookie.
+flight, breaker), failures count in the login throttle (a call to Plurality is counted
+before it is made, by the one request that makes it: see :class:`_Attempt`),
+``revoke_user`` refuses tokens issued before it, and the request's session is
+detached: empty, never saved, no cookie.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from flask import Flask, Request, g
@@ -20,7 +24,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from . import signals, throttle
 from .answers import Answer
 from .config import ConfigView, config
-from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
+from .exceptions import InvalidToken, PluralityError, SessionStoreUnavailable, UpstreamUnavailable
 from .logins import PROFILE_ATTR
 from .profile import Profile
 from .responses import DEFAULT_RETRY_AFTER, INVALID_BEARER, json_error, store_unavailable
@@ -61,30 +65,35 @@ def authenticate(
     ``interval``: how old a cached "yes" may be (0: ask Plurality now).
     """
     detach_session()
-    counters: dict[str, str] | None = None
+    attempt: _Attempt | None = None  # made once Plurality's answer is needed
     try:
         try:
             seen = _read(token, app, cfg)
             claims = seen.claims
             answer = extension.answers.cached(token, interval, digest=seen.digest) if interval else None
             if answer is None:
-                # About to ask Plurality: a client or token that keeps failing is refused first.
-                # Looked at, not reserved as /login does: a burst of good requests with one
-                # token (a page's twenty API calls) shares one upstream call and must not be
-                # refused for the burst's size. Only a failure is counted (see _refused).
-                counters = throttle.buckets(client_bucket(), token)
-                wait = _throttled(counters)
-                if wait is not None:
-                    return json_error(429, "too_many_attempts", retry_after=wait)
+                # Whoever calls Plurality counts the call in the throttle first, as /login
+                # does; the requests sharing that call (a page's twenty API calls with one
+                # token) count once, so a burst is not refused for its size.
+                attempt = _Attempt(token)
                 keep = cfg.grace_period if cfg.on_upstream_error == "allow" else 0
-                answer = extension.answers.lookup(token, seen.exp, interval, keep)
+                answer = extension.answers.lookup(token, seen.exp, interval, keep, attempt=attempt)
+        except _Throttled as exc:
+            return json_error(429, "too_many_attempts", retry_after=exc.retry_after)
         except InvalidToken as exc:
-            return _refused(token, exc.reason)
+            return _refused(token, exc.reason, counted=attempt is not None and attempt.asked)
         except UpstreamUnavailable as exc:
             outcome = _outage(extension, token, exc, cfg, app)
             if isinstance(outcome, BaseResponse):
                 return outcome
             answer = outcome
+        if attempt is not None and not attempt.asked:
+            # Answered by another request's call (its flight's leader, another process): a
+            # client or token already over the limit is refused all the same. Looked at now,
+            # not before the lookup: meanwhile that call's own count is in the counters.
+            wait = _throttled(attempt.counters)
+            if wait is not None:
+                return json_error(429, "too_many_attempts", retry_after=wait)
         profile = Profile.from_upstream(answer.user, claims)
         if cfg.revocation_check and _revoked(profile.id, seen, app, cfg):
             log.info("Refused a bearer token of revoked user %s", profile.id)
@@ -108,9 +117,55 @@ def _throttled(counters: dict[str, str]) -> int | None:
     return None
 
 
-def _refused(token: str, reason: str) -> BaseResponse:
-    """401 ``invalid_token``, counted as a failed login (429 once over the limit)."""
+class _Throttled(PluralityError):
+    """Plurality was not asked: the call would have taken the client or the token over
+    the limit. Raised inside the single flight, so every request sharing it answers 429."""
+
+    reason = "too_many_attempts"
+
+    def __init__(self, message: str = "Too many failed logins.", *, retry_after: int = DEFAULT_RETRY_AFTER) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Attempt:
+    """A request's call to Plurality about a bearer token, counted as a failed login
+    before it is made (:func:`.throttle.reserve`), so that however many run at once, at
+    most ``PLURALITY_LOGIN_MAX_FAILURES`` per window reach Plurality (SPEC 7.4).
+
+    :meth:`.AnswerCache.lookup` enters it only around the call it makes, so the requests
+    that share one call (the single flight, the ask lock) count once. A "no" stays
+    counted; a "yes" or an outage is taken back.
+    """
+
+    __slots__ = ("asked", "counters")
+
+    def __init__(self, token: str) -> None:
+        self.counters = throttle.buckets(client_bucket(), token)
+        self.asked = False  # this request made the call, counted
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        wait = throttle.reserve(self.counters)
+        if wait is not None:
+            raise _Throttled(retry_after=wait)
+        self.asked = True
+        try:
+            yield
+        except InvalidToken:
+            raise  # a failure that reached Plurality: it stays counted
+        except BaseException:
+            throttle.release(self.counters)
+            raise
+        throttle.release(self.counters)
+
+
+def _refused(token: str, reason: str, *, counted: bool = False) -> BaseResponse:
+    """401 ``invalid_token``, counted as a failed login (429 once over the limit);
+    ``counted``: this request's own call to Plurality was counted already."""
     log.info("Bearer token refused: %s", reason)
+    if counted:
+        return json_error(401, "invalid_token", headers=INVALID_BEARER)
     counters = throttle.buckets(client_bucket(), token)
     wait = _throttled(counters)
     if wait is not None:

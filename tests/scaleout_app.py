@@ -27,6 +27,7 @@ def create_app() -> Flask:
         # Strings, as from the environment: the bearer scale-out test turns these on.
         PLURALITY_ACCEPT_BEARER=env.get("SCALEOUT_ACCEPT_BEARER", "false"),
         PLURALITY_BEARER_REVALIDATE=env.get("SCALEOUT_BEARER_REVALIDATE", "60"),
+        PLURALITY_LOGIN_MAX_FAILURES=env.get("SCALEOUT_LOGIN_MAX_FAILURES", "10"),
         SESSION_TYPE="redis",
         SESSION_REDIS=redis.Redis.from_url(env["SCALEOUT_REDIS_URL"], socket_timeout=2, socket_connect_timeout=2),
     )

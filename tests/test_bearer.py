@@ -8,11 +8,12 @@ request leaves no session and no cookie behind.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
 from flask import Flask, session
-from helpers import AppFactory, error_of, login
+from helpers import AppFactory, all_at_once, error_of, login
 from werkzeug.test import TestResponse
 
 from flask_plurality import current_profile, plurality_required, signals
@@ -348,6 +349,61 @@ def test_successes_do_not_count(make_app: AppFactory, fake: FakePlurality) -> No
     token = fake.issue_token()
     for _ in range(5):
         assert client.get("/api/me", headers=bearer(token)).status_code == 200
+
+
+def refused_token(fake: FakePlurality) -> str:
+    """Well formed and unexpired, so it reaches Plurality, which says no."""
+    token = fake.issue_token()
+    fake.revoke(token)
+    return token
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/api/me"), ("POST", "/api/transfer")],  # through the ask lock; asked on every request
+)
+def test_concurrent_failing_tokens_reach_plurality_at_most_the_limit(
+    make_app: AppFactory, fake: FakePlurality, method: str, path: str
+) -> None:
+    """SPEC 7.4 for bearer tokens: 64 different refused tokens at once from one client."""
+    app = api_app(make_app, PLURALITY_LOGIN_MAX_FAILURES=10)
+    tokens = [refused_token(fake) for _ in range(64)]
+    fake.latency = 0.3  # every request arrives while the first calls are still out
+    ip = {"REMOTE_ADDR": "203.0.113.20"}
+    responses = all_at_once(
+        len(tokens), lambda n: app.test_client().open(path, method=method, headers=bearer(tokens[n]), environ_base=ip)
+    )
+    assert len(fake.calls) == 10
+    assert Counter(r.status_code for r in responses) == {401: 10, 429: 54}
+    for response, token in zip(responses, tokens, strict=True):
+        if response.status_code == 429:
+            error_of(response, 429, "too_many_attempts", token)
+            assert 1 <= int(response.headers["Retry-After"]) <= 300
+        else:
+            invalid_token(response, token)
+
+
+def test_one_failing_token_sent_at_once_asks_plurality_once(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = api_app(make_app, PLURALITY_LOGIN_MAX_FAILURES=10)
+    token = refused_token(fake)
+    fake.latency = 0.3
+    responses = all_at_once(32, lambda _: app.test_client().get("/api/me", headers=bearer(token)))
+    assert len(fake.calls) == 1
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {401, 429} and statuses[401] >= 1, statuses
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_a_burst_of_good_requests_with_one_token_is_not_throttled(
+    make_app: AppFactory, fake: FakePlurality, limit: int
+) -> None:
+    """A page's twenty API calls at once share one upstream call, counted once at most."""
+    app = api_app(make_app, PLURALITY_LOGIN_MAX_FAILURES=limit)
+    token = fake.issue_token()
+    fake.latency = 0.3
+    responses = all_at_once(20, lambda _: app.test_client().get("/api/me", headers=bearer(token)))
+    assert [r.status_code for r in responses] == [200] * 20, {r.get_data(as_text=True) for r in responses}
+    assert len(fake.calls) == 1
 
 
 # -- revoke_user --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -27,8 +28,9 @@ PER_PROCESS = 8
 
 
 @contextmanager
-def process(fake: FakePlurality, log: Path) -> Iterator[tuple[str, int]]:
-    """One gunicorn process (one worker, 16 threads); yields (base URL, its pid)."""
+def process(fake: FakePlurality, log: Path, **settings: str) -> Iterator[tuple[str, int]]:
+    """One gunicorn process (one worker, 16 threads), ``settings`` added to its environment;
+    yields (base URL, its pid)."""
     port = free_port()
     env = {
         **os.environ,
@@ -39,6 +41,7 @@ def process(fake: FakePlurality, log: Path) -> Iterator[tuple[str, int]]:
         "SCALEOUT_ACCEPT_BEARER": "true",
         "SCALEOUT_BEARER_REVALIDATE": str(WINDOW),
         "SCALEOUT_REDIS_URL": redis_url_or_skip(),
+        **settings,
     }
     command = [
         sys.executable,
@@ -113,3 +116,31 @@ def test_sixteen_concurrent_requests_on_two_processes_ask_once_per_window(
             time.sleep(max(0.0, WINDOW + 0.3 - (time.monotonic() - started)))
     assert bad == []
     assert len(fake.calls) == ROUNDS
+
+
+def test_concurrent_failing_tokens_on_two_processes_reach_plurality_at_most_the_limit(
+    fake: FakePlurality, redis_client: Any, tmp_path: Path
+) -> None:
+    """SPEC 7.4 across processes: 64 different refused tokens at once from one client
+    (127.0.0.1), half on each process, reach Plurality exactly the limit's 10 times."""
+    tokens = [fake.issue_token() for _ in range(64)]
+    for token in tokens:
+        fake.revoke(token)
+    fake.latency = 0.3  # every request arrives while the first calls are still out
+    with ExitStack() as stack:
+        bases = [
+            stack.enter_context(process(fake, tmp_path / f"gunicorn-{n}.log", SCALEOUT_LOGIN_MAX_FAILURES="10"))[0]
+            for n in range(2)
+        ]
+
+        def send(n: int) -> requests.Response:
+            headers = {"Authorization": f"Bearer {tokens[n]}"}
+            return requests.get(f"{bases[n % 2]}/whoami", headers=headers, timeout=20)
+
+        responses = all_at_once(len(tokens), send)
+    assert len(fake.calls) == 10
+    assert Counter(r.status_code for r in responses) == {401: 10, 429: 54}
+    for response in responses:
+        assert response.json()["error"] == ("invalid_token" if response.status_code == 401 else "too_many_attempts")
+        if response.status_code == 429:
+            assert 1 <= int(response.headers["Retry-After"]) <= 300
