@@ -24,7 +24,7 @@ from cachelib.file import FileSystemCache
 from flask import Flask, current_app, g, request, session
 from helpers import AppFactory, age_session, login
 
-from flask_plurality import current_profile, sessiondata
+from flask_plurality import SessionStoreUnavailable, current_profile, sessiondata
 from flask_plurality.flask_context import request_context, request_globals
 from flask_plurality.profile import Profile
 from flask_plurality.revocation import REVOCATION_EPOCH
@@ -207,10 +207,31 @@ def test_file_markers_follow_the_epoch_across_processes(tmp_path: Path) -> None:
     assert all(not path.startswith(one._marker_dir) for path in one.cache._list_dir())
 
 
+def test_a_failed_epoch_write_leaves_no_marker_claiming_the_old_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """revoke_user raises when the store fails; sessions must then read the value itself,
+    never trust a marker of a value that may no longer be the current one."""
+    store = FileStore(FileSystemCache(str(tmp_path), threshold=0))
+    key = "plurality:" + REVOCATION_EPOCH
+    store.set_rarely_written(key, "1-aa", 60)
+    assert store.still_current(key, "1-aa")
+
+    def failing(*args: Any) -> None:
+        raise SessionStoreUnavailable("The session store is unavailable.")
+
+    monkeypatch.setattr(store, "_write", failing)
+    with pytest.raises(SessionStoreUnavailable):
+        store.set_rarely_written(key, "2-bb", 60)
+    assert not store.still_current(key, "1-aa") and not store.still_current(key, "2-bb")
+    assert store.get_rarely_written(key) == "1-aa"  # what readers compare with instead
+
+
 def test_an_expired_epoch_file_is_removed_when_read(tmp_path: Path) -> None:
     store = FileStore(FileSystemCache(str(tmp_path), threshold=0))
     key = "plurality:" + REVOCATION_EPOCH
-    store.cache.set(key, "1-aa", timeout=1)
+    store.set_rarely_written(key, "1-aa", 1)
+    assert os.listdir(store._marker_dir)
     path = store.cache._get_filename(key)
     os.utime(path, (time.time() - 10, time.time() - 10))  # mtime changes: read again
     with open(path, "r+b") as raw:  # cachelib's expiry header: long past
@@ -218,7 +239,8 @@ def test_an_expired_epoch_file_is_removed_when_read(tmp_path: Path) -> None:
     assert not store.still_current(key, None)
     assert store.get_rarely_written(key) is None
     assert not os.path.exists(path)
-    assert store.still_current(key, None)
+    assert os.listdir(store._marker_dir) == []  # nothing of an expired epoch stays behind
+    assert store.still_current(key, None) and not store.still_current(key, "1-aa")
 
 
 def test_revoked_on_files_is_refused_by_another_instance_at_once(

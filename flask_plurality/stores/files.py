@@ -153,6 +153,7 @@ class FileStore:
         if value is None:  # expired (or junk): remove it, so still_current(key, None) holds again
             with self._locked(key):
                 if self.get(key) is None:
+                    self._unmark(key)
                     self._remove(key)
             return None
         self._epochs[key] = (stamp, value)
@@ -169,22 +170,32 @@ class FileStore:
         return os.access(self._marker(key, value), os.F_OK)
 
     def set_rarely_written(self, key: str, value: Any, ttl: float) -> None:
-        """Write ``key``, then mark ``value`` current, then unmark every older value: once
-        this returns, :meth:`still_current` of an older value is ``False`` in every process."""
+        """Unmark every older value, write ``key``, then mark ``value`` current. Once this
+        returns, :meth:`still_current` of an older value is ``False`` in every process;
+        if a step fails (it raises), no marker claims a value that is not the current one,
+        so readers read the value itself until the next write."""
         with self._locked(key):
+            self._unmark(key)
             self._write(key, value, bounded(ttl))
             if not isinstance(value, str):
                 return
-            marker = self._marker(key, value)
             try:
                 os.makedirs(self._marker_dir, mode=0o700, exist_ok=True)
-                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600))
-                prefix = os.path.basename(self._marker(key, ""))
-                for entry in os.scandir(self._marker_dir):
-                    if entry.name.startswith(prefix) and entry.path != marker:
-                        os.remove(entry.path)
+                os.close(os.open(self._marker(key, value), os.O_WRONLY | os.O_CREAT, 0o600))
             except OSError as exc:
                 raise unavailable_error(exc) from None
+
+    def _unmark(self, key: str) -> None:
+        """Remove every marker of ``key`` (under its lock)."""
+        prefix = os.path.basename(self._marker(key, ""))
+        try:
+            for entry in os.scandir(self._marker_dir):
+                if entry.name.startswith(prefix):
+                    os.remove(entry.path)
+        except FileNotFoundError:
+            pass  # no marker yet
+        except OSError as exc:
+            raise unavailable_error(exc) from None
 
     def _file_of(self, key: str) -> str:
         path = self._epoch_files.get(key)
