@@ -148,7 +148,7 @@ def _authorize(
     checked) this costs a few dictionary reads: the stored login is parsed once per
     change (:func:`.sessiondata.stored_login`), the settings are read straight from
     ``app.config``, and the revocation epoch came with the session (on files: one
-    ``stat``). ``benchmarks/backends.py`` counts its instructions on every backend.
+    ``access``). ``benchmarks/backends.py`` counts its instructions on every backend.
     """
     conf = app.config
     challenge = CHALLENGE
@@ -245,7 +245,7 @@ class _ProfileProxy(LocalProxy):  # type: ignore[type-arg]
     def __getattribute__(self, name: str) -> Any:
         # Not __getattr__: that runs only after the normal lookup has raised (and
         # built) an AttributeError, which costs more than the rest of the read.
-        if name[0] == "_":  # the proxy's own (_get_current_object, __class__...)
+        if not name or name[0] == "_":  # the proxy's own (_get_current_object, __class__...)
             return object.__getattribute__(self, name)
         return getattr(_load_profile(), name)
 
