@@ -28,7 +28,7 @@ from .exceptions import InvalidToken, PluralityError, SessionStoreUnavailable, U
 from .logins import PROFILE_ATTR
 from .profile import Profile
 from .responses import DEFAULT_RETRY_AFTER, INVALID_BEARER, json_error, store_unavailable
-from .revocation import REVOCATION_EPOCH, stamp_of
+from .revocation import epoch_since, stamp_of
 from .security import client_bucket
 from .sessions import detach_session
 from .state import get_state
@@ -95,7 +95,7 @@ def authenticate(
             if wait is not None:
                 return json_error(429, "too_many_attempts", retry_after=wait)
         profile = Profile.from_upstream(answer.user, claims)
-        if cfg.revocation_check and _revoked(profile.id, seen, app, cfg):
+        if cfg.revocation_check and _revoked(profile.id, seen, app):
             log.info("Refused a bearer token of revoked user %s", profile.id)
             return json_error(401, "invalid_token", headers=INVALID_BEARER)
     except SessionStoreUnavailable:
@@ -226,7 +226,7 @@ def _read(token: str, app: Flask, cfg: ConfigView) -> Seen:
     return seen
 
 
-def _revoked(user_id: str, seen: Seen, app: Flask, cfg: ConfigView) -> bool:
+def _revoked(user_id: str, seen: Seen, app: Flask) -> bool:
     """Was ``revoke_user`` called for ``user_id`` at or after the token was issued?
 
     A bearer token has no session to remember a stamp in, so its ``iat`` is compared
@@ -234,14 +234,9 @@ def _revoked(user_id: str, seen: Seen, app: Flask, cfg: ConfigView) -> bool:
     refused too). While the store-wide epoch is the one this token was last found good
     under, no stamp is read: an ``access`` on files, one read on Redis.
     """
-    store, epoch_key = get_store(app), cfg.key_prefix + REVOCATION_EPOCH
-    if store.still_current(epoch_key, seen.epoch):
-        return False
-    raw = store.get_rarely_written(epoch_key)
-    if not isinstance(raw, str):
-        return False  # nobody revoked (in the last REVOCATION_TTL)
-    if seen.epoch == raw:
-        return False
+    raw = epoch_since(seen.epoch, app)
+    if raw is None or raw == seen.epoch:
+        return False  # nobody revoked (in the last REVOCATION_TTL), or nobody since
     stamp = stamp_of(user_id, app)
     if stamp is not None and _issued_before(seen.claims, stamp):
         return True

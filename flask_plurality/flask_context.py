@@ -4,7 +4,7 @@
 context up again, through three Python calls. ``@plurality_required`` needs all four on
 every request, so it reads them here, once. Flask 3.2 merges the request context into
 the app context; this leaf module is the only one that knows, and
-``tests/test_flask_context.py`` checks it against the proxies.
+``tests/test_hot_path.py`` checks it against the proxies.
 """
 
 from __future__ import annotations

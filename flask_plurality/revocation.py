@@ -71,24 +71,30 @@ def current_epoch() -> str | None:
     return value if isinstance(value, str) else None
 
 
+def epoch_since(known: str | None, app: Flask) -> str | None:
+    """The revocation epoch now, for a caller last found good under ``known``: returned
+    without a read while the store can tell cheaply that it is still the current one
+    (on files, one ``access``: :meth:`.stores.files.FileStore.still_current`)."""
+    store, name = get_store(app), app.config["PLURALITY_KEY_PREFIX"] + REVOCATION_EPOCH
+    if store.still_current(name, known):
+        return known
+    raw = store.get_rarely_written(name)
+    return raw if isinstance(raw, str) else None
+
+
 def is_revoked(login: Login, sess: SessionMixin, app: Flask) -> bool:
     """Was ``revoke_user`` called for this user after this login began?
 
     While the store-wide revocation epoch is the one this login was last checked
     under (no ``revoke_user`` anywhere since), no per-user read is needed: on Redis,
-    memcached and SQL the epoch comes with the session, on FileSystemCache from one
-    ``access`` (:meth:`.stores.files.FileStore.still_current`).
+    memcached and SQL the epoch comes with the session, elsewhere from :func:`epoch_since`.
     """
     setting = app.config["PLURALITY_REVOCATION_CHECK"]
     if setting is not True and not flag(setting, "PLURALITY_REVOCATION_CHECK"):
         return False
     epoch: Any = getattr(sess, "revocation_epoch", _NOT_READ)  # read with the session
     if epoch is _NOT_READ:
-        store, epoch_key = get_store(app), app.config["PLURALITY_KEY_PREFIX"] + REVOCATION_EPOCH
-        if store.still_current(epoch_key, login.checked_epoch):
-            return False
-        raw = store.get_rarely_written(epoch_key)
-        epoch = raw if isinstance(raw, str) else None
+        epoch = epoch_since(login.checked_epoch, app)
     if epoch == login.checked_epoch:
         return False
     stamp = stamp_of(login.profile.id, app)
