@@ -31,7 +31,7 @@ class Store(Protocol):
 
     Every write and delete either happens or raises :class:`~flask_plurality.SessionStoreUnavailable`
     (a backend call that *reports* failure is a failure too), and every key gets a TTL
-    of at most :data:`~flask_plurality.stores.base.MAX_TTL`. Values of the extension's own
+    of at most :data:`~flask_plurality.stores.MAX_TTL`. Values of the extension's own
     keys are plain JSON types.
     """
 
@@ -44,9 +44,13 @@ class Store(Protocol):
         """The value of ``key``; ``None`` when it is absent, expired or unreadable."""
         ...
 
-    def set(self, key: str, value: Any, ttl: float) -> None: ...
+    def set(self, key: str, value: Any, ttl: float) -> None:
+        """Write ``key`` for ``ttl`` seconds (at most :data:`~flask_plurality.stores.MAX_TTL`)."""
+        ...
 
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Delete ``key``; nothing to delete is no error."""
+        ...
 
     def add(self, key: str, value: Any, ttl: float) -> bool:
         """Set ``key`` only if it is absent (or expired), atomically across every process
@@ -96,7 +100,9 @@ class Store(Protocol):
         stored (atomically: a concurrent delete wins), silently doing nothing otherwise."""
         ...
 
-    def delete_session(self, store_id: str) -> None: ...
+    def delete_session(self, store_id: str) -> None:
+        """Delete the session (a logout); a delete the backend reports failed raises."""
+        ...
 
     def sweep(self) -> None:
         """Delete expired entries, where the backend does not expire them itself (run
