@@ -1,5 +1,6 @@
 """What the store implementations share: TTL bounds, failure handling, JSON values, the
-plain rarely-written trio and counters kept by read-modify-write under a lock."""
+plain rarely-written trio, cachelib keys changed under a lock (files, per process) and
+the part common to the network clients (Redis, memcached)."""
 
 from __future__ import annotations
 

@@ -169,10 +169,9 @@ class FileStore(LockedKeys):
 
     def retrieve_session(self, store_id: str, epoch_key: str | None) -> tuple[Any, Any]:
         """The session file alone: the epoch is left to :meth:`still_current`, one
-        ``access`` of a marker against a ``stat`` here."""
-        with store_errors_as_unavailable():
-            data = self.cache.get(store_id)
-        return data, (UNREAD if epoch_key is not None else None)
+        ``access`` of a marker against a ``stat`` here. (cachelib reads a file it cannot
+        open or unpickle as nothing; the session guard makes any other failure a 503.)"""
+        return self.cache.get(store_id), (UNREAD if epoch_key is not None else None)
 
     def save_session(self, store_id: str, session: Any, ttl: int, *, only_if_present: bool) -> None:
         with self._locked(store_id):

@@ -46,8 +46,7 @@ class CacheLibStore(LockedKeys, PlainRarelyWritten):
 
     def retrieve_session(self, store_id: str, epoch_key: str | None) -> tuple[Any, Any]:
         """The session, then the epoch: two reads of this process's memory."""
-        with store_errors_as_unavailable():
-            data = self.cache.get(store_id)
+        data = self.cache.get(store_id)  # the session guard makes a failure here a 503
         return data, (self.get_rarely_written(epoch_key) if epoch_key is not None else None)
 
     def save_session(self, store_id: str, session: Any, ttl: int, *, only_if_present: bool) -> None:
