@@ -167,7 +167,7 @@ def _round_trip_counter(spec: dict[str, Any], app: Any) -> Callable[[], int]:
     if family.startswith("sqlalchemy"):
         import sqlalchemy as sa
 
-        from flask_plurality.store import get_store
+        from flask_plurality.stores import get_store
 
         executed = [0]
         engines = {get_store(app).engine}  # type: ignore[attr-defined]

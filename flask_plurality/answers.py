@@ -35,7 +35,7 @@ from .client import PluralityClient, Upstream
 from .config import ConfigView, config
 from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .singleflight import SingleFlight
-from .store import Store, get_store, key
+from .stores import Store, get_store, key
 from .tokens import token_hash
 from .tracing import observed_answer, validate_upstream
 

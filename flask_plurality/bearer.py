@@ -32,7 +32,7 @@ from .revocation import epoch_since, stamp_of
 from .security import client_bucket
 from .sessions import detach_session
 from .state import get_state
-from .store import get_store
+from .stores import get_store
 from .tokens import read_claims, token_hash
 from .users import login_refusal
 

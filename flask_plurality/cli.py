@@ -6,7 +6,9 @@ command; they are listed in :class:`ExitCode` and in the docs (docs/cli.rst).
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 import re
 import secrets
@@ -16,10 +18,11 @@ import time
 import uuid
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import click
 import jwt
+from cachelib import BaseCache, SimpleCache
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
@@ -29,10 +32,12 @@ from .config import client_id_problem, config, secret_hint
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .security import insecure_transport
 from .state import get_extension, get_state
-from .store import Store, describe_store, get_store, key
+from .stores import CacheLibStore, Store, get_store, key, per_process_warning, redis_client, unwrap
 from .tokens import read_claims
 
 if TYPE_CHECKING:
+    from redis import Redis
+
     from .extension import Plurality
 
 plurality_cli = AppGroup("plurality", help="Plurality login tools: check, validate, fake-server, revoke-user.")
@@ -134,7 +139,7 @@ def _unreachable_detail(exc: UpstreamUnavailable) -> str:
 
 def _junk_token() -> str:
     """JWT-shaped, unexpired, signed with a random key: Plurality answers 403 ``Invalid
-    token`` before it looks at the credentials (UPSTREAM.md's check order)."""
+    token`` before it looks at the credentials (it checks the token first)."""
     now = int(time.time())
     claims = {"id": "flask-plurality-check", "uniqueSessionId": str(uuid.uuid4()), "iat": now, "exp": now + 300}
     return jwt.encode(claims, secrets.token_urlsafe(48), algorithm="HS256")
@@ -174,6 +179,81 @@ def probe(extension: Plurality, token: str | None) -> tuple[ExitCode, str]:
 
 
 # -- the session store --------------------------------------------------------------
+
+#: Longest a request should wait for a stalled Redis before answering 503, in seconds.
+SLOW_STORE_WARNING: Final = 3.0
+
+
+def _connection_setting(client: Redis, name: str) -> Any:
+    """A connection setting of ``client``: as given, else the connection class's default."""
+    pool = client.connection_pool
+    if name in pool.connection_kwargs:
+        return pool.connection_kwargs[name]
+    for cls in pool.connection_class.__mro__:
+        init = vars(cls).get("__init__")
+        if init is None:
+            continue
+        try:
+            parameter = inspect.signature(init).parameters.get(name)
+        except (TypeError, ValueError):  # pragma: no cover - a C-level __init__
+            continue
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    return None
+
+
+def _describe_redis(client: Redis) -> tuple[str, list[str]]:
+    """What :func:`describe_store` says about a Redis client: where, and its timeouts."""
+    warnings: list[str] = []
+    kwargs = client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+    name = f"redis ({type(client).__name__} at {where}, db {kwargs.get('db', 0)})"
+    timeout = _connection_setting(client, "socket_timeout")
+    connect = _connection_setting(client, "socket_connect_timeout")
+    retry = client.get_retry() or kwargs.get("retry")
+    tries = 1 + int(getattr(retry, "_retries", 0)) if retry is not None else 1
+    worst = tries * max(float(timeout), float(connect or 0)) if timeout is not None else math.inf
+    if timeout is None:
+        warnings.append(
+            "The Redis client has no socket_timeout: a stalled Redis holds every request forever. "
+            "Pass socket_timeout=0.5, socket_connect_timeout=0.5 (see Deployment in the docs)."
+        )
+    elif worst > SLOW_STORE_WARNING:
+        warnings.append(
+            f"A stalled Redis holds a request up to {worst:g} s (socket timeout x {tries} "
+            f"attempt{'s' if tries > 1 else ''}) "
+            "before it answers 503; prefer socket_timeout=0.5, socket_connect_timeout=0.5 and at most "
+            "one retry."
+        )
+    if client.get_encoder().decode_responses:
+        warnings.append(
+            "The Redis client has decode_responses=True: Flask-Session stores msgpack bytes, "
+            "which cannot be read back as text. Create SESSION_REDIS without it."
+        )
+    return name, warnings
+
+
+def describe_store(app: Flask) -> tuple[str, list[str]]:
+    """(what holds the sessions, warnings about it) for ``flask plurality check``.
+
+    Looks at the configuration and the store ``init_app`` found; it never connects.
+    """
+    inner = unwrap(app.session_interface)
+    client = redis_client(inner)
+    if client is not None:
+        return _describe_redis(client)
+    store = get_store(app)
+    warnings = [per_process_warning(store)] if isinstance(store, CacheLibStore) else []
+    cache = getattr(inner, "cache", None)
+    if isinstance(cache, BaseCache):
+        kind = type(cache).__name__
+        if isinstance(cache, SimpleCache):
+            return f"cachelib {kind} (per process)", warnings
+        where = getattr(cache, "_path", None)
+        return (f"cachelib {kind} ({where})" if where else f"cachelib {kind}"), warnings
+    if store.shared:  # sqlalchemy, memcached: shared through its own store
+        return f"{type(inner).__name__} ({type(store).__name__})", warnings
+    return type(inner).__name__, warnings
 
 
 def _store_works() -> tuple[Store | None, str | None]:

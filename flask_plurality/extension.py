@@ -30,7 +30,7 @@ from .revocation import revoke
 from .security import warn_insecure_transport
 from .sessions import setup_sessions
 from .state import EXTENSION_KEY, STATE_KEY, AppState
-from .store import check_session_client
+from .stores import check_session_client
 from .tokens import read_claims
 from .views import blueprint
 

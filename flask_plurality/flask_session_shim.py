@@ -16,6 +16,8 @@ from flask_session.base import ServerSideSession
 
 #: Flask-Session's own upsert: (lifetime, session, store id).
 Upsert = Callable[[timedelta, ServerSideSession, str], None]
+#: Flask-Session's own read of a session's data: store id -> data or ``None``.
+Retrieve = Callable[[str], dict[str, Any] | None]
 
 
 class _FlaskSessionShim:
@@ -53,9 +55,20 @@ class _FlaskSessionShim:
         decode = getattr(serializer, "decode", None) or serializer.loads
         return decode(raw)
 
+    # The backend's own methods, from its class: the session guard shadows them on the
+    # instance, and a store that delegates to them must never reach the guard's.
+
     @staticmethod
-    def upsert_of(inner: SessionInterface) -> Upsert:
-        return cast(Upsert, inner._upsert_session)  # type: ignore[attr-defined]
+    def own_upsert(inner: SessionInterface) -> Upsert:
+        return cast(Upsert, _own(inner, "_upsert_session"))
+
+    @staticmethod
+    def own_retrieve(inner: SessionInterface) -> Retrieve:
+        return cast(Retrieve, _own(inner, "_retrieve_session_data"))
+
+    @staticmethod
+    def own_delete(inner: SessionInterface) -> Callable[[str], None]:
+        return cast(Callable[[str], None], _own(inner, "_delete_session"))
 
     @staticmethod
     def set_upsert(inner: SessionInterface, upsert: Upsert) -> None:
@@ -68,6 +81,11 @@ class _FlaskSessionShim:
     @staticmethod
     def set_retrieve(inner: SessionInterface, retrieve: Callable[[str], dict[str, Any] | None]) -> None:
         inner._retrieve_session_data = retrieve  # type: ignore[attr-defined]
+
+
+def _own(inner: SessionInterface, name: str) -> Any:
+    """``inner``'s method ``name`` as its class defines it (not as shadowed on ``inner``)."""
+    return getattr(type(inner), name).__get__(inner, type(inner))
 
 
 shim = _FlaskSessionShim()

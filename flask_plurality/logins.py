@@ -18,7 +18,7 @@ from .revocation import current_epoch, is_revoked, stamp_of
 from .sessiondata import SESSION_KEY, Login, forget_parsed, stored_login
 from .sessions import GuardedSessionInterface
 from .state import EXTENSION_KEY
-from .store import store_errors_as_unavailable
+from .stores import store_errors_as_unavailable
 
 log = logging.getLogger("flask_plurality")
 

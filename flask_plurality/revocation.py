@@ -26,7 +26,7 @@ from . import signals
 from .config import config, flag
 from .exceptions import ConfigurationError
 from .sessiondata import SESSION_KEY, Login
-from .store import get_store, key
+from .stores import get_store, key
 
 log = logging.getLogger("flask_plurality")
 

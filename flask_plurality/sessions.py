@@ -28,8 +28,7 @@ from .flask_session_shim import shim
 from .revocation import REVOCATION_EPOCH
 from .security import redacted_session_class
 from .sessiondata import session_lifetime_cap
-from .store import Store, log, log_store_failure, store_for
-from .stores.base import SessionWriter, store_use
+from .stores import UNREAD, Store, log, log_store_failure, store_for, store_use
 
 #: Seconds between two sweeps of expired session entries (files, SQL rows), per process.
 SWEEP_INTERVAL: Final = 3600.0
@@ -69,7 +68,7 @@ class GuardedSessionInterface(SessionInterface):
     - Saving fails, or the backend reports a failed write or delete -> the response
       becomes that 503, instead of a 200 whose login (or logout) never happened.
     - A session read from the store is written back only while it is still stored, with
-      the backend's own atomic write-if-present (:meth:`.stores.base.SessionWriter.save_session`):
+      the backend's own atomic write-if-present (:meth:`.stores.Store.save_session`):
       a logout that deleted it while this request ran stays a logout.
     - Where the store can, the revocation epoch is read in the same round trip as the
       session (Redis MGET, memcached get_multi, one SQL SELECT).
@@ -82,11 +81,10 @@ class GuardedSessionInterface(SessionInterface):
         #: The store behind ``inner`` (found here when not given; SQL needs an app context).
         self.store = store if store is not None else store_for(inner)
         store = self.store
-        writer = cast(SessionWriter | None, store if hasattr(store, "save_session") else None)
         # Flask-Session calls these on itself while saving; shadowing them on the
         # instance keeps every backend's own save logic while (1) no cookie or stored
         # entry outlives the login's token and (2) the cookie is Secure on HTTPS.
-        expiration, upsert, secure = inner.get_expiration_time, shim.upsert_of(inner), inner.get_cookie_secure
+        expiration, secure = inner.get_expiration_time, inner.get_cookie_secure
 
         def get_expiration_time(app: Flask, session: SessionMixin) -> datetime | None:
             expires = expiration(app, session)
@@ -97,38 +95,31 @@ class GuardedSessionInterface(SessionInterface):
 
         def upsert_session(lifetime: timedelta, session: ServerSideSession, store_id: str) -> None:
             lifetime = session_lifetime_cap(lifetime)
-            if writer is None:  # pragma: no cover - every store writes sessions itself
-                upsert(lifetime, session, store_id)
-                return
             # A session read from the store is written back only if it is still there:
             # a logout, revoke or login elsewhere that deleted it while this request
             # ran must not be undone by this request's (refresh-each-request) save.
             present = getattr(session, "loaded_sid", None) == session.sid
-            writer.save_session(store_id, session, int(lifetime.total_seconds()), only_if_present=present)
+            store.save_session(store_id, session, int(lifetime.total_seconds()), only_if_present=present)
 
         def get_cookie_secure(app: Flask) -> bool:
             return bool(secure(app)) or (has_request_context() and request.is_secure)
 
-        inner.get_expiration_time = get_expiration_time
-        shim.set_upsert(inner, upsert_session)
-        inner.get_cookie_secure = get_cookie_secure
-        if writer is not None:
-            shim.set_delete(inner, writer.delete_session)
-        retrieve = getattr(store, "retrieve_session", None)
-        if retrieve is not None:
-            # The revocation epoch in the same round trip as the session.
-            def retrieve_session_data(store_id: str) -> dict[str, Any] | None:
-                pending = _epoch_read.get()
-                data, epoch = retrieve(store_id, pending[0] if pending else None)
-                if pending is not None:
-                    pending[1].append(epoch)
-                return cast(dict[str, Any] | None, data)
+        # The revocation epoch in the same round trip as the session, where the store can.
+        def retrieve_session_data(store_id: str) -> dict[str, Any] | None:
+            pending = _epoch_read.get()
+            data, epoch = store.retrieve_session(store_id, pending[0] if pending else None)
+            if pending is not None and epoch is not UNREAD:
+                pending[1].append(epoch)
+            return cast(dict[str, Any] | None, data)
 
-            shim.set_retrieve(inner, retrieve_session_data)
+        inner.get_expiration_time = get_expiration_time
+        inner.get_cookie_secure = get_cookie_secure
+        shim.set_upsert(inner, upsert_session)
+        shim.set_delete(inner, store.delete_session)
+        shim.set_retrieve(inner, retrieve_session_data)
         # Nothing else deletes an abandoned login's file or row: sweep expired entries
         # about once an hour per process, in a thread, off the request's path.
-        sweep = getattr(store, "sweep", None)
-        self._sweep: Callable[[], None] | None = (lambda: sweep_expired(sweep)) if sweep is not None else None
+        self._sweep: Callable[[], None] | None = lambda: sweep_expired(store.sweep)
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
         # repr(session) must not show the token (debug logs, error reporters).
         inner.session_class = redacted_session_class(inner.session_class)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .bearer import Seen
     from .extension import Plurality
     from .fake import FakePlurality
-    from .store import Store
+    from .stores import Store
 
 #: Where :meth:`Plurality.init_app` registers the extension and its per-app state.
 EXTENSION_KEY = "plurality"

@@ -19,7 +19,7 @@ from flask import current_app
 
 from . import signals
 from .config import config
-from .store import get_store, key
+from .stores import get_store, key
 from .tokens import token_hash
 
 log = logging.getLogger("flask_plurality")

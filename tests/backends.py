@@ -691,7 +691,7 @@ def live_entries(backend: Backend, app: Flask) -> dict[str, float]:
     elif family.startswith("sqlalchemy"):
         import sqlalchemy as sa
 
-        from flask_plurality.store import get_store
+        from flask_plurality.stores import get_store
 
         store: Any = get_store(app)
         with store.engine.connect() as conn:
@@ -721,7 +721,7 @@ def stored_anything(backend: Backend, app: Flask) -> int:
     if backend.name.startswith("sqlalchemy"):
         import sqlalchemy as sa
 
-        from flask_plurality.store import get_store
+        from flask_plurality.stores import get_store
 
         store: Any = get_store(app)
         with store.engine.connect() as conn:

@@ -24,6 +24,7 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from flask.views import MethodView
+from flask_session.base import ServerSideSessionInterface
 from werkzeug.test import TestResponse
 
 from flask_plurality import Plurality, current_profile, plurality_required
@@ -133,6 +134,23 @@ def build_app(fake: FakePlurality, instance_path: str, *, session_redis: Any = N
 
     app.add_url_rule("/items", view_func=Items.as_view("items"))
     return app
+
+
+class DictSessions(ServerSideSessionInterface):  # type: ignore[misc]
+    """A Flask-Session backend flask-plurality has no store for: sessions in a dict."""
+
+    def __init__(self, app: Flask) -> None:
+        super().__init__(app)
+        self.data: dict[str, Any] = {}
+
+    def _retrieve_session_data(self, store_id: str) -> Any:
+        return self.data.get(store_id)
+
+    def _delete_session(self, store_id: str) -> None:
+        self.data.pop(store_id, None)
+
+    def _upsert_session(self, lifetime: Any, session: Any, store_id: str) -> None:
+        self.data[store_id] = dict(session)
 
 
 def error_of(response: TestResponse, status: int, code: str, *secrets: str) -> dict[str, Any]:

@@ -261,7 +261,7 @@ def test_a_forged_token_a_year_long_leaves_nothing_longer_than_a_day(backend: Ba
 def test_every_entry_has_a_bounded_ttl_and_expired_ones_are_removed(backend: Backend, fake: FakePlurality) -> None:
     from backends import live_entries, stored_anything
 
-    from flask_plurality.store import get_store
+    from flask_plurality.stores import get_store
 
     app = backend.make_app()
     browser = app.test_client()
@@ -304,7 +304,7 @@ def test_the_shim_fits_every_backend(backend: Backend) -> None:
 def test_the_stores_own_operations_are_atomic(backend: Backend) -> None:
     """Two workers' stores (two clients), 16 threads each: one ``add`` wins, no count is
     lost, and a counter taken back to zero starts a new window."""
-    from flask_plurality.store import get_store
+    from flask_plurality.stores import get_store
 
     stores = [get_store(backend.make_app()), get_store(backend.make_app())]
     prefix = backend.spec["prefix"]

@@ -21,8 +21,7 @@ import requests
 from cachelib import FileSystemCache, SimpleCache
 from click.testing import Result
 from flask import Flask
-from flask_session.base import ServerSideSessionInterface
-from helpers import free_port, login
+from helpers import DictSessions, free_port, login
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -222,23 +221,6 @@ def test_check_warns_about_a_per_process_store(
     assert warnings[1:] == (
         [f"warning: {hint}: the per-process store above is split between the workers"] if hint else []
     )
-
-
-class DictSessions(ServerSideSessionInterface):  # type: ignore[misc]
-    """A Flask-Session backend whose client flask-plurality cannot share its keys with."""
-
-    def __init__(self, app: Flask) -> None:
-        super().__init__(app)
-        self.data: dict[str, Any] = {}
-
-    def _retrieve_session_data(self, store_id: str) -> Any:
-        return self.data.get(store_id)
-
-    def _delete_session(self, store_id: str) -> None:
-        self.data.pop(store_id, None)
-
-    def _upsert_session(self, lifetime: Any, session: Any, store_id: str) -> None:
-        self.data[store_id] = dict(session)
 
 
 def test_check_warns_when_only_the_extensions_keys_are_per_process(fake: FakePlurality, tmp_path: Any) -> None:

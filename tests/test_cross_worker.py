@@ -24,7 +24,7 @@ from flask import Flask
 from helpers import AppFactory, age_session, all_at_once, captured, login
 
 from flask_plurality import signals
-from flask_plurality.store import FileStore, RedisStore, get_store
+from flask_plurality.stores import FileStore, RedisStore, get_store
 from flask_plurality.testing import FakePlurality, live_server
 from flask_plurality.tokens import token_hash
 

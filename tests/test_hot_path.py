@@ -222,7 +222,7 @@ def test_a_failed_epoch_write_leaves_no_marker_claiming_the_old_value(
     def failing(*args: Any) -> None:
         raise SessionStoreUnavailable("The session store is unavailable.")
 
-    monkeypatch.setattr(store, "_write", failing)
+    monkeypatch.setattr(store, "_put", failing)
     with pytest.raises(SessionStoreUnavailable):
         store.set_rarely_written(key, "2-bb", 60)
     assert not store.still_current(key, "1-aa") and not store.still_current(key, "2-bb")

@@ -18,7 +18,8 @@ from flask.testing import FlaskClient
 from helpers import SAME_ORIGIN, AppFactory, CountingRedis, logged_in_on_two, login, redis_url_or_skip
 
 from flask_plurality import Plurality, current_profile, plurality_required
-from flask_plurality.store import RedisStore, describe_store, store_for
+from flask_plurality.cli import describe_store
+from flask_plurality.stores import RedisStore, store_for
 from flask_plurality.testing import FakePlurality
 
 PLAIN = (str, int, float, bool, type(None))

@@ -1,9 +1,11 @@
-"""One store implementation per session backend family (SPEC 7).
+"""The store layer: one store per session backend family, and how the app finds its own.
 
 The extension keeps its own state (answer cache, single-flight markers, throttles,
 revocations) in the store that holds the sessions, with that backend's own atomic
 operations, and writes Flask-Session's entries through the same store so that every
-write's outcome is checked and a late request cannot undo a logout:
+write's outcome is checked and a late request cannot undo a logout. What a store does
+is written down once, in :class:`~.protocol.Store`; :func:`get_store` finds the one
+behind the app's sessions:
 
 ========================================  ===========================================
 Flask-Session backend                      store
@@ -13,123 +15,107 @@ Flask-Session backend                      store
 ``cachelib`` ``MemcachedCache``,           :class:`~.memcached.MemcachedStore`
 ``memcached`` (pymemcache clients)
 ``sqlalchemy``                             :class:`~.sql.SQLStore`
-anything else                              :class:`CacheLibStore` on a per-process
-                                           ``SimpleCache`` (a WARNING at ``init_app``)
+``cachelib`` ``SimpleCache``               :class:`~.local.CacheLibStore` (per process)
+anything else                              :class:`~.local.ForeignStore`: the sessions
+                                           where the backend keeps them, the rest per
+                                           process (a WARNING at ``init_app``)
 ========================================  ===========================================
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cachelib import BaseCache, SimpleCache
 from cachelib.file import FileSystemCache
+from flask import Flask, current_app
+from flask.sessions import SessionInterface
 
-from .base import MAX_TTL, RarelyWritten, SessionWriter, bounded, store_errors_as_unavailable, unavailable_error
+from ..config import config
+from ..exceptions import ConfigurationError
+from ..flask_session_shim import shim
+from ..state import get_state
+from .base import MAX_TTL, log_store_failure, store_errors_as_unavailable, store_use, unavailable_error
 from .files import FileStore
+from .local import CacheLibStore, ForeignStore, per_process_warning
 from .memcached import MemcachedStore, is_pymemcache
+from .protocol import UNREAD, Store
 from .redis import RedisStore, refuse_cluster
 
 if TYPE_CHECKING:
-    from ..store import Store
+    from redis import Redis
 
 log = logging.getLogger("flask_plurality")
 
 __all__ = [
     "MAX_TTL",
+    "UNREAD",
     "CacheLibStore",
     "FileStore",
+    "ForeignStore",
     "MemcachedStore",
     "RedisStore",
-    "SessionWriter",
+    "Store",
     "build_store",
+    "check_session_client",
+    "get_store",
+    "key",
+    "log_store_failure",
+    "per_process_warning",
+    "redis_client",
     "store_errors_as_unavailable",
+    "store_for",
+    "store_use",
     "unavailable_error",
     "unusable_client",
+    "unwrap",
 ]
 
 
-class CacheLibStore(RarelyWritten):
-    """Any other cachelib cache; per process (``shared=False``) for ``SimpleCache``.
-
-    Read-modify-write steps run under a lock of this process: exact within it, which is
-    all a per-process store can promise.
-    """
-
-    def __init__(self, cache: BaseCache, *, shared: bool) -> None:
-        self.cache = cache
-        self.shared = shared
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Any:
-        with store_errors_as_unavailable():
-            return self.cache.get(key)
-
-    def set(self, key: str, value: Any, ttl: float) -> None:
-        with store_errors_as_unavailable():
-            done = self.cache.set(key, value, timeout=bounded(ttl))
-        if done is False:
-            raise unavailable_error(f"{type(self.cache).__name__}.set reported a failure")
-
-    def delete(self, key: str) -> None:
-        with store_errors_as_unavailable():
-            self.cache.delete(key)
-
-    def add(self, key: str, value: Any, ttl: float) -> bool:
-        with self._lock, store_errors_as_unavailable():
-            return bool(self.cache.add(key, value, timeout=bounded(ttl)))
-
-    def incr(self, key: str, ttl: float) -> tuple[int, int]:
-        with self._lock:
-            now = time.time()
-            count, until = self._counter(key, now)
-            if not count:
-                until = now + bounded(ttl)
-            self.set(key, [count + 1, until], until - now + 1)
-        return count + 1, max(1, int(until - now + 0.999))
-
-    def decr(self, key: str) -> None:
-        with self._lock:
-            now = time.time()
-            count, until = self._counter(key, now)
-            if count > 1:
-                self.set(key, [count - 1, until], until - now + 1)
-            elif count == 1:
-                self.delete(key)
-
-    def peek(self, key: str) -> tuple[int, int]:
-        now = time.time()
-        count, until = self._counter(key, now)
-        return (count, max(1, int(until - now + 0.999))) if count else (0, 0)
-
-    def _counter(self, key: str, now: float) -> tuple[int, float]:
-        value = self.get(key)
-        if isinstance(value, list) and len(value) == 2 and value[1] > now:
-            return int(value[0]), float(value[1])
-        return 0, now
-
-    def save_session(self, store_id: str, session: Any, ttl: int, *, only_if_present: bool) -> None:
-        with self._lock:
-            with store_errors_as_unavailable():
-                if only_if_present and not self.cache.has(store_id):
-                    return
-                done = self.cache.set(store_id, dict(session), timeout=max(1, ttl))
-            if done is False:
-                raise unavailable_error(f"{type(self.cache).__name__}.set reported a failure")
-
-    def delete_session(self, store_id: str) -> None:
-        with store_errors_as_unavailable():
-            done = self.cache.delete(store_id)
-        if done is False and self.cache.has(store_id):
-            raise unavailable_error(f"{type(self.cache).__name__}.delete reported a failure")
+def get_store(app: Flask | None = None) -> Store:
+    """The store behind ``app``'s sessions (default: the current app), found once."""
+    state = get_state(app)
+    if state.store is None:
+        target = app or current_app
+        state.store = store_for(target.session_interface, target)
+    return state.store
 
 
-def _redis_client(inner: Any) -> Any:
+def key(kind: str, name: str) -> str:
+    """The store key of one of the extension's entries (``PLURALITY_KEY_PREFIX`` first)."""
+    return f"{config.key_prefix}{kind}:{name}"
+
+
+def unwrap(interface: SessionInterface) -> SessionInterface:
+    """Flask-Session's own interface, inside the guard :mod:`..sessions` puts around it."""
+    return cast(SessionInterface, getattr(interface, "inner", interface))
+
+
+def store_for(interface: SessionInterface, app: Flask | None = None) -> Store:
+    """The store behind Flask-Session's interface; one per process, with a WARNING,
+    for backends it cannot share."""
+    inner = unwrap(interface)
+    store = build_store(inner, app or current_app, lambda s: shim.encode(inner, s), lambda raw: shim.decode(inner, raw))
+    if isinstance(store, CacheLibStore):
+        log.warning("%s", per_process_warning(store))
+    return store
+
+
+def check_session_client(app: Flask) -> None:
+    """Refuse, at ``init_app``, a session client Flask-Session would silently replace
+    with a default one on localhost (``redis.cluster.RedisCluster``, say)."""
+    problem = unusable_client(app.config)
+    if problem is not None:
+        raise ConfigurationError(problem)
+
+
+def redis_client(inner: SessionInterface) -> Redis | None:
+    """The ``redis.Redis`` (or subclass: any server speaking its protocol) behind ``inner``."""
     client = getattr(inner, "client", None)
+    if client is None:
+        return None
     try:
         from redis import Redis
     except ImportError:  # pragma: no cover - Flask-Session's redis backend needs it anyway
@@ -141,41 +127,36 @@ Encode = Callable[[Any], bytes]
 Decode = Callable[[Any], Any]
 
 
-def build_store(inner: Any, app: Any, encode: Encode, decode: Decode) -> tuple[Store, str | None]:
-    """The store for Flask-Session's interface ``inner``, and a warning when it can only
-    be per process (what does not work then). ``encode``/``decode``: Flask-Session's
-    serializer for ``inner`` (through the shim in :mod:`flask_plurality.flask_session_shim`)."""
-    client = _redis_client(inner)
+def build_store(inner: SessionInterface, app: Flask, encode: Encode, decode: Decode) -> Store:
+    """The store for Flask-Session's interface ``inner`` (see the table above).
+    ``encode``/``decode``: Flask-Session's serializer for ``inner`` (through the shim in
+    :mod:`flask_plurality.flask_session_shim`)."""
+    client = redis_client(inner)
     if client is not None:
-        return RedisStore(client, encode=encode, decode=decode), None
+        return RedisStore(client, encode=encode, decode=decode)
     cache = getattr(inner, "cache", None)
     if isinstance(cache, FileSystemCache):
-        return FileStore(cache), None
+        return FileStore(cache)
     if isinstance(cache, BaseCache):
         found = _cachelib_store(cache)
         if found is not None:
-            return found, None
+            return found
     if type(inner).__name__ == "SqlAlchemySessionInterface":
         from .sql import sql_store_for
 
         sql = sql_store_for(inner, app, encode, decode)
         if sql is not None:
-            return sql, None
+            return sql
     memcached = getattr(inner, "client", None)
     if type(inner).__name__ == "MemcachedSessionInterface" and is_pymemcache(memcached):
-        return MemcachedStore(memcached, encode=encode, decode=decode), None
+        return MemcachedStore(memcached, encode=encode, decode=decode)
     if isinstance(cache, SimpleCache):
-        return CacheLibStore(cache, shared=False), ("Sessions are in cachelib's SimpleCache, inside each process")
-    kind = type(cache).__name__ if isinstance(cache, BaseCache) else type(inner).__name__
-    return CacheLibStore(SimpleCache(threshold=10_000), shared=False), (
-        f"flask-plurality cannot share its answer cache, throttles and revocations through {kind}: "
-        "they are kept per process, revoke_user raises ConfigurationError, and a request in flight "
-        "may write back a session a logout just deleted. Use SESSION_TYPE 'redis', 'sqlalchemy', "
-        "'memcached' (pymemcache) or 'cachelib' (FileSystemCache, RedisCache, MemcachedCache)."
-    )
+        return CacheLibStore(cache)
+    return ForeignStore(inner)
 
 
 def _cachelib_store(cache: BaseCache) -> Store | None:
+    """The shared store for cachelib's Redis and memcached caches, ``None`` for others."""
     from cachelib.memcached import MemcachedCache
     from cachelib.redis import RedisCache
 

@@ -1,14 +1,20 @@
-"""What every store implementation shares: TTL bounds, failure handling, the session writer."""
+"""What the store implementations share: TTL bounds, failure handling, JSON values, the
+plain rarely-written trio, cachelib keys changed under a lock (files, per process) and
+the part common to the network clients (Redis, memcached)."""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
+from cachelib import BaseCache
 from flask import current_app, has_app_context
 
 from .. import signals
@@ -26,27 +32,16 @@ def bounded(ttl: float) -> int:
     return max(1, min(int(ttl), MAX_TTL))
 
 
-class SessionWriter(Protocol):
-    """How a store writes Flask-Session's own entries, checking every outcome."""
-
-    def save_session(self, store_id: str, session: Any, ttl: int, *, only_if_present: bool) -> None:
-        """Write the session; with ``only_if_present``, only over an entry that is still
-        stored (atomically: a concurrent delete wins), silently doing nothing otherwise."""
-        ...
-
-    def delete_session(self, store_id: str) -> None: ...
-
-
-class RarelyWritten:
+class PlainRarelyWritten(abc.ABC):
     """The revocation epoch's reads and writes where the backend has nothing cheaper than
     a plain ``get`` and ``set`` (every store but files). On Redis, memcached and SQL the
     epoch usually comes with the session anyway (``retrieve_session``)."""
 
-    def get(self, key: str) -> Any:  # pragma: no cover - every store defines its own
-        raise NotImplementedError
+    @abc.abstractmethod
+    def get(self, key: str) -> Any: ...
 
-    def set(self, key: str, value: Any, ttl: float) -> None:  # pragma: no cover - as get
-        raise NotImplementedError
+    @abc.abstractmethod
+    def set(self, key: str, value: Any, ttl: float) -> None: ...
 
     def get_rarely_written(self, key: str) -> Any:
         return self.get(key)
@@ -56,6 +51,84 @@ class RarelyWritten:
 
     def set_rarely_written(self, key: str, value: Any, ttl: float) -> None:
         self.set(key, value, ttl)
+
+
+class LockedKeys(abc.ABC):
+    """The extension's keys in a cachelib cache, each read-modify-write (``add``, counters
+    as a stored ``[count, window end]``) under a lock of the key: on files a ``flock``
+    every process shares, in a per-process cache a lock of the process."""
+
+    cache: BaseCache
+
+    @abc.abstractmethod
+    def _locked(self, key: str) -> AbstractContextManager[Any]:
+        """Exclusive access to ``key`` for one read-modify-write."""
+
+    @abc.abstractmethod
+    def _put(self, key: str, value: Any, ttl: int) -> None:
+        """Write ``key`` (already under :meth:`_locked`), raising when the write fails."""
+
+    @abc.abstractmethod
+    def _remove(self, key: str) -> None:
+        """Delete ``key`` (already under :meth:`_locked`)."""
+
+    def get(self, key: str) -> Any:
+        with store_errors_as_unavailable():
+            return self.cache.get(key)
+
+    def set(self, key: str, value: Any, ttl: float) -> None:
+        self._put(key, value, bounded(ttl))
+
+    def delete(self, key: str) -> None:
+        with self._locked(key):
+            self._remove(key)
+
+    def add(self, key: str, value: Any, ttl: float) -> bool:
+        with self._locked(key):
+            if self.get(key) is not None:  # held, not expired
+                return False
+            self._put(key, value, bounded(ttl))
+            return True
+
+    def incr(self, key: str, ttl: float) -> tuple[int, int]:
+        with self._locked(key):
+            now = time.time()
+            count, until = self._counter(key, now)
+            if not count:
+                until = now + bounded(ttl)
+            self._put(key, [count + 1, until], bounded(until - now + 1))
+        return count + 1, _seconds_left(until, now)
+
+    def decr(self, key: str) -> None:
+        with self._locked(key):
+            now = time.time()
+            count, until = self._counter(key, now)
+            if count > 1:
+                self._put(key, [count - 1, until], bounded(until - now + 1))
+            elif count == 1:
+                self._remove(key)
+
+    def peek(self, key: str) -> tuple[int, int]:
+        now = time.time()
+        count, until = self._counter(key, now)
+        return (count, _seconds_left(until, now)) if count else (0, 0)
+
+    def _counter(self, key: str, now: float) -> tuple[int, float]:
+        """(count, window end) of a live counter; (0, now) for none, an expired or junk one."""
+        value = self.get(key)
+        if (
+            isinstance(value, list)
+            and len(value) == 2
+            and isinstance(value[0], int)
+            and isinstance(value[1], int | float)
+            and value[1] > now
+        ):
+            return value[0], float(value[1])
+        return 0, now
+
+
+def _seconds_left(until: float, now: float) -> int:
+    return max(1, int(until - now + 0.999))
 
 
 #: What the store is being used for, for ``store_failed``'s ``where``: the session
@@ -89,6 +162,31 @@ def store_errors_as_unavailable() -> Iterator[None]:
         raise
     except Exception as exc:
         raise unavailable_error(exc) from None
+
+
+class ClientStore:
+    """A store over a network client (Redis, memcached) whose keys may carry the
+    client's own prefix, and that writes Flask-Session's entries with Flask-Session's
+    serializer (``encode``/``decode``; ``None`` for a store of the extension's keys only)."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        key_prefix: str = "",
+        encode: Callable[[Any], Any] | None = None,
+        decode: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.client = client
+        #: Prepended to every key (cachelib's ``RedisCache``/``MemcachedCache`` ``key_prefix``).
+        self.key_prefix = key_prefix
+        self._encode = encode
+        self._decode = decode
+
+    def get(self, key: str) -> Any:
+        with store_errors_as_unavailable():
+            raw = self.client.get(self.key_prefix + key)
+        return loads(raw)
 
 
 def dumps(value: Any) -> str:

@@ -22,7 +22,8 @@ from typing import Any, Final
 
 from cachelib.file import FileSystemCache
 
-from .base import bounded, store_errors_as_unavailable, unavailable_error
+from .base import LockedKeys, bounded, store_errors_as_unavailable, unavailable_error
+from .protocol import UNREAD
 
 #: ``fcntl`` where there is one (not on Windows: one process per directory there).
 fcntl: Any = importlib.import_module("fcntl") if os.name == "posix" else None
@@ -31,10 +32,12 @@ fcntl: Any = importlib.import_module("fcntl") if os.name == "posix" else None
 LOCK_STRIPES: Final = 64
 
 
-class FileStore:
-    """The extension's keys and Flask-Session's sessions in a ``FileSystemCache``."""
+class FileStore(LockedKeys):
+    """The extension's keys and Flask-Session's sessions in a ``FileSystemCache``; each
+    read-modify-write under the key's ``flock`` (:class:`~.base.LockedKeys`)."""
 
     shared = True
+    cache: FileSystemCache
 
     def __init__(self, cache: FileSystemCache) -> None:
         self.cache = cache
@@ -65,7 +68,7 @@ class FileStore:
         finally:
             os.close(fd)  # releases the lock
 
-    def _write(self, key: str, value: Any, ttl: int) -> None:
+    def _put(self, key: str, value: Any, ttl: int) -> None:
         # FileSystemCache expires at int(now) + ttl: one second more, or an entry written
         # at x.99 with a ttl of 1 would live 0.01 s (readers check ages themselves).
         with store_errors_as_unavailable():
@@ -80,59 +83,6 @@ class FileStore:
             pass
         except OSError as exc:
             raise unavailable_error(exc) from None
-
-    def get(self, key: str) -> Any:
-        with store_errors_as_unavailable():
-            return self.cache.get(key)
-
-    def set(self, key: str, value: Any, ttl: float) -> None:
-        self._write(key, value, bounded(ttl))
-
-    def delete(self, key: str) -> None:
-        with self._locked(key):
-            self._remove(key)
-
-    def add(self, key: str, value: Any, ttl: float) -> bool:
-        with self._locked(key):
-            if self.get(key) is not None:  # held, not expired
-                return False
-            self._write(key, value, bounded(ttl))
-            return True
-
-    def incr(self, key: str, ttl: float) -> tuple[int, int]:
-        with self._locked(key):
-            now = time.time()
-            count, until = self._counter(key, now)
-            if not count:
-                until = now + bounded(ttl)
-            self._write(key, [count + 1, until], bounded(until - now + 1))
-        return count + 1, max(1, int(until - now + 0.999))
-
-    def decr(self, key: str) -> None:
-        with self._locked(key):
-            now = time.time()
-            count, until = self._counter(key, now)
-            if count > 1:
-                self._write(key, [count - 1, until], bounded(until - now + 1))
-            elif count == 1:
-                self._remove(key)
-
-    def peek(self, key: str) -> tuple[int, int]:
-        now = time.time()
-        count, until = self._counter(key, now)
-        return count, max(0, int(until - now + 0.999)) if count else 0
-
-    def _counter(self, key: str, now: float) -> tuple[int, float]:
-        value = self.get(key)
-        if (
-            isinstance(value, list)
-            and len(value) == 2
-            and isinstance(value[0], int)
-            and isinstance(value[1], int | float)
-            and value[1] > now
-        ):
-            return value[0], float(value[1])
-        return 0, now
 
     def get_rarely_written(self, key: str) -> Any:
         """One ``stat`` instead of opening and unpickling a file: cachelib writes through
@@ -176,7 +126,7 @@ class FileStore:
         so readers read the value itself until the next write."""
         with self._locked(key):
             self._unmark(key)
-            self._write(key, value, bounded(ttl))
+            self._put(key, value, bounded(ttl))
             if not isinstance(value, str):
                 return
             try:
@@ -216,6 +166,12 @@ class FileStore:
         return path
 
     # -- Flask-Session's entries --------------------------------------------------
+
+    def retrieve_session(self, store_id: str, epoch_key: str | None) -> tuple[Any, Any]:
+        """The session file alone: the epoch is left to :meth:`still_current`, one
+        ``access`` of a marker against a ``stat`` here. (cachelib reads a file it cannot
+        open or unpickle as nothing; the session guard makes any other failure a 503.)"""
+        return self.cache.get(store_id), (UNREAD if epoch_key is not None else None)
 
     def save_session(self, store_id: str, session: Any, ttl: int, *, only_if_present: bool) -> None:
         with self._locked(store_id):

@@ -11,10 +11,9 @@ client's new connections, so a write is not held back by Nagle's algorithm.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
-from .base import RarelyWritten, bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
+from .base import ClientStore, PlainRarelyWritten, bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
 
 #: memcached reads a TTL above 30 days as a Unix time.
 _RELATIVE_LIMIT = 30 * 86400
@@ -40,29 +39,14 @@ def _expire(ttl: int) -> int:
     return ttl if ttl <= _RELATIVE_LIMIT else int(time.time()) + ttl
 
 
-class MemcachedStore(RarelyWritten):
+class MemcachedStore(ClientStore, PlainRarelyWritten):
     """The extension's keys in memcached; with ``encode``, Flask-Session's sessions too."""
 
     shared = True
 
-    def __init__(
-        self,
-        client: Any,
-        *,
-        key_prefix: str = "",
-        encode: Callable[[Any], Any] | None = None,
-        decode: Callable[[Any], Any] | None = None,
-    ) -> None:
-        self.client = client
-        self.key_prefix = key_prefix
-        self._encode = encode
-        self._decode = decode
+    def __init__(self, client: Any, **options: Any) -> None:
+        super().__init__(client, **options)
         prefer_nodelay(client)
-
-    def get(self, key: str) -> Any:
-        with store_errors_as_unavailable():
-            raw = self.client.get(self.key_prefix + key)
-        return loads(raw)
 
     def set(self, key: str, value: Any, ttl: float) -> None:
         with store_errors_as_unavailable():
@@ -137,6 +121,9 @@ class MemcachedStore(RarelyWritten):
     def delete_session(self, store_id: str) -> None:
         with store_errors_as_unavailable():
             self.client.delete(self.key_prefix + store_id, noreply=False)
+
+    def sweep(self) -> None:
+        """Nothing to do: every entry was written with an expiry, and memcached drops it."""
 
 
 def _seconds_left(until_raw: Any, default: int) -> int:

@@ -6,10 +6,9 @@ session only while it exists, ``INCR`` inside ``MULTI`` for counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .base import RarelyWritten, bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
+from .base import ClientStore, PlainRarelyWritten, bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -24,29 +23,11 @@ return left
 """
 
 
-class RedisStore(RarelyWritten):
+class RedisStore(ClientStore, PlainRarelyWritten):
     """The extension's keys in Redis; with ``encode``, Flask-Session's sessions too."""
 
     shared = True
-
-    def __init__(
-        self,
-        client: Redis,
-        *,
-        key_prefix: str = "",
-        encode: Callable[[Any], bytes] | None = None,
-        decode: Callable[[Any], Any] | None = None,
-    ) -> None:
-        self.client = client
-        #: Prepended to every key (cachelib's RedisCache ``key_prefix``).
-        self.key_prefix = key_prefix
-        self._encode = encode
-        self._decode = decode
-
-    def get(self, key: str) -> Any:
-        with store_errors_as_unavailable():
-            raw = self.client.get(self.key_prefix + key)
-        return loads(raw)
+    client: Redis
 
     def set(self, key: str, value: Any, ttl: float) -> None:
         with store_errors_as_unavailable():
@@ -113,6 +94,9 @@ class RedisStore(RarelyWritten):
     def delete_session(self, store_id: str) -> None:
         with store_errors_as_unavailable():
             self.client.delete(self.key_prefix + store_id)
+
+    def sweep(self) -> None:
+        """Nothing to do: every key was written with an expiry, and Redis drops it."""
 
 
 def refuse_cluster(client: Any) -> str | None:

@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from .base import RarelyWritten, bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
+from .base import PlainRarelyWritten, bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
 
 #: Attempts of a statement the database aborted as a deadlock or serialization failure.
 _ATTEMPTS = 3
@@ -33,7 +33,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-class SQLStore(RarelyWritten):
+class SQLStore(PlainRarelyWritten):
     """The extension's keys in ``<sessions table>_plurality``; Flask-Session's rows too."""
 
     shared = True
@@ -81,33 +81,24 @@ class SQLStore(RarelyWritten):
 
     def _insert(self, table: sa.Table, row: dict[str, Any], *, update: dict[str, Any] | None = None) -> Any:
         """INSERT that ignores a duplicate key (``update=None``) or updates it."""
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            index = [next(iter(_unique_columns(table)))]
-            stmt = pg_insert(table).values(**row)
-            return (
-                stmt.on_conflict_do_nothing(index_elements=index).returning(table.c[index[0]])
-                if update is None
-                else (stmt.on_conflict_do_update(index_elements=index, set_=update))
-            )
         if self.dialect in ("mysql", "mariadb"):
             from sqlalchemy.dialects.mysql import insert as my_insert
 
             if update is None:
                 return sa.insert(table).values(**row).prefix_with("IGNORE")
             return my_insert(table).values(**row).on_duplicate_key_update(**update)
-        if self.dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as lite_insert
-
-            index = [next(iter(_unique_columns(table)))]
-            lite = lite_insert(table).values(**row)
-            return (
-                lite.on_conflict_do_nothing(index_elements=index).returning(table.c[index[0]])
-                if update is None
-                else (lite.on_conflict_do_update(index_elements=index, set_=update))
-            )
-        raise unavailable_error(f"no atomic insert for the {self.dialect} dialect")
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        else:
+            raise unavailable_error(f"no atomic insert for the {self.dialect} dialect")
+        # PostgreSQL's and SQLite's ON CONFLICT read the same.
+        index = [next(iter(_unique_columns(table)))]
+        stmt = insert(table).values(**row)
+        if update is None:
+            return stmt.on_conflict_do_nothing(index_elements=index).returning(table.c[index[0]])
+        return stmt.on_conflict_do_update(index_elements=index, set_=update)
 
     def _inserted(self, stmt: Any, conn: sa.Connection) -> bool:
         """Did this insert-unless-present insert? (PostgreSQL and SQLite report no rowcount
