@@ -10,7 +10,7 @@ lists the answers.
 The rest has modules of its own: :mod:`.transport` carries one exchange within its
 deadline and body cap, :mod:`.breaker` holds calls back while Plurality is down.
 :meth:`PluralityClient.validate` sends :data:`.signals.upstream_called` for each call
-it makes; a call it refuses to make (the breaker open) is none.
+it makes; a call it refuses to make (no credentials, the breaker open) is none.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from urllib3.util.retry import Retry
 
 from . import signals
 from .breaker import Breaker
+from .config import require_credentials
 from .exceptions import CredentialsRejected, InvalidToken, PluralityError, UpstreamUnavailable
 from .transport import Reply, exchange, pooled_session
 
@@ -140,12 +141,15 @@ class PluralityClient:
     def validate(self, token: str, upstream: Upstream) -> dict[str, Any]:
         """Ask Plurality about ``token``; return its ``user`` object or raise.
 
-        Every call counts toward the breaker, logins and revalidations alike: an answer
-        about the token (yes or no) is a success, anything else a failure, except a
-        timeout of a call that had less than ``PLURALITY_TIMEOUT`` (``upstream.budget``):
-        its caller's deadline, not Plurality's slowness, cut it short, and the call that
-        had the whole timeout (another worker's) tells the breaker what it found.
+        Raises :class:`.NotConfigured` first, without a call, when the client id or
+        secret is empty. Every call counts toward the breaker, logins and revalidations
+        alike: an answer about the token (yes or no) is a success, anything else a
+        failure, except a timeout of a call that had less than ``PLURALITY_TIMEOUT``
+        (``upstream.budget``): its caller's deadline, not Plurality's slowness, cut it
+        short, and the call that had the whole timeout (another worker's) tells the
+        breaker what it found.
         """
+        require_credentials(upstream.client_id, upstream.client_secret)
         breaker = self.breaker(upstream)
         limit = upstream.limit
         breaker.before_call(upstream.breaker_threshold, limit)  # a fail-fast is no call: not signalled

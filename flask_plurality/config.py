@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from flask import current_app
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, NotConfigured
 
 log = logging.getLogger("flask_plurality")
 
@@ -33,7 +33,6 @@ DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_LOGIN_URL": None,
     "PLURALITY_TRUSTED_ORIGINS": [],
     "PLURALITY_FAKE": False,
-    # Added keys (documented in docs/configuration.rst's config table).
     "PLURALITY_KEY_PREFIX": "plurality:",
     "PLURALITY_MAX_TOKEN_LENGTH": 4096,
     "PLURALITY_LOGIN_MAX_FAILURES": 10,
@@ -99,6 +98,10 @@ def _number(app_config: Mapping[str, Any], key: str, *, integer: bool = False, m
         raise ConfigurationError(f"{key} must be {kind} of at least {minimum:g}, not {app_config[key]!r}")
 
 
+def _credential(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
 def _origins(value: Any) -> list[str]:
     """A list, or a comma/space separated string as an environment variable gives."""
     if isinstance(value, str):
@@ -123,11 +126,12 @@ class ConfigView:
 
     @property
     def client_id(self) -> str:
-        return str(self._get("PLURALITY_CLIENT_ID"))
+        """``""`` when unset (never ``"None"``): the client refuses to call without it."""
+        return _credential(self._get("PLURALITY_CLIENT_ID"))
 
     @property
     def client_secret(self) -> str:
-        return str(self._get("PLURALITY_CLIENT_SECRET"))
+        return _credential(self._get("PLURALITY_CLIENT_SECRET"))
 
     @property
     def api_url(self) -> str:
@@ -285,3 +289,36 @@ def secret_hint(secret: Any) -> str | None:
     if isinstance(secret, str) and ":" in secret:
         return "PLURALITY_CLIENT_SECRET contains ':', and Plurality keeps only what comes before the first ':'"
     return None
+
+
+# -- what may be missing -------------------------------------------------------------
+
+#: The settings without which nothing can be asked of Plurality. ``init_app`` only warns
+#: when one is missing; every use that needs it raises :class:`.NotConfigured`.
+CREDENTIALS: Final = ("PLURALITY_CLIENT_ID", "PLURALITY_CLIENT_SECRET")
+
+
+def missing_credentials(app_config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The :data:`CREDENTIALS` that are unset or empty, in order."""
+    return tuple(key for key in CREDENTIALS if not app_config.get(key))
+
+
+def not_configured(missing: tuple[str, ...]) -> NotConfigured:
+    """The error for a use that needs ``missing``: what to set, in either way an app sets
+    it (its config, or the environment read by ``from_prefixed_env``), or demo mode."""
+    names = " and ".join(missing)
+    env = " and ".join(f"FLASK_{key}" for key in missing)
+    one = len(missing) == 1
+    return NotConfigured(
+        f"{names} {'is' if one else 'are'} not set, so Plurality cannot be asked about a login. "
+        f"Copy {'it' if one else 'them'} from Plurality's developer dashboard into the app's config "
+        f"as {names}, or into the environment as {env}, read by app.config.from_prefixed_env(); "
+        "or set PLURALITY_FAKE = True (FLASK_PLURALITY_FAKE=true) to develop against the built-in stand-in.",
+        missing=missing,
+    )
+
+
+def require_credentials(client_id: str, client_secret: str) -> None:
+    """Raise :class:`.NotConfigured` naming whichever of the two is empty."""
+    if not client_id or not client_secret:
+        raise not_configured(missing_credentials({CREDENTIALS[0]: client_id, CREDENTIALS[1]: client_secret}))

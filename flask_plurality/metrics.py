@@ -52,6 +52,7 @@ REASONS: Final = frozenset(
         "credentials_rejected",
         "upstream_unavailable",
         # about the login itself
+        "not_configured",
         "too_many_attempts",
         "refused",
         "session_store_unavailable",

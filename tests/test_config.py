@@ -35,25 +35,6 @@ def credentials(fake: FakePlurality) -> dict[str, Any]:
     }
 
 
-# -- required keys -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("missing", ["PLURALITY_CLIENT_ID", "PLURALITY_CLIENT_SECRET"])
-@pytest.mark.parametrize("value", [None, ""])
-def test_missing_credentials_name_the_key(tmp_path: Path, missing: str, value: Any) -> None:
-    config = {"PLURALITY_CLIENT_ID": "my-id", "PLURALITY_CLIENT_SECRET": "my-very-secret-secret"}
-    if value is None:
-        del config[missing]
-    else:
-        config[missing] = value
-    app = new_app(tmp_path, TESTING=True, **config)
-    with pytest.raises(ConfigurationError) as info:
-        Plurality(app)
-    assert missing in str(info.value)
-    assert "my-very-secret-secret" not in str(info.value)
-    assert "plurality" not in app.extensions
-
-
 def test_get_extension_before_init_app_is_a_clear_error(tmp_path: Path) -> None:
     app = new_app(tmp_path)
     with app.app_context(), pytest.raises(ConfigurationError, match="init_app"):
@@ -372,3 +353,4 @@ def test_numbers_and_flags_from_the_environment_work(make_app: AppFactory) -> No
         from flask_plurality.config import config
 
         assert config.timeout == 2.5 and config.login_max_failures == 3 and config.verify_tls is True
+
