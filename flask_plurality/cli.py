@@ -25,7 +25,7 @@ from flask.cli import AppGroup
 
 from .answers import upstream_settings
 from .client import VALIDATE_PATH
-from .config import client_id_problem, config, missing_credentials, not_configured, secret_hint
+from .config import client_id_problem, config, missing_credentials, not_configured, secret_hint, unknown_keys
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .security import insecure_transport
 from .state import get_extension, get_state
@@ -60,7 +60,8 @@ class ExitCode(IntEnum):
     #: is per process, or ``PLURALITY_REVOCATION_CHECK`` is off); nothing was written.
     NO_EFFECT = 8
     #: ``check``: ``PLURALITY_CLIENT_ID`` or ``PLURALITY_CLIENT_SECRET`` is not set (so
-    #: Plurality was not asked).
+    #: Plurality was not asked), or a ``PLURALITY_*`` key is not a setting (a misspelling,
+    #: whose default is used instead).
     NOT_CONFIGURED = 9
 
 
@@ -244,7 +245,7 @@ def check_command(token: str | None) -> None:
 
     Exit codes: 0 all OK, 3 reachable but credentials not checked (no --token), 4 token
     invalid or expired, 5 credentials rejected, 6 unreachable, 7 session store unavailable,
-    9 a credential is not set.
+    9 a credential is not set or a PLURALITY_* key is not a setting.
     """
     if token is not None:
         token = _token_argument(token)
@@ -259,6 +260,9 @@ def check_command(token: str | None) -> None:
         click.echo(f"session store UNAVAILABLE: {store_problem}")
     for warning in config_warnings(app, store):
         click.echo(f"warning: {warning}")
+    unknown = unknown_keys(app.config)
+    for line in unknown:
+        click.echo(f"error: {line}")
     if missing:  # nothing can be asked of Plurality
         click.echo(f"not configured: {not_configured(missing)}")
         _exit(ExitCode.NOT_CONFIGURED)
@@ -267,7 +271,11 @@ def check_command(token: str | None) -> None:
     if code in (ExitCode.OK, ExitCode.NOT_CHECKED, ExitCode.INVALID_TOKEN) and found:
         click.echo(f"note: the validate route answers {found} here; PLURALITY_VALIDATE_METHOD={found} saves a call")
     click.echo(message)
-    _exit(ExitCode.STORE_UNAVAILABLE if store_problem else code)
+    if store_problem:
+        _exit(ExitCode.STORE_UNAVAILABLE)
+    if unknown and code in (ExitCode.OK, ExitCode.NOT_CHECKED):
+        _exit(ExitCode.NOT_CONFIGURED)  # what was checked works, but not as the app's author meant
+    _exit(code)
 
 
 _DEMO_MODE_NOTE = (

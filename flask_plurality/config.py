@@ -6,10 +6,11 @@ rest of the package reads them through :data:`config`, so no module repeats a de
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from flask import current_app
@@ -18,8 +19,10 @@ from .exceptions import ConfigurationError, NotConfigured
 
 log = logging.getLogger("flask_plurality")
 
-#: Every key the extension reads, with its default. The config table of the docs
-#: (docs/configuration.rst) is checked against this mapping by the docs build and a test.
+#: Every key the extension reads, with its default: the one list of its settings. The
+#: config table of the docs (docs/configuration.rst) is checked against this mapping by
+#: the docs build and a test, and a ``PLURALITY_*`` key of the app that is not here is
+#: reported as a misspelling (:func:`unknown_keys`).
 DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_CLIENT_ID": None,
     "PLURALITY_CLIENT_SECRET": None,
@@ -291,7 +294,7 @@ def secret_hint(secret: Any) -> str | None:
     return None
 
 
-# -- what may be missing -------------------------------------------------------------
+# -- what may be missing or misspelled ----------------------------------------------
 
 #: The settings without which nothing can be asked of Plurality. ``init_app`` only warns
 #: when one is missing; every use that needs it raises :class:`.NotConfigured`.
@@ -322,3 +325,27 @@ def require_credentials(client_id: str, client_secret: str) -> None:
     """Raise :class:`.NotConfigured` naming whichever of the two is empty."""
     if not client_id or not client_secret:
         raise not_configured(missing_credentials({CREDENTIALS[0]: client_id, CREDENTIALS[1]: client_secret}))
+
+
+_PREFIX_LENGTH: Final = len("PLURALITY_")
+_TAILS: Final = [key[_PREFIX_LENGTH:] for key in DEFAULTS]
+
+
+def unknown_keys(keys: Iterable[str]) -> list[str]:
+    """A sentence for each ``PLURALITY_*`` key (in any case) that is not a setting, naming
+    the closest setting: a misspelt key is otherwise silently ignored, and its default used.
+    Only the key is named, never its value (a misspelt secret's value is a secret)."""
+    found = []
+    for name in sorted(k for k in keys if isinstance(k, str) and k.upper().startswith("PLURALITY_")):
+        if name in DEFAULTS:
+            continue
+        # Compared without the prefix, which every key shares and which would make any
+        # two keys look alike.
+        close = difflib.get_close_matches(name.upper()[_PREFIX_LENGTH:], _TAILS, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean PLURALITY_{close[0]}?"
+            if close
+            else "see the configuration page of the docs for the settings"
+        )
+        found.append(f"{name} is not a flask-plurality setting; {hint}")
+    return found

@@ -21,7 +21,7 @@ from . import signals
 from .answers import AnswerCache
 from .cli import plurality_cli
 from .client import PluralityClient
-from .config import DEFAULTS, check_values, config, fake_mode, flag, missing_credentials, not_configured
+from .config import DEFAULTS, check_values, config, fake_mode, flag, missing_credentials, not_configured, unknown_keys
 from .exceptions import ConfigurationError, InvalidToken, NotConfigured
 from .logins import end_login
 from .metrics import PluralityMetrics, init_metrics
@@ -86,6 +86,8 @@ class Plurality:
         state = AppState()
         if fake_mode(app.config["PLURALITY_FAKE"]):
             state.fake = _start_fake(app)
+        for warning in unknown_keys(app.config):
+            log.warning("%s", warning)
         missing = missing_credentials(app.config)
         if missing:
             # Not an error here: `flask db upgrade`, `flask --help`, a build step and tests
