@@ -29,9 +29,13 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Final, NamedTuple
+from functools import wraps
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
-from .client import PluralityClient, Upstream
+from flask import current_app
+
+from . import signals
+from .client import PluralityClient, Upstream, outcome_of
 from .config import ConfigView, config
 from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .singleflight import SingleFlight
@@ -69,6 +73,34 @@ def upstream_settings(cfg: ConfigView = config) -> Upstream:
     )
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _served(produce: F) -> F:
+    """Send :data:`.signals.answer_served` for each answer ``produce`` gives (a "yes" or
+    a "no", from the cache or not, or an outage); a failure that is no answer at all
+    (the store down, no credentials) is not one."""
+
+    @wraps(produce)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        error: BaseException | None = None
+        cached = False
+        try:
+            answer = produce(*args, **kwargs)
+            cached = bool(getattr(answer, "cached", False))
+            return answer
+        except BaseException as exc:
+            error = exc
+            cached = bool(getattr(exc, "cached", False))
+            raise
+        finally:
+            outcome, _ = outcome_of(error)
+            if outcome != "error":
+                signals.answer_served.send(current_app._get_current_object(), cached=cached, outcome=outcome)  # type: ignore[attr-defined]
+
+    return cast(F, wrapper)
+
+
 class AnswerCache:
     """One per extension object: its upstream client and its in-process single flight."""
 
@@ -82,6 +114,7 @@ class AnswerCache:
         the token's :func:`.token_hash`, when the caller has it already."""
         return _usable(get_store().get(key("answer", _name(token, digest))), interval)
 
+    @_served
     @observed_answer
     def lookup(
         self,

@@ -28,7 +28,7 @@ from flask.cli import AppGroup
 
 from .answers import upstream_settings
 from .client import VALIDATE_PATH
-from .config import client_id_problem, config, secret_hint
+from .config import client_id_problem, config, missing_credentials, not_configured, secret_hint, unknown_keys
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .security import insecure_transport
 from .state import get_extension, get_state
@@ -64,6 +64,10 @@ class ExitCode(IntEnum):
     #: ``revoke-user``: the command would have no effect on the running app (the store
     #: is per process, or ``PLURALITY_REVOCATION_CHECK`` is off); nothing was written.
     NO_EFFECT = 8
+    #: ``check``: ``PLURALITY_CLIENT_ID`` or ``PLURALITY_CLIENT_SECRET`` is not set (so
+    #: Plurality was not asked), or a ``PLURALITY_*`` key is not a setting (a misspelling,
+    #: whose default is used instead).
+    NOT_CONFIGURED = 9
 
 
 _REASONS = {
@@ -320,26 +324,38 @@ def check_command(token: str | None) -> None:
     """Check the configuration, the session store and Plurality, and say what was proven.
 
     Exit codes: 0 all OK, 3 reachable but credentials not checked (no --token), 4 token
-    invalid or expired, 5 credentials rejected, 6 unreachable, 7 session store unavailable.
+    invalid or expired, 5 credentials rejected, 6 unreachable, 7 session store unavailable,
+    9 a credential is not set or a PLURALITY_* key is not a setting.
     """
     if token is not None:
         token = _token_argument(token)
     extension = get_extension()
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    missing = missing_credentials(app.config)
     click.echo(f"Plurality API:  {config.api_url}{VALIDATE_PATH} (method {config.validate_method.lower()})")
-    click.echo(f"client id:      {config.client_id}")
+    click.echo(f"client id:      {config.client_id or '(not set)'}")
     click.echo(f"session store:  {describe_store(app)[0]}")
     store, store_problem = _store_works()
     if store_problem:
         click.echo(f"session store UNAVAILABLE: {store_problem}")
     for warning in config_warnings(app, store):
         click.echo(f"warning: {warning}")
+    unknown = unknown_keys(app.config)
+    for line in unknown:
+        click.echo(f"error: {line}")
+    if missing:  # nothing can be asked of Plurality
+        click.echo(f"not configured: {not_configured(missing)}")
+        _exit(ExitCode.NOT_CONFIGURED)
     code, message = probe(extension, token)
     found = extension.client._methods.get(config.api_url)
     if code in (ExitCode.OK, ExitCode.NOT_CHECKED, ExitCode.INVALID_TOKEN) and found:
         click.echo(f"note: the validate route answers {found} here; PLURALITY_VALIDATE_METHOD={found} saves a call")
     click.echo(message)
-    _exit(ExitCode.STORE_UNAVAILABLE if store_problem else code)
+    if store_problem:
+        _exit(ExitCode.STORE_UNAVAILABLE)
+    if unknown and code in (ExitCode.OK, ExitCode.NOT_CHECKED):
+        _exit(ExitCode.NOT_CONFIGURED)  # what was checked works, but not as the app's author meant
+    _exit(code)
 
 
 _DEMO_MODE_NOTE = (

@@ -6,20 +6,23 @@ rest of the package reads them through :data:`config`, so no module repeats a de
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from flask import current_app
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, NotConfigured
 
 log = logging.getLogger("flask_plurality")
 
-#: Every key the extension reads, with its default. The config table of the docs
-#: (docs/configuration.rst) is checked against this mapping by the docs build and a test.
+#: Every key the extension reads, with its default: the one list of its settings. The
+#: config table of the docs (docs/configuration.rst) is checked against this mapping by
+#: the docs build and a test, and a ``PLURALITY_*`` key of the app that is not here is
+#: reported as a misspelling (:func:`unknown_keys`).
 DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_CLIENT_ID": None,
     "PLURALITY_CLIENT_SECRET": None,
@@ -33,7 +36,6 @@ DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_LOGIN_URL": None,
     "PLURALITY_TRUSTED_ORIGINS": [],
     "PLURALITY_FAKE": False,
-    # Added keys (documented in docs/configuration.rst's config table).
     "PLURALITY_KEY_PREFIX": "plurality:",
     "PLURALITY_MAX_TOKEN_LENGTH": 4096,
     "PLURALITY_LOGIN_MAX_FAILURES": 10,
@@ -99,6 +101,10 @@ def _number(app_config: Mapping[str, Any], key: str, *, integer: bool = False, m
         raise ConfigurationError(f"{key} must be {kind} of at least {minimum:g}, not {app_config[key]!r}")
 
 
+def _credential(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
 def _origins(value: Any) -> list[str]:
     """A list, or a comma/space separated string as an environment variable gives."""
     if isinstance(value, str):
@@ -123,11 +129,12 @@ class ConfigView:
 
     @property
     def client_id(self) -> str:
-        return str(self._get("PLURALITY_CLIENT_ID"))
+        """``""`` when unset (never ``"None"``): the client refuses to call without it."""
+        return _credential(self._get("PLURALITY_CLIENT_ID"))
 
     @property
     def client_secret(self) -> str:
-        return str(self._get("PLURALITY_CLIENT_SECRET"))
+        return _credential(self._get("PLURALITY_CLIENT_SECRET"))
 
     @property
     def api_url(self) -> str:
@@ -285,3 +292,60 @@ def secret_hint(secret: Any) -> str | None:
     if isinstance(secret, str) and ":" in secret:
         return "PLURALITY_CLIENT_SECRET contains ':', and Plurality keeps only what comes before the first ':'"
     return None
+
+
+# -- what may be missing or misspelled ----------------------------------------------
+
+#: The settings without which nothing can be asked of Plurality. ``init_app`` only warns
+#: when one is missing; every use that needs it raises :class:`.NotConfigured`.
+CREDENTIALS: Final = ("PLURALITY_CLIENT_ID", "PLURALITY_CLIENT_SECRET")
+
+
+def missing_credentials(app_config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The :data:`CREDENTIALS` that are unset or empty, in order."""
+    return tuple(key for key in CREDENTIALS if not app_config.get(key))
+
+
+def not_configured(missing: tuple[str, ...]) -> NotConfigured:
+    """The error for a use that needs ``missing``: what to set, in either way an app sets
+    it (its config, or the environment read by ``from_prefixed_env``), or demo mode."""
+    names = " and ".join(missing)
+    env = " and ".join(f"FLASK_{key}" for key in missing)
+    one = len(missing) == 1
+    return NotConfigured(
+        f"{names} {'is' if one else 'are'} not set, so Plurality cannot be asked about a login. "
+        f"Copy {'it' if one else 'them'} from Plurality's developer dashboard into the app's config "
+        f"as {names}, or into the environment as {env}, read by app.config.from_prefixed_env(); "
+        "or set PLURALITY_FAKE = True (FLASK_PLURALITY_FAKE=true) to develop against the built-in stand-in.",
+        missing=missing,
+    )
+
+
+def require_credentials(client_id: str, client_secret: str) -> None:
+    """Raise :class:`.NotConfigured` naming whichever of the two is empty."""
+    if not client_id or not client_secret:
+        raise not_configured(missing_credentials({CREDENTIALS[0]: client_id, CREDENTIALS[1]: client_secret}))
+
+
+_PREFIX_LENGTH: Final = len("PLURALITY_")
+_TAILS: Final = [key[_PREFIX_LENGTH:] for key in DEFAULTS]
+
+
+def unknown_keys(keys: Iterable[str]) -> list[str]:
+    """A sentence for each ``PLURALITY_*`` key (in any case) that is not a setting, naming
+    the closest setting: a misspelt key is otherwise silently ignored, and its default used.
+    Only the key is named, never its value (a misspelt secret's value is a secret)."""
+    found = []
+    for name in sorted(k for k in keys if isinstance(k, str) and k.upper().startswith("PLURALITY_")):
+        if name in DEFAULTS:
+            continue
+        # Compared without the prefix, which every key shares and which would make any
+        # two keys look alike.
+        close = difflib.get_close_matches(name.upper()[_PREFIX_LENGTH:], _TAILS, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean PLURALITY_{close[0]}?"
+            if close
+            else "see the configuration page of the docs for the settings"
+        )
+        found.append(f"{name} is not a flask-plurality setting; {hint}")
+    return found

@@ -31,6 +31,24 @@ class ConfigurationError(PluralityError, click.ClickException):
     reason = "configuration"
 
 
+class NotConfigured(ConfigurationError):
+    """A use that needs a setting the app left out (the client id or secret).
+
+    ``init_app`` only warns about a missing credential, so that ``flask db upgrade``,
+    ``flask --help``, a build step or tests that never log in work without one; each
+    login, revalidation, bearer check or :meth:`~flask_plurality.Plurality.validate`
+    raises this instead, before anything is sent. A request answers it with 503
+    ``not_configured``. :attr:`missing` names the keys.
+    """
+
+    reason = "not_configured"
+
+    def __init__(self, message: str, *, missing: tuple[str, ...]) -> None:
+        super().__init__(message)
+        #: The keys that are not set, e.g. ``("PLURALITY_CLIENT_SECRET",)``.
+        self.missing = missing
+
+
 class InvalidToken(PluralityError):
     """The token is not acceptable: malformed, expired, revoked or for another app."""
 

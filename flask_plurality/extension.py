@@ -14,18 +14,19 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app, request
 from flask.typing import ResponseReturnValue
 
 from . import signals
 from .answers import AnswerCache
 from .cli import plurality_cli
 from .client import PluralityClient
-from .config import DEFAULTS, check_values, config, fake_mode, flag
-from .exceptions import ConfigurationError, InvalidToken
+from .config import DEFAULTS, check_values, config, fake_mode, flag, missing_credentials, not_configured, unknown_keys
+from .exceptions import ConfigurationError, InvalidToken, NotConfigured
 from .logins import end_login
 from .metrics import PluralityMetrics, init_metrics
 from .profile import Profile
+from .responses import json_error
 from .revocation import revoke
 from .security import warn_insecure_transport
 from .sessions import setup_sessions
@@ -85,18 +86,20 @@ class Plurality:
         state = AppState()
         if fake_mode(app.config["PLURALITY_FAKE"]):
             state.fake = _start_fake(app)
-        for key in ("PLURALITY_CLIENT_ID", "PLURALITY_CLIENT_SECRET"):
-            if not app.config.get(key):
-                raise ConfigurationError(
-                    f"{key} is not set. Copy it from Plurality's developer dashboard, "
-                    "or set PLURALITY_FAKE = True to develop against the built-in stand-in."
-                )
+        for warning in unknown_keys(app.config):
+            log.warning("%s", warning)
+        missing = missing_credentials(app.config)
+        if missing:
+            # Not an error here: `flask db upgrade`, `flask --help`, a build step and tests
+            # that never log in need no credentials. Each use that does raises NotConfigured.
+            log.warning("%s Until then, logins answer 503 not_configured.", not_configured(missing))
         warn_insecure_transport(app.config)
         check_session_client(app)
         state.store = setup_sessions(app)
         app.extensions[EXTENSION_KEY] = self
         app.extensions[STATE_KEY] = state
         app.register_blueprint(blueprint, url_prefix=app.config["PLURALITY_URL_PREFIX"])
+        app.register_error_handler(NotConfigured, _not_configured)
         app.cli.add_command(plurality_cli)
         if flag(app.config["PLURALITY_METRICS"], "PLURALITY_METRICS"):
             self.init_metrics(app)
@@ -168,6 +171,25 @@ class Plurality:
         if not isinstance(user_id, str) or not user_id:
             raise ValueError("revoke_user() needs a Plurality user id (a non-empty string).")
         revoke(user_id)
+
+
+def _not_configured(exc: NotConfigured) -> Response:
+    """A login, revalidation or bearer check that needs the missing credentials: a 503
+    that says which, one ERROR line, and never a 500 or a silent 401."""
+    log.error("%s %s answered 503 not_configured: %s", request.method, request.path, exc)
+    if request.blueprint == blueprint.name and request.endpoint == f"{blueprint.name}.login":
+        signals.login_failed.send(current_app._get_current_object(), profile=None, reason=exc.reason)  # type: ignore[attr-defined]
+    return json_error(503, "not_configured", message=str(exc))
+
+
+@blueprint.before_request
+def _login_needs_credentials() -> None:
+    """Refuse a login without credentials before anything else: the failed-login
+    throttle counts an attempt before asking Plurality, and this one is no attempt."""
+    if request.method == "POST" and request.endpoint == f"{blueprint.name}.login":
+        missing = missing_credentials(current_app.config)
+        if missing:
+            raise not_configured(missing)
 
 
 def _start_fake(app: Flask) -> FakePlurality:

@@ -52,6 +52,7 @@ REASONS: Final = frozenset(
         "credentials_rejected",
         "upstream_unavailable",
         # about the login itself
+        "not_configured",
         "too_many_attempts",
         "refused",
         "session_store_unavailable",
@@ -220,9 +221,10 @@ class PluralityMetrics:
     def _answer_served(self, sender: Flask, cached: bool = False, **_: Any) -> None:
         self.answer_cache.labels("hit" if cached else "miss").inc()
 
-    def _breaker_opened(self, sender: Flask, upstream: Any = None, **_: Any) -> None:
+    def _breaker_opened(self, sender: Flask, upstream: Any = None, reopened: bool = False, **_: Any) -> None:
         label = upstream_label(upstream)
-        self.breaker_openings.labels(label).inc()
+        if not reopened:  # a failed probe: still the same outage
+            self.breaker_openings.labels(label).inc()
         self.breaker_open.labels(label).set(1)
 
     def _breaker_closed(self, sender: Flask, upstream: Any = None, **_: Any) -> None:

@@ -100,8 +100,11 @@ _HEADERS: Final[dict[str, Any]] = {
 }
 
 
-def _error(description: str, *codes: str, headers: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A documented error answer: which codes it may carry, and its headers."""
+def _error(
+    description: str, *codes: str, headers: tuple[str, ...] = (), sometimes: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A documented error answer: which codes it may carry, and its headers (``sometimes``:
+    sent with some of the codes only)."""
     listed = ", ".join(f"`{c}`" for c in codes)
     answer: dict[str, Any] = {
         "description": f"{description} (`error`: {listed})",
@@ -110,6 +113,8 @@ def _error(description: str, *codes: str, headers: tuple[str, ...] = ()) -> dict
     }
     for name in headers:
         answer["headers"][name] = {"$ref": f"#/components/headers/{name}"}
+    for name in sometimes:
+        answer["headers"][name] = {**_HEADERS[name], "required": False}
     return answer
 
 
@@ -202,10 +207,13 @@ def _paths() -> dict[str, Any]:
                         headers=("Retry-After",),
                     ),
                     "503": _error(
-                        f"Plurality cannot confirm the login right now, or {_STORE_DOWN}",
+                        f"Plurality cannot confirm the login right now, or {_STORE_DOWN} (both with "
+                        "`Retry-After`); or this server has no Plurality client id or secret set, "
+                        "which waiting does not mend (no `Retry-After`)",
                         "upstream_unavailable",
                         "session_store_unavailable",
-                        headers=("Retry-After",),
+                        "not_configured",
+                        sometimes=("Retry-After",),
                     ),
                 },
             },

@@ -1,6 +1,7 @@
-"""Blinker signals; the sender is the app. The login signals carry ``profile``, and
-their failures also ``reason``, a short code such as ``"expired"``, ``"rejected"``,
-``"wrong_client"``, ``"timeout"``, ``"credentials_rejected"``.
+"""Blinker signals; the sender is the app (``None`` for a client used outside an app
+context). The login signals carry ``profile``, and their failures also ``reason``, a
+short code such as ``"expired"``, ``"rejected"``, ``"wrong_client"``, ``"timeout"``,
+``"credentials_rejected"``.
 """
 
 from blinker import Namespace
@@ -22,18 +23,25 @@ revalidation_failed = _signals.signal("plurality.revalidation-failed")
 
 
 # What an operator counts (flask_plurality.metrics connects to these; see docs/metrics.rst).
-# None is sent on the hot path (a protected request that does not ask Plurality).
+# Each is sent where it happens: the answer cache, the client, the breaker. None is sent
+# on the hot path (a protected request that does not ask Plurality).
 
-#: A login or revalidation needed Plurality's answer about a token: ``cached`` is
-#: ``True`` when the shared answer cache had it (no call), ``outcome`` one of
-#: ``"valid"``, ``"invalid"``, ``"unavailable"``, ``"credentials_rejected"``.
+#: A login or revalidation needed Plurality's answer about a token (sent by the answer
+#: cache): ``cached`` is ``True`` when the shared answer cache had it (no call),
+#: ``outcome`` one of ``"valid"``, ``"invalid"``, ``"unavailable"``, ``"credentials_rejected"``.
 answer_served = _signals.signal("plurality.answer-served")
-#: A call to Plurality's validate API finished (a breaker fail-fast is no call):
-#: ``outcome`` as for ``answer_served`` (or ``"error"``), ``reason`` (``None`` when
-#: valid), ``duration`` in seconds, ``upstream`` (the API URL).
+#: A call to Plurality's validate API finished (sent by the client; a breaker fail-fast,
+#: or a call refused for want of credentials, is no call): ``outcome`` as for
+#: ``answer_served`` (or ``"error"``), ``reason`` (``None`` when valid), ``duration``
+#: in seconds, ``upstream`` (the API URL).
 upstream_called = _signals.signal("plurality.upstream-called")
-#: This process's circuit breaker to ``upstream`` (the API URL) opened: calls fail fast.
+#: This process's circuit breaker to ``upstream`` (the API URL) opened: calls fail fast
+#: (sent by the breaker). ``retry_after``: seconds they will; ``reopened``: ``True``
+#: when the probe of a half-open breaker failed (not a new opening).
 breaker_opened = _signals.signal("plurality.breaker-opened")
+#: ... its hold passed: the next call goes through as a probe, the others still fail
+#: fast until it reports. ``upstream``.
+breaker_half_opened = _signals.signal("plurality.breaker-half-opened")
 #: ... and closed again: a call after the hold succeeded. ``upstream``.
 breaker_closed = _signals.signal("plurality.breaker-closed")
 #: The failed-login throttle refused a request (429): ``scope`` is ``"client"`` or ``"token"``.
@@ -47,6 +55,7 @@ user_revoked = _signals.signal("plurality.user-revoked")
 __all__ = [
     "answer_served",
     "breaker_closed",
+    "breaker_half_opened",
     "breaker_opened",
     "logged_in",
     "logged_out",

@@ -1,4 +1,4 @@
-"""How answers about a token are observed: OpenTelemetry spans, and the signals metrics count.
+"""OpenTelemetry spans for the answers about a token.
 
 When ``opentelemetry-api`` can be imported, each answer a login or revalidation needs is
 a client span ``plurality.validate`` with the HTTP method and status code of the call
@@ -10,29 +10,27 @@ Without opentelemetry nothing is imported and no span is made.
 Two wrappers, used by the answer cache:
 
 - :func:`observed_answer` decorates the function that produces an answer (cache,
-  single flight, upstream call): the span, and :data:`signals.answer_served`.
-- :func:`validate_upstream` makes the one real call to Plurality: its duration and
-  outcome (:data:`signals.upstream_called`) and the breaker's transitions
-  (:data:`signals.breaker_opened` / :data:`signals.breaker_closed`).
+  single flight, upstream call): the span around it.
+- :func:`validate_upstream` makes the one real call to Plurality: the HTTP method and
+  status of its last exchange go on the span.
 
-None of this runs on the hot path (a protected request that does not ask Plurality).
+Spans only: the signals that metrics count are sent where things happen (the answer
+cache, the client, the breaker). Without opentelemetry both wrappers are the plain
+functions. None of this runs on the hot path (a protected request that does not ask
+Plurality).
 """
 
 from __future__ import annotations
 
 import threading
-import time
-import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 from functools import wraps
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import current_app
-
-from . import signals
-from .exceptions import CredentialsRejected, InvalidToken, PluralityError, UpstreamUnavailable
+from .client import outcome_of
+from .config import config
 from .metrics import reason_label
 
 if TYPE_CHECKING:
@@ -47,8 +45,6 @@ except ImportError:  # optional: nothing is needed, and nothing is slower, witho
 
 #: The span's name.
 SPAN_NAME: Final = "plurality.validate"
-#: Breaker fail-fasts raise these reasons without calling Plurality: not upstream calls.
-_FAIL_FAST: Final = frozenset({"circuit_open", "rate_limited"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,19 +73,6 @@ _current: ContextVar[_Call | None] = ContextVar("plurality_answer", default=None
 _responses: ContextVar[list[tuple[str, int]] | None] = ContextVar("plurality_responses", default=None)
 
 
-def _outcome(exc: BaseException | None) -> tuple[str, str | None]:
-    """(outcome, reason) of an answer or a call; the order matters (a subclass first)."""
-    if exc is None:
-        return "valid", None
-    if isinstance(exc, InvalidToken):
-        return "invalid", exc.reason
-    if isinstance(exc, CredentialsRejected):
-        return "credentials_rejected", exc.reason
-    if isinstance(exc, UpstreamUnavailable):
-        return "unavailable", exc.reason
-    return "error", exc.reason if isinstance(exc, PluralityError) else "error"
-
-
 def _server(api_url: str) -> dict[str, Any]:
     try:
         parts = urlsplit(api_url)
@@ -102,28 +85,26 @@ def _server(api_url: str) -> dict[str, Any]:
 
 
 def observed_answer(produce: F) -> F:
-    """Decorate the answer function: a span around it, and ``answer_served`` after it.
+    """Decorate the answer function: a span around it (without opentelemetry, nothing).
 
     The answer is ``cached`` when it has a true ``.cached`` attribute, or when the
     exception raised has one (a refusal remembered by the answer cache).
     """
+    if _TRACER is None:
+        return produce
 
     @wraps(produce)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         call = _Call()
         reset = _current.set(call)
-        span_context = None
-        if _TRACER is not None:
-            from .config import config
-
-            span_context = _TRACER.start_as_current_span(
-                SPAN_NAME,
-                kind=_otel.SpanKind.CLIENT,
-                attributes=_server(config.api_url),
-                record_exception=False,  # an exception event would carry its message
-                set_status_on_exception=False,
-            )
-            span = span_context.__enter__()
+        span_context = _TRACER.start_as_current_span(
+            SPAN_NAME,
+            kind=_otel.SpanKind.CLIENT,
+            attributes=_server(config.api_url),
+            record_exception=False,  # an exception event would carry its message
+            set_status_on_exception=False,
+        )
+        span = span_context.__enter__()
         error: BaseException | None = None
         cached = False
         try:
@@ -136,12 +117,9 @@ def observed_answer(produce: F) -> F:
             raise
         finally:
             _current.reset(reset)
-            outcome, reason = _outcome(error)
-            if span_context is not None:
-                _finish(span, call, outcome, reason, cached)
-                span_context.__exit__(None, None, None)
-            if outcome != "error":  # a store failure answered nothing: counted as such
-                signals.answer_served.send(current_app._get_current_object(), cached=cached, outcome=outcome)  # type: ignore[attr-defined]
+            outcome, reason = outcome_of(error)
+            _finish(span, call, outcome, reason, cached)
+            span_context.__exit__(None, None, None)
 
     return cast(F, wrapper)
 
@@ -168,12 +146,13 @@ def _on_response(response: requests.Response, *args: Any, **kwargs: Any) -> None
 
 
 _hook_lock = threading.Lock()
-#: Per breaker: (openings, open) as last reported in signals.
-_reported: weakref.WeakKeyDictionary[Any, tuple[int, bool]] = weakref.WeakKeyDictionary()
 
 
 def validate_upstream(client: PluralityClient, token: str, upstream: Upstream) -> dict[str, Any]:
-    """``client.validate(token, upstream)``, observed: the one real call of an answer."""
+    """``client.validate(token, upstream)``: the one real call of an answer, its HTTP
+    method and status noted for the span."""
+    if _TRACER is None:
+        return client.validate(token, upstream)
     hooks = client.http.hooks["response"]
     if _on_response not in hooks:
         with _hook_lock:
@@ -181,39 +160,13 @@ def validate_upstream(client: PluralityClient, token: str, upstream: Upstream) -
                 hooks.append(_on_response)
     seen: list[tuple[str, int]] = []
     reset = _responses.set(seen)
-    error: BaseException | None = None
-    start = time.perf_counter()
     try:
         return client.validate(token, upstream)
-    except BaseException as exc:
-        error = exc
-        raise
     finally:
-        duration = time.perf_counter() - start
         _responses.reset(reset)
         call = _current.get()
         if call is not None and seen:
             call.method, call.status = seen[-1]
-        outcome, reason = _outcome(error)
-        if not (outcome == "unavailable" and reason in _FAIL_FAST and not seen):  # a fail-fast called nobody
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
-            signals.upstream_called.send(
-                app, outcome=outcome, reason=reason, duration=duration, upstream=upstream.api_url
-            )
-            _report_breaker(app, client, upstream)
-
-
-def _report_breaker(app: Any, client: PluralityClient, upstream: Upstream) -> None:
-    """Send ``breaker_opened`` / ``breaker_closed`` for what changed since the last report."""
-    breaker = client._breaker(upstream)
-    with _hook_lock:
-        seen_openings, seen_open = _reported.get(breaker, (0, False))
-        openings, is_open = breaker.openings, breaker.is_open
-        _reported[breaker] = (openings, is_open)
-    for _ in range(openings - seen_openings):
-        signals.breaker_opened.send(app, upstream=upstream.api_url)
-    if not is_open and (seen_open or openings > seen_openings):
-        signals.breaker_closed.send(app, upstream=upstream.api_url)
 
 
 __all__ = ["SPAN_NAME", "observed_answer", "validate_upstream"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ from flask import Flask
 from helpers import AppFactory, captured, login, session_is_live, stored_login
 
 from flask_plurality import Plurality, plurality_required, signals
-from flask_plurality.client import _Breaker
+from flask_plurality.breaker import Breaker
 from flask_plurality.exceptions import UpstreamUnavailable
 from flask_plurality.testing import FakePlurality
 
@@ -214,7 +216,7 @@ def test_breakers_are_per_client_id(fake: FakePlurality, tmp_path: Any) -> None:
 
 
 def test_breaker_state_machine() -> None:
-    breaker = _Breaker()
+    breaker = Breaker()
     for _ in range(2):
         breaker.before_call(threshold=3, timeout=1)
         assert breaker.failed(3, cooldown=60, retry_after=None) is None
@@ -228,7 +230,7 @@ def test_breaker_state_machine() -> None:
 
 
 def test_a_lost_probe_does_not_hold_the_breaker_forever() -> None:
-    breaker = _Breaker()
+    breaker = Breaker()
     for _ in range(2):
         breaker.failed(2, cooldown=0.01, retry_after=None)
     time.sleep(0.02)
@@ -240,7 +242,7 @@ def test_a_lost_probe_does_not_hold_the_breaker_forever() -> None:
 
 
 def test_retry_after_below_threshold_is_reported_as_rate_limited() -> None:
-    breaker = _Breaker()
+    breaker = Breaker()
     assert breaker.failed(5, cooldown=30, retry_after=4) == 4
     with pytest.raises(UpstreamUnavailable) as held:
         breaker.before_call(5, 1)
@@ -275,3 +277,66 @@ def test_a_call_cut_short_by_its_caller_is_not_a_breaker_failure(fake: FakePlura
         assert len(fake.calls) == 3  # the held-back call never reached Plurality
     finally:
         client.close()
+
+
+# -- the breaker tells its own state changes -------------------------------------------------
+
+BREAKER_SIGNALS = ("breaker_opened", "breaker_half_opened", "breaker_closed")
+
+
+@contextmanager
+def breaker_changes(sender: Any) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """(signal name, its keyword arguments) of every breaker signal ``sender`` sends, in order."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    receivers = []
+    for name in BREAKER_SIGNALS:
+
+        def receiver(sender: Any, _name: str = name, **kwargs: Any) -> None:
+            seen.append((_name, kwargs))
+
+        receivers.append(receiver)
+        getattr(signals, name).connect(receiver, sender=sender)
+    try:
+        yield seen
+    finally:
+        for name, receiver in zip(BREAKER_SIGNALS, receivers, strict=True):
+            getattr(signals, name).disconnect(receiver, sender=sender)
+
+
+def test_the_breaker_announces_each_change_as_it_happens(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = breaker_app(make_app, PLURALITY_BREAKER_THRESHOLD=2, PLURALITY_BREAKER_COOLDOWN=0.5)
+    client = app.test_client()
+    assert login(client, fake.issue_token()).status_code == 200
+    with breaker_changes(app) as changes:
+        fake.fail_next(503, times=3)
+        client.post("/sensitive")
+        assert changes == []  # one failure holds nothing back
+        client.post("/sensitive")
+        assert [name for name, _ in changes] == ["breaker_opened"]
+        assert changes[0][1] == {"upstream": fake.url, "retry_after": 1, "reopened": False}
+        client.post("/sensitive")  # a fail-fast: no change
+        assert len(changes) == 1 and len(fake.calls) == 3
+
+        time.sleep(0.6)
+        assert client.post("/sensitive").status_code == 503  # the probe fails
+        assert [(name, kw.get("reopened")) for name, kw in changes[1:]] == [
+            ("breaker_half_opened", None),
+            ("breaker_opened", True),
+        ]
+        time.sleep(0.6)
+        assert client.post("/sensitive").status_code == 200  # the probe succeeds
+        assert [name for name, _ in changes[3:]] == ["breaker_half_opened", "breaker_closed"]
+        assert client.post("/sensitive").status_code == 200
+        assert len(changes) == 5
+    assert all(kw["upstream"] == fake.url for _, kw in changes)
+
+
+def test_outside_an_app_the_breaker_signals_with_no_sender() -> None:
+    breaker = Breaker("https://plurality.example/api")
+    with breaker_changes(None) as changes:  # what is sent with no app as the sender
+        breaker.failed(1, cooldown=0.01, retry_after=None)
+        time.sleep(0.02)
+        breaker.before_call(1, timeout=1)
+        breaker.succeeded()
+    assert [name for name, _ in changes] == ["breaker_opened", "breaker_half_opened", "breaker_closed"]
+    assert breaker.state == "closed" and breaker.openings == 1

@@ -69,7 +69,6 @@ CREDENTIALS = {
     ("env", "says"),
     [
         ({**CREDENTIALS, "FLASK_PLURALITY_TIMEOUT": "nan"}, "PLURALITY_TIMEOUT must be a number of at least 0.001"),
-        ({}, "PLURALITY_CLIENT_ID is not set."),
         ({"FLASK_PLURALITY_FAKE": "true"}, "PLURALITY_FAKE is on but the app is neither in debug nor in testing mode"),
     ],
 )

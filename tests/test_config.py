@@ -12,7 +12,7 @@ import pytest
 from cachelib import SimpleCache
 from flask import Flask
 from flask_session import Session
-from helpers import SAME_ORIGIN, AppFactory, build_app, login
+from helpers import SAME_ORIGIN, AppFactory, build_app, free_port, login
 
 from flask_plurality import ConfigurationError, Plurality, get_extension
 from flask_plurality.config import DEFAULTS
@@ -35,23 +35,68 @@ def credentials(fake: FakePlurality) -> dict[str, Any]:
     }
 
 
-# -- required keys -------------------------------------------------------------------
+# -- misspelled keys -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("missing", ["PLURALITY_CLIENT_ID", "PLURALITY_CLIENT_SECRET"])
-@pytest.mark.parametrize("value", [None, ""])
-def test_missing_credentials_name_the_key(tmp_path: Path, missing: str, value: Any) -> None:
-    config = {"PLURALITY_CLIENT_ID": "my-id", "PLURALITY_CLIENT_SECRET": "my-very-secret-secret"}
-    if value is None:
-        del config[missing]
-    else:
-        config[missing] = value
+def plurality_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "flask_plurality" and r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        (
+            "PLURALITY_REVALIDTE",
+            "PLURALITY_REVALIDTE is not a flask-plurality setting; did you mean PLURALITY_REVALIDATE?",
+        ),
+        ("PLURALITY_TRUSTED_ORIGIN", "did you mean PLURALITY_TRUSTED_ORIGINS?"),
+        ("plurality_timeout", "plurality_timeout is not a flask-plurality setting; did you mean PLURALITY_TIMEOUT?"),
+        ("PLURALITY_WIDGET_THEME", "PLURALITY_WIDGET_THEME is not a flask-plurality setting; see the configuration"),
+    ],
+)
+def test_an_unknown_key_is_a_warning_naming_the_closest_setting(
+    tmp_path: Path, fake: FakePlurality, caplog: pytest.LogCaptureFixture, key: str, says: str
+) -> None:
+    app = new_app(tmp_path, TESTING=True, **credentials(fake), **{key: 60})
+    caplog.set_level(logging.WARNING, logger="flask_plurality")
+    Plurality(app)
+    (warning,) = plurality_warnings(caplog)
+    assert says in warning
+
+
+def test_a_misspelled_secret_is_named_but_its_value_never_logged(
+    tmp_path: Path, fake: FakePlurality, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = {**credentials(fake), "PLURALITY_CLIENT_SECRET": None, "PLURALITY_CLIENT_SECRTE": "my-very-secret-secret"}
     app = new_app(tmp_path, TESTING=True, **config)
-    with pytest.raises(ConfigurationError) as info:
-        Plurality(app)
-    assert missing in str(info.value)
-    assert "my-very-secret-secret" not in str(info.value)
-    assert "plurality" not in app.extensions
+    caplog.set_level(logging.DEBUG, logger="flask_plurality")
+    Plurality(app)
+    unknown, missing = plurality_warnings(caplog)
+    assert unknown == "PLURALITY_CLIENT_SECRTE is not a flask-plurality setting; did you mean PLURALITY_CLIENT_SECRET?"
+    assert missing.startswith("PLURALITY_CLIENT_SECRET is not set")
+    assert "my-very-secret-secret" not in caplog.text
+
+
+def test_known_keys_and_other_prefixes_are_no_warning(
+    tmp_path: Path, fake: FakePlurality, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = new_app(tmp_path, TESTING=True, **{**DEFAULTS, **credentials(fake)}, MY_PLURALITY_NOTE=1)
+    caplog.set_level(logging.WARNING, logger="flask_plurality")
+    Plurality(app)
+    assert plurality_warnings(caplog) == []
+
+
+def test_a_misspelled_environment_variable_is_caught(
+    tmp_path: Path, fake: FakePlurality, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FLASK_PLURALITY_ON_UPSTREAM_EROR", "allow")
+    app = new_app(tmp_path, TESTING=True, **credentials(fake))
+    app.config.from_prefixed_env()
+    caplog.set_level(logging.WARNING, logger="flask_plurality")
+    Plurality(app)
+    assert plurality_warnings(caplog) == [
+        "PLURALITY_ON_UPSTREAM_EROR is not a flask-plurality setting; did you mean PLURALITY_ON_UPSTREAM_ERROR?"
+    ]
 
 
 def test_get_extension_before_init_app_is_a_clear_error(tmp_path: Path) -> None:
@@ -372,3 +417,23 @@ def test_numbers_and_flags_from_the_environment_work(make_app: AppFactory) -> No
         from flask_plurality.config import config
 
         assert config.timeout == 2.5 and config.login_max_failures == 3 and config.verify_tls is True
+
+
+def test_check_lists_an_unknown_key_and_exits_9_once_the_rest_is_checked(
+    make_app: AppFactory, fake: FakePlurality
+) -> None:
+    app = make_app(PLURALITY_REVALIDTE=60)
+    result = app.test_cli_runner().invoke(args=["plurality", "check", "--token", fake.issue_token()])
+    lines = result.output.strip().splitlines()
+    assert "error: PLURALITY_REVALIDTE is not a flask-plurality setting; did you mean PLURALITY_REVALIDATE?" in lines
+    assert lines[-1].startswith("all OK: profile id ")  # Plurality was still asked
+    assert result.exit_code == 9
+    assert len(fake.calls) == 1
+
+
+def test_check_exits_with_a_failure_of_plurality_before_an_unknown_key(make_app: AppFactory) -> None:
+    app = make_app(PLURALITY_API_URL=f"http://127.0.0.1:{free_port()}/api", PLURALITY_TIMOUT=1)
+    result = app.test_cli_runner().invoke(args=["plurality", "check"])
+    assert "error: PLURALITY_TIMOUT is not a flask-plurality setting" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("unreachable: no connection")
+    assert result.exit_code == 6

@@ -24,9 +24,10 @@ from helpers import AppFactory, age_session, error_of, login
 from werkzeug.wrappers import Request, Response
 
 from flask_plurality import InvalidToken, PluralityError, UpstreamUnavailable
-from flask_plurality.client import MAX_BODY, MAX_RETRY_AFTER
+from flask_plurality.client import MAX_RETRY_AFTER
 from flask_plurality.responses import DEFAULT_RETRY_AFTER
 from flask_plurality.testing import FakePlurality, live_server
+from flask_plurality.transport import MAX_BODY
 
 TIMEOUT = 2.0
 #: What "bounded by the timeout" means on a loaded 2-core CI machine: generous on purpose.

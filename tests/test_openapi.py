@@ -127,3 +127,18 @@ def test_every_answer_matches_the_document(fake: FakePlurality, make_app: AppFac
     assert answer.status_code == 200
     session = schema["/session"]["GET"].Case().call_and_validate(checks=CONFORMANCE)
     assert session.status_code == 401  # a new client: no cookie
+
+
+def test_not_configured_matches_the_document(fake: FakePlurality, make_app: AppFactory) -> None:
+    """Without a client secret a login is a 503 ``not_configured`` without Retry-After: documented."""
+    app = make_app(PLURALITY_OPENAPI=True, PLURALITY_CLIENT_SECRET=None)
+    schema = schemathesis.openapi.from_wsgi("/plurality/openapi.json", app)
+    login = schema["/login"]["POST"]
+    case = login.Case(body={"token": fake.issue_token()}, media_type="application/json")
+    documented_503 = [check for check in CONFORMANCE if check is not schemathesis.checks.not_a_server_error]
+    answer = case.call_and_validate(checks=documented_503)
+    assert answer.status_code == 503
+    assert answer.json()["error"] == "not_configured"
+    assert "Retry-After" not in answer.headers
+    assert "not_configured" in document()["paths"]["/login"]["post"]["responses"]["503"]["description"]
+    assert fake.calls == []

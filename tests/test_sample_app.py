@@ -108,10 +108,15 @@ def test_fake_unset_or_on_without_credentials_is_demo_mode(
 def test_fake_off_without_credentials_says_what_is_missing(
     spelling: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Off means real mode was asked for: not a silent demo, but the missing setting named."""
+    """Off means real mode was asked for: not a silent demo, but the missing settings named,
+    and logins refused with a 503 that names them too."""
     monkeypatch.setenv("PLURALITY_FAKE", spelling)
-    with pytest.raises(ConfigurationError, match="PLURALITY_CLIENT_ID is not set"):
-        sample(tmp_path)
+    app = sample(tmp_path)
+    assert app.config["DEMO_MODE"] is False
+    error_of(app.test_client().post("/plurality/fake/token", json={}), 404, "not_found")
+    login = app.test_client().post("/plurality/login", json={"token": "x.y.z"}, headers=SAME_ORIGIN)
+    body = error_of(login, 503, "not_configured")
+    assert "PLURALITY_CLIENT_ID and PLURALITY_CLIENT_SECRET are not set" in body["message"]
 
 
 @pytest.mark.parametrize("spelling", ["maybe", "fals", "2x"])

@@ -20,7 +20,15 @@ from helpers import SAME_ORIGIN, AppFactory
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from flask_plurality import CredentialsRejected, InvalidToken, Plurality, Profile, UpstreamUnavailable
+from flask_plurality import (
+    ConfigurationError,
+    CredentialsRejected,
+    InvalidToken,
+    NotConfigured,
+    Plurality,
+    Profile,
+    UpstreamUnavailable,
+)
 from flask_plurality.testing import FakePlurality, config_for
 
 DOCS_TOKEN = (
@@ -203,17 +211,18 @@ def test_row3_no_basic_header(
     assert "Unauthorized" in caplog.text
 
 
-def test_row4_basic_without_id_or_secret(
-    make_app: AppFactory, fake: FakePlurality, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.mark.parametrize("key", ["PLURALITY_CLIENT_ID", "PLURALITY_CLIENT_SECRET"])
+def test_an_empty_credential_is_never_sent(make_app: AppFactory, fake: FakePlurality, key: str) -> None:
+    """Basic credentials without an id or a secret would only earn a 401 "Unauthorized":
+    the client refuses before calling, naming the key."""
     app = make_app()
-    app.config["PLURALITY_CLIENT_SECRET"] = ""  # emptied after init_app, which refuses it
-    caplog.set_level(logging.ERROR)
+    app.config[key] = ""  # emptied after init_app
     exc = refusal(app, fake.issue_token())
-    assert type(exc) is CredentialsRejected
-    assert exc.reason == "credentials_rejected"
-    assert [c.outcome for c in fake.calls] == [401]
-    assert "Unauthorized" in caplog.text
+    assert type(exc) is NotConfigured
+    assert isinstance(exc, ConfigurationError)
+    assert exc.missing == (key,)
+    assert str(exc).startswith(f"{key} is not set")
+    assert fake.calls == []
 
 
 def test_row5_unknown_client_id(make_app: AppFactory, fake: FakePlurality, caplog: pytest.LogCaptureFixture) -> None:
