@@ -53,7 +53,7 @@ log = logging.getLogger("flask_plurality")
 
 #: Seconds between two looks at the answer cache while another process asks (jittered).
 _POLL: Final = (0.02, 0.05)
-#: Longest a "no" is remembered, whatever the token's ``exp`` says (SPEC 7.5).
+#: Longest a "no" is remembered, whatever the token's ``exp`` says (a forged ``exp`` may be far off).
 NO_ANSWER_TTL: Final = 86400
 #: Below this much time left, asking upstream is not worth starting: it is an outage.
 _MIN_ASK_BUDGET: Final = 0.1

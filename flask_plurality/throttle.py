@@ -115,10 +115,10 @@ class Attempt:
         """For an attempt answered by another request's call: :class:`TooManyAttempts`
         when the client or the token is at the limit already, counting nothing."""
         store = get_store()
-        for name in self.counters.values():
+        for who, name in self.counters.items():
             count, left = store.peek(name)
             if count >= config.login_max_failures:
-                raise TooManyAttempts(left)
+                raise TooManyAttempts(_refusing(who, left))
 
 
 def attempt(token: str, client: str | None = None) -> Attempt:
@@ -139,11 +139,16 @@ def _reserve(counters: dict[str, str]) -> int | None:
         if count > limit:
             for counted in taken:  # a refused attempt is no failure of its own
                 store.decr(counted)
-            log.warning("Too many failed Plurality logins from %s; refusing for %d s", who, left)
-            scope = "client" if who.startswith("client") else "token"
-            signals.throttled.send(current_app._get_current_object(), scope=scope)  # type: ignore[attr-defined]
-            return max(_MIN_WAIT, left)
+            return _refusing(who, left)
     return None
+
+
+def _refusing(who: str, left: int) -> int:
+    """Log and signal a refusal over the limit of ``who``'s counter; the seconds to wait."""
+    log.warning("Too many failed Plurality logins from %s; refusing for %d s", who, left)
+    scope = "client" if who.startswith("client") else "token"
+    signals.throttled.send(current_app._get_current_object(), scope=scope)  # type: ignore[attr-defined]
+    return max(_MIN_WAIT, left)
 
 
 def _release(counters: dict[str, str]) -> None:

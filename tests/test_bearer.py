@@ -1,4 +1,4 @@
-"""SPEC section 8: API clients send the widget's token as ``Authorization: Bearer``.
+"""API clients send the widget's token as ``Authorization: Bearer`` instead of a session cookie.
 
 Every row through the real stand-in over HTTP: the status, the ``WWW-Authenticate``
 value and the body a client reads, how many calls reached Plurality, and that a bearer
@@ -365,7 +365,8 @@ def refused_token(fake: FakePlurality) -> str:
 def test_concurrent_failing_tokens_reach_plurality_at_most_the_limit(
     make_app: AppFactory, fake: FakePlurality, method: str, path: str
 ) -> None:
-    """SPEC 7.4 for bearer tokens: 64 different refused tokens at once from one client."""
+    """At most the limit's failures reach Plurality, for bearer tokens too: 64 different
+    refused tokens at once from one client."""
     app = api_app(make_app, PLURALITY_LOGIN_MAX_FAILURES=10)
     tokens = [refused_token(fake) for _ in range(64)]
     fake.latency = 0.3  # every request arrives while the first calls are still out

@@ -38,7 +38,7 @@ def refused_token(fake: FakePlurality) -> str:
 
 
 def assert_throttled(response: TestResponse, window: int, *secrets: str) -> None:
-    """429 in SPEC's error shape, a Retry-After within the window, and no token echoed."""
+    """429 in the extension's JSON error shape, a Retry-After within the window, and no token echoed."""
     assert response.status_code == 429
     assert response.mimetype == "application/json"
     body = response.get_json()
