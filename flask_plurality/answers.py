@@ -10,8 +10,12 @@ Concurrent askers in one process share one upstream call (:class:`.SingleFlight`
 across processes, an interval revalidation first takes an **ask lock** in the store,
 and a process that finds it taken waits for the holder's answer instead of asking too.
 The caller's ``attempt`` is entered only around that one call, by whoever makes it:
-bearer requests count it in the failed-login throttle there, once per call, not once
-per request sharing it.
+bearer requests count it in the failed-login throttle there (a :class:`.throttle.Attempt`),
+once per call, not once per request sharing it.
+
+A token with no session behind it (a bearer token) is also *read* here once per process
+(:meth:`AnswerCache.read`), and under ``PLURALITY_ON_UPSTREAM_ERROR = "allow"`` the
+cache's last "yes" is its evidence during an outage (:meth:`AnswerCache.lookup_or_last`).
 
 Freshness is judged when a request *arrives*: it accepts an answer that was at most
 ``interval`` old then, or asked after it, however old that answer is by the time it
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import random
 import time
@@ -32,23 +37,29 @@ from contextlib import AbstractContextManager
 from functools import wraps
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
-from flask import current_app
+from flask import Flask, current_app
 
 from . import signals
 from .client import PluralityClient, Upstream, outcome_of
 from .config import ConfigView, config
 from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
+from .profile import Profile
 from .singleflight import SingleFlight
+from .state import get_state
 from .stores import Store, get_store, key
-from .tokens import token_hash
+from .tokens import read_claims, token_hash
 from .tracing import observed_answer, validate_upstream
+
+log = logging.getLogger("flask_plurality")
 
 #: Seconds between two looks at the answer cache while another process asks (jittered).
 _POLL: Final = (0.02, 0.05)
-#: Longest a "no" is remembered, whatever the token's ``exp`` says (SPEC 7.5).
+#: Longest a "no" is remembered, whatever the token's ``exp`` says (a forged ``exp`` may be far off).
 NO_ANSWER_TTL: Final = 86400
 #: Below this much time left, asking upstream is not worth starting: it is an outage.
 _MIN_ASK_BUDGET: Final = 0.1
+#: Tokens remembered per app and process (see :class:`Seen`); past this, forget all.
+_MAX_REMEMBERED: Final = 10_000
 
 
 class Answer(NamedTuple):
@@ -57,6 +68,24 @@ class Answer(NamedTuple):
     user: dict[str, Any]
     at: float
     cached: bool
+
+    def profile(self, claims: dict[str, Any]) -> Profile:
+        """The profile this answer stands for, with the token's ``claims`` (its expiry)."""
+        return Profile.from_upstream(self.user, claims)
+
+
+class Seen:
+    """What this process knows of a token it read before: its claims (decoded once, not
+    on every request), its hash, and the revocation epoch it was last found not revoked
+    under (:func:`.revocation.token_revoked`)."""
+
+    __slots__ = ("claims", "digest", "epoch", "exp")
+
+    def __init__(self, claims: dict[str, Any], digest: str) -> None:
+        self.claims = claims
+        self.exp = int(claims["exp"])
+        self.digest = digest
+        self.epoch: str | None = None
 
 
 def upstream_settings(cfg: ConfigView = config) -> Upstream:
@@ -113,6 +142,49 @@ class AnswerCache:
         asking anyone; raises :class:`InvalidToken` for a remembered "no". ``digest``:
         the token's :func:`.token_hash`, when the caller has it already."""
         return _usable(get_store().get(key("answer", _name(token, digest))), interval)
+
+    def read(self, token: str, app: Flask, max_length: int) -> Seen:
+        """The token's claims, from this process's memory or decoded (never verified: only
+        Plurality can); raise :class:`InvalidToken` for junk or an expired token."""
+        remembered = get_state(app).bearer_tokens
+        seen = remembered.get(token)
+        if seen is None:
+            seen = Seen(read_claims(token, max_length=max_length), token_hash(token))
+            if len(remembered) >= _MAX_REMEMBERED:
+                remembered.clear()
+            remembered[token] = seen
+        elif seen.exp <= time.time():
+            del remembered[token]
+            raise InvalidToken("The token has expired.", reason="expired")
+        return seen
+
+    def lookup_or_last(
+        self,
+        token: str,
+        exp: int,
+        interval: int,
+        grace: int,
+        *,
+        app: Flask,
+        attempt: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    ) -> Answer:
+        """:meth:`lookup` for a token with no session behind it. ``grace`` > 0 (the grace
+        period under ``"allow"``): a fresh "yes" stays in the cache that long, and when
+        Plurality cannot answer, the cache's last "yes" younger than that is the answer.
+        ``revalidation_failed`` tells the app of every outage either way."""
+        try:
+            return self.lookup(token, exp, interval, grace, attempt=attempt)
+        except UpstreamUnavailable as exc:
+            outage = exc
+        last = self.cached(token, grace) if grace else None  # a "no" that landed meanwhile raises
+        signals.revalidation_failed.send(app, profile=None, reason=outage.reason, allowed=last is not None)
+        if last is None:
+            log.info("Bearer token could not be checked (%s); answered 503", outage.reason)
+            raise outage
+        log.info(
+            "Bearer token of user %s not confirmed (%s); let in (grace period)", last.user.get("id"), outage.reason
+        )
+        return last
 
     @_served
     @observed_answer

@@ -25,7 +25,7 @@ from .profile import ANONYMOUS, AnonymousProfile, Profile
 from .responses import BEARER_CHALLENGE, CHALLENGE, DEFAULT_RETRY_AFTER, INVALID_BEARER, json_error, store_unavailable
 from .revocation import is_revoked
 from .sessiondata import SESSION_KEY, forget_parsed, stored_login
-from .sessions import is_detached
+from .sessions import detach_session, is_detached
 from .state import EXTENSION_KEY, get_extension
 from .users import forbidden, load_user
 
@@ -157,6 +157,7 @@ def _authorize(
         if bearer or cfg.accept_bearer:
             token = bearer_token(req)
             if token is not None:
+                detach_session()  # judged by the token alone: no session read, saved or sent
                 return authenticate(extension, token, default_interval(revalidate, cfg), app, cfg)
             challenge = BEARER_CHALLENGE
             g_.__dict__[_CHALLENGE_ATTR] = challenge  # for a later refusal in this request (user loader)

@@ -10,6 +10,10 @@ upstream until its ``exp``. Two kinds of entries in the shared store do it here:
 - the store-wide **revocation epoch** (``revocations:epoch``), changed by every
   ``revoke_user``. A login remembers the epoch under which it was last found not
   revoked; while the epoch is unchanged, a protected request reads no stamp at all.
+
+Both checks are here, side by side: :func:`is_revoked` for a session, which remembers
+the stamp its login began under, and :func:`token_revoked` for a bearer token, which has
+no session to remember anything in and is judged by the time in the stamp instead.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from flask import Flask, current_app
 from flask.sessions import SessionMixin
@@ -51,12 +55,23 @@ def revoke(user_id: str) -> None:
             "logged at init_app), so a revocation would reach one worker only. Use a shared backend: "
             "SESSION_TYPE 'redis', 'sqlalchemy', 'memcached' or cachelib's FileSystemCache/RedisCache."
         )
-    value = f"{int(time.time())}-{secrets.token_hex(8)}"
+    value = _new_stamp()
     store.set(key("revoked", user_id), value, REVOCATION_TTL)
     # Then, never before, the epoch every session compares with (see is_revoked).
     store.set_rarely_written(config.key_prefix + REVOCATION_EPOCH, value, REVOCATION_TTL)
     log.info("Revoked every session of Plurality user %s", user_id)
     signals.user_revoked.send(current_app._get_current_object(), user_id=user_id)  # type: ignore[attr-defined]
+
+
+def _new_stamp() -> str:
+    """``"<epoch seconds>-<random>"``: unique, and tells a bearer token's check when."""
+    return f"{int(time.time())}-{secrets.token_hex(8)}"
+
+
+def _stamp_time(stamp: str) -> int | None:
+    """The epoch seconds a stamp was written at; ``None`` for a value not of that shape."""
+    written = stamp.partition("-")[0]
+    return int(written) if written.isascii() and written.isdigit() else None
 
 
 def stamp_of(user_id: str, app: Flask | None = None) -> str | None:
@@ -82,6 +97,11 @@ def epoch_since(known: str | None, app: Flask) -> str | None:
     return raw if isinstance(raw, str) else None
 
 
+def _checked(app: Flask) -> bool:
+    setting = app.config["PLURALITY_REVOCATION_CHECK"]
+    return setting is True or flag(setting, "PLURALITY_REVOCATION_CHECK")
+
+
 def is_revoked(login: Login, sess: SessionMixin, app: Flask) -> bool:
     """Was ``revoke_user`` called for this user after this login began?
 
@@ -89,8 +109,7 @@ def is_revoked(login: Login, sess: SessionMixin, app: Flask) -> bool:
     under (no ``revoke_user`` anywhere since), no per-user read is needed: on Redis,
     memcached and SQL the epoch comes with the session, elsewhere from :func:`epoch_since`.
     """
-    setting = app.config["PLURALITY_REVOCATION_CHECK"]
-    if setting is not True and not flag(setting, "PLURALITY_REVOCATION_CHECK"):
+    if not _checked(app):
         return False
     epoch: Any = getattr(sess, "revocation_epoch", _NOT_READ)  # read with the session
     if epoch is _NOT_READ:
@@ -104,4 +123,35 @@ def is_revoked(login: Login, sess: SessionMixin, app: Flask) -> bool:
     # revoke_user writes the stamp before the epoch, and the epoch was read first:
     # every revocation up to this epoch is seen, so later requests may skip the read.
     sess[SESSION_KEY] = login.replace(checked_epoch=cast(str | None, epoch)).dump()
+    return False
+
+
+class SeenToken(Protocol):
+    """What a process remembers of a bearer token it accepted: its claims, and the
+    revocation epoch it was last found not revoked under (``None``: not yet)."""
+
+    claims: dict[str, Any]
+    epoch: str | None
+
+
+def token_revoked(user_id: str, token: SeenToken, app: Flask) -> bool:
+    """Was ``revoke_user`` called for ``user_id`` at or after ``token`` was issued?
+
+    ``iat`` is compared with the time in the user's stamp; a token issued in the second
+    of the revocation is refused too, and so is one whose ``iat`` or stamp cannot be
+    read (refuse rather than let a revoked user in). As for sessions, no stamp is read
+    while the store-wide epoch is the one this token was last found good under.
+    """
+    if not _checked(app):
+        return False
+    epoch = epoch_since(token.epoch, app)
+    if epoch is None or epoch == token.epoch:
+        return False  # nobody revoked (in the last REVOCATION_TTL), or nobody since
+    stamp = stamp_of(user_id, app)
+    if stamp is not None:
+        revoked_at, iat = _stamp_time(stamp), token.claims.get("iat")
+        if revoked_at is None or not isinstance(iat, int | float) or isinstance(iat, bool) or iat <= revoked_at:
+            log.info("Refused a bearer token of revoked user %s", user_id)
+            return True
+    token.epoch = epoch  # the stamp was read after the epoch: see is_revoked
     return False

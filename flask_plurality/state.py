@@ -14,7 +14,7 @@ from flask import Flask, current_app
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from .bearer import Seen
+    from .answers import Seen
     from .extension import Plurality
     from .fake import FakePlurality
     from .stores import Store
@@ -35,7 +35,7 @@ class AppState:
         #: The stand-in in ``PLURALITY_FAKE`` mode.
         self.fake: FakePlurality | None = None
         #: Bearer tokens this process accepted before: their decoded claims and the
-        #: revocation epoch they were last found good under (``bearer.Seen``).
+        #: revocation epoch they were last found good under (``answers.Seen``).
         self.bearer_tokens: dict[str, Seen] = {}
 
 

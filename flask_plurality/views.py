@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
@@ -16,7 +15,7 @@ from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailab
 from .logins import PROFILE_ATTR, current_login_profile, start_login
 from .profile import Profile
 from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, json_response, store_unavailable
-from .security import client_bucket, origin_allowed, safe_next
+from .security import origin_allowed, safe_next
 from .state import get_extension, get_state
 from .tokens import read_claims
 from .users import login_refusal
@@ -110,31 +109,24 @@ def login() -> BaseResponse:
         return store_unavailable()
     # Failed logins are counted per client and per token, in the shared store, before
     # anything else: a throttled request never costs an upstream call. The attempt is
-    # counted before asking (see throttle.reserve) and taken back unless it failed.
-    counters = throttle.buckets(client_bucket(), token)
+    # counted before asking and taken back unless it failed (see throttle.Attempt).
     try:
-        wait = throttle.reserve(counters)
-        if wait is not None:
-            _failed("too_many_attempts")
-            return json_error(429, "too_many_attempts", retry_after=wait)
         try:
-            claims = read_claims(token, max_length=config.max_token_length)
-            answer = extension.answers.lookup(token, claims["exp"])
+            with throttle.attempt(token):
+                claims = read_claims(token, max_length=config.max_token_length)
+                answer = extension.answers.lookup(token, claims["exp"])
+        except throttle.TooManyAttempts as exc:
+            _failed(exc.reason)
+            return json_error(429, "too_many_attempts", retry_after=exc.retry_after)
         except InvalidToken as exc:
             log.info("Plurality login refused: %s", exc.reason)
             _failed(exc.reason)  # stays counted
             return json_error(401, "invalid_token")
         except UpstreamUnavailable as exc:
-            throttle.release(counters)
             _failed(exc.reason)
             if not isinstance(exc, CredentialsRejected):
                 log.warning("Plurality login could not be checked: %s", exc.reason)
             return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
-        except SessionStoreUnavailable:
-            with contextlib.suppress(SessionStoreUnavailable):
-                throttle.release(counters)
-            raise
-        throttle.release(counters)
         profile = Profile.from_upstream(answer.user, claims)
         refusal = login_refusal(extension, profile)
         if refusal is not None:

@@ -1,4 +1,4 @@
-"""SPEC section 8: API clients send the widget's token as ``Authorization: Bearer``.
+"""API clients send the widget's token as ``Authorization: Bearer`` instead of a session cookie.
 
 Every row through the real stand-in over HTTP: the status, the ``WWW-Authenticate``
 value and the body a client reads, how many calls reached Plurality, and that a bearer
@@ -17,6 +17,7 @@ from helpers import AppFactory, all_at_once, error_of, login
 from werkzeug.test import TestResponse
 
 from flask_plurality import current_profile, plurality_required, signals
+from flask_plurality.stores import get_store, key
 from flask_plurality.testing import FakePlurality
 
 INVALID = 'Bearer error="invalid_token"'
@@ -365,7 +366,8 @@ def refused_token(fake: FakePlurality) -> str:
 def test_concurrent_failing_tokens_reach_plurality_at_most_the_limit(
     make_app: AppFactory, fake: FakePlurality, method: str, path: str
 ) -> None:
-    """SPEC 7.4 for bearer tokens: 64 different refused tokens at once from one client."""
+    """At most the limit's failures reach Plurality, for bearer tokens too: 64 different
+    refused tokens at once from one client."""
     app = api_app(make_app, PLURALITY_LOGIN_MAX_FAILURES=10)
     tokens = [refused_token(fake) for _ in range(64)]
     fake.latency = 0.3  # every request arrives while the first calls are still out
@@ -435,6 +437,24 @@ def test_revoke_user_refuses_bearer_tokens_issued_before_it(
     other = api_app(make_app, **extra) if backend == "redis" else None
     if other is not None:
         invalid_token(other.test_client().get("/api/me", headers=bearer(earlier)))
+
+
+@pytest.mark.parametrize("stamp", ["garbage", "\u00b2\u00b3-0123abcd", "-", ""])
+def test_a_revocation_stamp_that_cannot_be_read_refuses_the_token(
+    make_app: AppFactory, fake: FakePlurality, stamp: str
+) -> None:
+    """A stamp not written by revoke_user (another program, a damaged entry) cannot say
+    when the user was revoked: the token is refused rather than let in, never a 500."""
+    app = api_app(make_app)
+    client = app.test_client()
+    alice = f"alice-{time.time_ns()}"
+    token = fake.issue_token(user_id=alice)
+    assert client.get("/api/me", headers=bearer(token)).status_code == 200
+    with app.app_context():
+        app.extensions["plurality"].revoke_user(alice)
+        get_store().set(key("revoked", alice), stamp, 60)
+    invalid_token(client.get("/api/me", headers=bearer(token)))
+    assert client.get("/api/me", headers=bearer(fake.issue_token())).status_code == 200  # somebody else
 
 
 # -- the rest of the decorator's promises -------------------------------------------------------

@@ -121,8 +121,9 @@ def test_sixteen_concurrent_requests_on_two_processes_ask_once_per_window(
 def test_concurrent_failing_tokens_on_two_processes_reach_plurality_at_most_the_limit(
     fake: FakePlurality, redis_client: Any, tmp_path: Path
 ) -> None:
-    """SPEC 7.4 across processes: 64 different refused tokens at once from one client
-    (127.0.0.1), half on each process, reach Plurality exactly the limit's 10 times."""
+    """At most the limit's failures reach Plurality, across processes too: 64 different
+    refused tokens at once from one client (127.0.0.1), half on each process, reach
+    Plurality exactly the limit's 10 times."""
     tokens = [fake.issue_token() for _ in range(64)]
     for token in tokens:
         fake.revoke(token)

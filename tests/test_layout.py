@@ -125,3 +125,14 @@ def test_serving_requests_loads_neither_the_stand_in_nor_the_test_helpers(tmp_pa
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == ["[]", "['flask_plurality.fake']"], done.stdout
+
+
+def test_bearer_reaches_few_modules() -> None:
+    """The bearer module reads the header and asks the throttle, the answer cache (through
+    the extension) and the revocation check: what is not about bearer tokens lives elsewhere."""
+    import grimp
+
+    graph = grimp.build_graph("flask_plurality", exclude_type_checking_imports=True)
+    imported = graph.find_modules_directly_imported_by("flask_plurality.bearer")
+    assert len(imported) <= 6, sorted(imported)
+    assert {"flask_plurality.throttle", "flask_plurality.revocation"} <= imported

@@ -9,13 +9,17 @@ from typing import Any
 
 import pytest
 from cachelib.file import FileSystemCache
-from flask import Flask
+from flask import Flask, request
 from flask.testing import FlaskClient
 from helpers import SAME_ORIGIN, AppFactory
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import TestResponse
 
+from flask_plurality import throttle
+from flask_plurality.exceptions import InvalidToken, UpstreamUnavailable
+from flask_plurality.state import get_extension
 from flask_plurality.testing import FakePlurality
+from flask_plurality.tokens import read_claims
 
 LIMIT = 3
 
@@ -34,7 +38,7 @@ def refused_token(fake: FakePlurality) -> str:
 
 
 def assert_throttled(response: TestResponse, window: int, *secrets: str) -> None:
-    """429 in SPEC's error shape, a Retry-After within the window, and no token echoed."""
+    """429 in the extension's JSON error shape, a Retry-After within the window, and no token echoed."""
     assert response.status_code == 429
     assert response.mimetype == "application/json"
     body = response.get_json()
@@ -190,3 +194,72 @@ def test_a_token_refused_in_one_instance_is_throttled_in_the_other(
     assert_throttled(post(first, token, ip="192.0.2.100"), 300)
     assert_throttled(post(second, token, ip="192.0.2.101"), 300)
     assert len(fake.calls) == 1
+
+
+# -- throttle.attempt in an app's own view -----------------------------------------------------
+
+
+def attempt_app(make_app: AppFactory, **config: Any) -> Flask:
+    """An app whose own view checks a token through ``throttle.attempt``, as ``/login`` does."""
+    app = make_app(PLURALITY_LOGIN_MAX_FAILURES=2, **config)
+
+    @app.post("/check")
+    def check() -> Any:
+        token = request.get_data(as_text=True)
+        try:
+            with throttle.attempt(token):
+                claims = read_claims(token, max_length=4096)
+                get_extension().answers.lookup(token, claims["exp"])
+        except throttle.TooManyAttempts as exc:
+            return {"error": exc.reason}, 429, {"Retry-After": str(exc.retry_after)}
+        except InvalidToken:
+            return {"error": "no"}, 401
+        except UpstreamUnavailable:
+            return {"error": "outage"}, 503
+        return {"ok": True}
+
+    return app
+
+
+def check(client: FlaskClient, token: str) -> TestResponse:
+    return client.post("/check", data=token, environ_base={"REMOTE_ADDR": "203.0.113.77"})
+
+
+def test_an_attempt_keeps_a_no_counted_and_refuses_past_the_limit(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = attempt_app(make_app)
+    client = app.test_client()
+    assert check(client, refused_token(fake)).status_code == 401
+    assert check(client, "junk").status_code == 401  # refused locally, inside the attempt: counted too
+    assert len(fake.calls) == 1
+    good = fake.issue_token()
+    refused = check(client, good)
+    assert refused.status_code == 429 and refused.json == {"error": "too_many_attempts"}
+    assert 1 <= int(refused.headers["Retry-After"]) <= 300
+    assert len(fake.calls) == 1  # refused before Plurality was asked
+    # The same counters as /login's: this client is throttled there too.
+    assert_throttled(post(client, good, ip="203.0.113.77"), 300, good)
+
+
+def test_an_attempt_takes_back_an_outage_and_a_yes(make_app: AppFactory, fake: FakePlurality) -> None:
+    client = attempt_app(make_app).test_client()
+    fake.fail_next(503, times=4)
+    for _ in range(4):
+        assert check(client, fake.issue_token()).status_code == 503
+    for _ in range(4):
+        assert check(client, fake.issue_token()).status_code == 200
+    assert len(fake.calls) == 8  # nothing was refused: none of them counted
+    assert check(client, refused_token(fake)).status_code == 401
+    assert check(client, refused_token(fake)).status_code == 401
+    assert check(client, fake.issue_token()).status_code == 429
+
+
+def test_an_attempt_answers_with_what_is_left_of_the_window(make_app: AppFactory, fake: FakePlurality) -> None:
+    client = attempt_app(make_app, PLURALITY_LOGIN_FAILURE_WINDOW=6).test_client()
+    assert check(client, "junk").status_code == 401
+    assert check(client, "more-junk").status_code == 401
+    first = int(check(client, "junk").headers["Retry-After"])
+    assert 4 <= first <= 6
+    time.sleep(2.1)
+    later = int(check(client, fake.issue_token()).headers["Retry-After"])
+    assert 1 <= later <= first - 1
+    assert fake.calls == []
