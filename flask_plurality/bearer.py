@@ -18,14 +18,14 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from flask import Flask, Request, g
+from flask import Flask, Request
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import signals, throttle
 from .answers import Answer
 from .config import ConfigView, config
 from .exceptions import InvalidToken, PluralityError, SessionStoreUnavailable, UpstreamUnavailable
-from .logins import PROFILE_ATTR
+from .logins import login_refusal
 from .profile import Profile
 from .responses import DEFAULT_RETRY_AFTER, INVALID_BEARER, json_error, store_unavailable
 from .revocation import epoch_since, stamp_of
@@ -34,7 +34,6 @@ from .sessions import detach_session
 from .state import get_state
 from .store import get_store
 from .tokens import read_claims, token_hash
-from .users import login_refusal
 
 if TYPE_CHECKING:
     from .extension import Plurality
@@ -103,7 +102,6 @@ def authenticate(
     refusal = login_refusal(extension, profile)  # a gate must not be walked around through the API
     if refusal is not None:
         return refusal
-    setattr(g, PROFILE_ATTR, profile)
     return profile
 
 

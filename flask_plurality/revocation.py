@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from flask import Flask, current_app
 from flask.sessions import SessionMixin
@@ -25,8 +25,11 @@ from flask.sessions import SessionMixin
 from . import signals
 from .config import config, flag
 from .exceptions import ConfigurationError
-from .sessiondata import SESSION_KEY, Login
+from .flask_context import SESSION_KEY
 from .store import get_store, key
+
+if TYPE_CHECKING:
+    from .logins import Login
 
 log = logging.getLogger("flask_plurality")
 
