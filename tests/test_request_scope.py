@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import requests
@@ -19,7 +19,9 @@ from flask import Flask
 from helpers import AppFactory, gunicorn, login
 
 from flask_plurality import current_profile, current_user, logins
-from flask_plurality.testing import FakePlurality
+from flask_plurality.testing import FakePlurality, PluralityTestClient
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -118,6 +120,61 @@ def test_a_revoked_session_leaves_no_parsed_login_behind(app: Flask, fake: FakeP
     assert sid not in logins._parsed
     assert all(entry[1].profile.id != user for entry in logins._parsed.values())
     assert client.get("/protected").status_code == 401  # and the session is gone
+
+
+# -- the app's own tests, in their style ----------------------------------------------------------
+
+
+@pytest.fixture
+def recipe(fake: FakePlurality, tmp_path: Path) -> Iterator[Flask]:
+    """The Flask-Login recipe (examples/), tested the way such apps are: one app context
+    pushed in ``setUp`` and held across the test's requests."""
+    import sys
+
+    from cachelib.file import FileSystemCache
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from examples.flask_login_app import create_app
+    from flask_plurality.testing import config_for
+
+    sessions = FileSystemCache(str(tmp_path / "sessions"), threshold=0)
+    app = create_app(
+        {"TESTING": True, "PLURALITY_FAKE": False, "SESSION_TYPE": "cachelib", "SESSION_CACHELIB": sessions}
+        | config_for(fake)
+    )
+    app.test_client_class = PluralityTestClient
+    context = app.app_context()
+    context.push()
+    try:
+        yield app
+    finally:
+        context.pop()
+
+
+def test_plurality_test_clients_never_share_the_apps_g(recipe: Flask, fake: FakePlurality) -> None:
+    """Flask-Login caches its user in ``g._login_user``: under one held app context, a
+    plain test client's next request would inherit it. PluralityTestClient gives every
+    request its own context."""
+    first, anonymous, third = (cast(PluralityTestClient, recipe.test_client(fake=fake)) for _ in range(3))
+    one = first.login_as("one@example.com")
+    assert first.get("/account").get_json() == {"id": one.id, "email": "one@example.com"}
+    assert anonymous.get("/account").status_code == 401  # Flask-Login's own refusal
+    other = third.login_as("other@example.com")
+    assert third.get("/account").get_json() == {"id": other.id, "email": "other@example.com"}
+    assert first.get("/account").get_json()["id"] == one.id
+    assert anonymous.get("/account").status_code == 401
+
+
+def test_with_client_still_keeps_the_last_request(recipe: Flask, fake: FakePlurality) -> None:
+    from flask import request
+
+    client = cast(PluralityTestClient, recipe.test_client(fake=fake))
+    client.login_as("kept@example.com")
+    with client:
+        assert client.get("/account?x=1").status_code == 200
+        assert request.args["x"] == "1"  # the request's context, pushed again for the test
+        assert current_profile.email == "kept@example.com"
 
 
 # -- under gunicorn: one sync worker, one thread, the context held since import -----------------
