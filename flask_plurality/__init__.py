@@ -1,7 +1,7 @@
 """Trust Plurality Network logins in a Flask backend, with server-side sessions."""
 
 from . import signals
-from .decorators import current_profile, plurality_required
+from .decorators import plurality_required
 from .exceptions import (
     ConfigurationError,
     CredentialsRejected,
@@ -12,9 +12,9 @@ from .exceptions import (
     UpstreamUnavailable,
 )
 from .extension import Plurality
+from .logins import current_profile, current_user
 from .profile import AnonymousProfile, Profile
 from .state import get_extension
-from .users import current_user
 
 __version__ = "0.1.0"
 

@@ -16,15 +16,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Request, g
+from flask import Flask, Request
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import throttle
 from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
-from .logins import PROFILE_ATTR
+from .logins import login_refusal
 from .responses import DEFAULT_RETRY_AFTER, INVALID_BEARER, json_error, store_unavailable
 from .revocation import token_revoked
-from .users import login_refusal
 
 if TYPE_CHECKING:
     from .config import ConfigView
@@ -69,7 +68,6 @@ def authenticate(
     refusal = login_refusal(extension, profile)  # a gate must not be walked around through the API
     if refusal is not None:
         return refusal
-    setattr(g, PROFILE_ATTR, profile)
     return profile
 
 

@@ -149,10 +149,6 @@ class ConfigView:
         return float(self._get("PLURALITY_TIMEOUT"))
 
     @property
-    def revalidate(self) -> int | None:
-        return parse_interval(self._get("PLURALITY_REVALIDATE"), "PLURALITY_REVALIDATE")
-
-    @property
     def on_upstream_error(self) -> str:
         return str(self._get("PLURALITY_ON_UPSTREAM_ERROR")).lower()
 

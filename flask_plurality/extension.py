@@ -2,8 +2,8 @@
 
 The logic behind it has modules of its own: :mod:`.answers` (asking Plurality, the
 shared answer cache), :mod:`.logins` (the login in the session), :mod:`.revocation`,
-:mod:`.throttle`, :mod:`.sessions` (Flask-Session, guarded) and :mod:`.decorators`
-(the check behind ``@plurality_required``). They reach this object through
+:mod:`.throttle`, :mod:`.sessions` (Flask-Session, guarded), :mod:`.decorators`
+(``@plurality_required``) and :mod:`.responses` (every refusal). They reach this object through
 :func:`.state.get_extension`, never by importing this module.
 """
 

@@ -1,104 +1,384 @@
-"""The login kept in the server-side session: start one, read the current one.
+"""The login kept in the server-side session, in one place: what is stored, starting
+one, the one "is it still good?" check, ending one, and who the request's user is.
 
-What a login looks like in ``flask.session`` is :mod:`.sessiondata`'s; this module is
-what the blueprint, the decorator and ``current_profile`` do with it.
+- :class:`Login` is the login as stored in ``flask.session`` (plain JSON types only:
+  Flask-Session encodes sessions with msgpack, JSON or pickle), parsed once per change
+  of what is stored (:func:`stored_login`).
+- :func:`check_login` is the one check of a stored login (expiry, ``revoke_user``, and
+  asking Plurality again when due): ``@plurality_required``, ``current_profile``,
+  ``GET /plurality/session`` and ``current_user`` all go through it.
+- :func:`end_login` is the one way a login ends (logout, expired, revoked, Plurality's
+  "no", the user loader's ``None``): the parsed copy and its token leave this process's
+  memory, the session is cleared, and the request's profile and user are nobody's.
+- ``current_profile`` and ``current_user`` answer "who is this?" once per request, the
+  way Flask-Login's ``_load_user`` does; the answer is kept on the request (see
+  :mod:`.flask_context`), so it can never outlive it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final, cast
 
-from flask import current_app, g, session
+from flask import current_app, has_request_context, session
+from flask.sessions import SessionMixin
+from flask_session.base import ServerSideSessionInterface
+from werkzeug.local import LocalProxy
+from werkzeug.wrappers import Response as BaseResponse
 
-from .exceptions import SessionStoreUnavailable
-from .flask_context import request_globals
-from .profile import Profile
+from . import signals
+from .config import ConfigView, parse_interval
+from .exceptions import ConfigurationError, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
+from .flask_context import PROFILE, SESSION_KEY, USER, request_scope
+from .profile import ANONYMOUS, AnonymousProfile, Profile
+from .responses import login_refused
 from .revocation import current_epoch, is_revoked, stamp_of
-from .sessiondata import SESSION_KEY, Login, forget_parsed, stored_login
-from .sessions import GuardedSessionInterface
 from .state import EXTENSION_KEY
 from .stores import store_errors_as_unavailable
 
+if TYPE_CHECKING:
+    from .extension import Plurality
+
+__all__ = ["SESSION_KEY", "Login", "check_login", "current_profile", "current_user", "end_login", "start_login"]
+
 log = logging.getLogger("flask_plurality")
 
-#: Where a request keeps its profile once known (``current_profile`` reads it).
-PROFILE_ATTR = "_plurality_profile"
-#: Where a request keeps the app's own user once loaded (``None`` is a loaded "nobody").
-USER_ATTR = "_plurality_user"
+#: ``revalidate`` not given to :func:`check_login`: the app's ``PLURALITY_REVALIDATE`` decides.
+APP_DEFAULT: Final = object()
+#: Not yet looked up in this request (``None`` there means "nobody").
+_UNKNOWN: Final = object()
 
 
-def load_login() -> Login | None:
-    """The login stored in this request's session, if any (not checked)."""
-    return stored_login(session._get_current_object())  # type: ignore[attr-defined]
+class Login:
+    """A login as stored in the session (plain JSON types only).
 
+    Never changed once built (:meth:`replace` makes a changed copy): :func:`stored_login`
+    hands one object to every request of a session until what is stored changes.
+    """
 
-def current_login_profile(*, strict: bool = False) -> Profile | None:
-    """The logged-in profile without asking upstream: ``current_profile``'s and
-    ``/session``'s source. A revoked session is cleared (one store read). A store
-    failure means "not logged in", or raises :class:`SessionStoreUnavailable` if
-    ``strict``."""
-    if getattr(session, "store_error", False):
-        return None
-    login = load_login()
-    if login is None or login.exp <= time.time():
-        return None
-    try:
-        if is_revoked(login, session._get_current_object(), current_app._get_current_object()):  # type: ignore[attr-defined]
-            session.clear()
+    __slots__ = ("checked_epoch", "exp", "login_at", "profile", "stamp", "token", "validated_at")
+
+    def __init__(
+        self,
+        profile: Profile,
+        token: str,
+        exp: int,
+        login_at: float,
+        validated_at: float,
+        stamp: str | None = None,
+        checked_epoch: str | None = None,
+    ) -> None:
+        self.profile = profile
+        self.token = token
+        self.exp = exp
+        self.login_at = login_at
+        self.validated_at = validated_at
+        #: The user's revocation stamp when this login began (``None``: there was none);
+        #: see :mod:`.revocation`.
+        self.stamp = stamp
+        #: The revocation epoch under which this login was last found not revoked;
+        #: while it has not changed, a protected request reads no stamp.
+        self.checked_epoch = checked_epoch
+
+    @classmethod
+    def load(cls, data: Any) -> Login | None:
+        if not isinstance(data, dict):
             return None
-    except SessionStoreUnavailable:
-        if strict:
-            raise
-        return None
-    return login.profile
+        profile = Profile.from_session(data.get("profile"))
+        token, exp = data.get("token"), data.get("exp")
+        login_at, validated_at = data.get("login_at"), data.get("validated_at")
+        if (
+            profile is None
+            or not isinstance(token, str)
+            or not isinstance(exp, int)
+            or not isinstance(login_at, int | float)
+            or not isinstance(validated_at, int | float)
+        ):
+            return None
+        stamp = data.get("revocation")
+        if stamp is not None and not isinstance(stamp, str):
+            return None
+        epoch = data.get("epoch")
+        return cls(
+            profile,
+            token,
+            exp,
+            float(login_at),
+            float(validated_at),
+            stamp,
+            epoch if isinstance(epoch, str) else None,
+        )
+
+    def replace(self, **changes: Any) -> Login:
+        """A copy with ``changes`` (attribute names) applied."""
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        return Login(**{**fields, **changes})
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile.to_session(),
+            "token": self.token,
+            "exp": self.exp,
+            "login_at": self.login_at,
+            "validated_at": self.validated_at,
+            # Stored under their first names, so sessions survive an upgrade.
+            "revocation": self.stamp,
+            "epoch": self.checked_epoch,
+        }
 
 
-def request_profile() -> Profile | None:
-    """This request's profile, found once (``current_profile`` and ``current_user`` read it):
-    what ``@plurality_required`` or a bearer token set, else the session's login."""
-    g_ = request_globals()  # not the g proxy: current_profile reads this on every use
-    if g_ is None:
-        return None
-    profile: Profile | None = g_.__dict__.get(PROFILE_ATTR)
-    if profile is None:
-        profile = current_login_profile() if EXTENSION_KEY in current_app.extensions else None
-        g_.__dict__[PROFILE_ATTR] = profile
-    return profile
+# -- what is stored, parsed once per change ------------------------------------------------
+
+#: Logins this process parsed lately, by session id: (the stored value, as
+#: :meth:`Login.dump` writes it, and the :class:`Login`). Building a login's
+#: :class:`~.profile.Profile` (a frozen dataclass) costs more than the rest of a
+#: protected request's check together; comparing the stored value with the one last
+#: parsed (C-level dict equality) costs a fifth of that. At most :data:`PARSED_MAX`
+#: entries, oldest dropped first; a miss only means parsing again.
+_parsed: dict[str, tuple[dict[str, Any], Login]] = {}
+PARSED_MAX: Final = 1024
+
+
+def stored_login(sess: SessionMixin) -> Login | None:
+    """The login stored in ``sess``, if any (not checked: see :func:`check_login`)."""
+    sess.accessed = True  # what sess.get does (the answer depends on the cookie: Vary)
+    data = dict.get(sess, SESSION_KEY)  # type: ignore[call-overload]
+    sid = getattr(sess, "sid", None)
+    entry = _parsed.get(sid)  # type: ignore[arg-type]
+    if entry is not None and entry[0] == data:
+        return entry[1]
+    login = Login.load(data)
+    if login is not None and isinstance(sid, str):
+        if len(_parsed) >= PARSED_MAX:
+            _parsed.pop(next(iter(_parsed), ""), None)
+        _parsed[sid] = (login.dump(), login)
+    return login
+
+
+def _forget_parsed(sess: SessionMixin) -> None:
+    """This session's login ended: its parsed copy (and token) leaves this process's memory."""
+    _parsed.pop(getattr(sess, "sid", None), None)  # type: ignore[arg-type]
+
+
+def session_lifetime_cap(lifetime: timedelta) -> timedelta:
+    """No session outlives its token: cap a lifetime at the login's ``exp``."""
+    if not has_request_context():
+        return lifetime
+    data = session.get(SESSION_KEY)  # runs on every save: read exp alone, not the whole login
+    exp = data.get("exp") if isinstance(data, dict) else None
+    if not isinstance(exp, int) or isinstance(exp, bool):
+        return lifetime
+    return min(lifetime, timedelta(seconds=max(1, exp - int(time.time()))))
+
+
+# -- start, check, end -----------------------------------------------------------------------
 
 
 def start_login(profile: Profile, token: str, exp: int) -> None:
     """Store a fresh login under a new session id (no fixation)."""
-    if not isinstance(current_app.session_interface, GuardedSessionInterface):
-        # Something replaced Flask-Session after init_app: a cookie session would hand
-        # the token to the browser. Refuse rather than store the login there.
+    inner = getattr(current_app.session_interface, "inner", None)  # the guard's Flask-Session interface
+    if not isinstance(inner, ServerSideSessionInterface):
+        # Something replaced the guarded Flask-Session interface after init_app: a cookie
+        # session would hand the token to the browser. Refuse rather than store the login there.
         log.error("app.session_interface was replaced after Plurality.init_app; logins are refused")
         raise SessionStoreUnavailable("The server-side session store is not in place.")
-    previous = load_login()
+    sess = session._get_current_object()  # type: ignore[attr-defined]
+    previous = stored_login(sess)
     if previous is not None and previous.profile.id != profile.id:
-        session.clear()  # another user's data must not carry over
+        sess.clear()  # another user's data must not carry over
     now = time.time()
     epoch = current_epoch()  # before the stamp: see revocation.is_revoked
     login = Login(profile, token, exp, now, now, stamp_of(profile.id), epoch)
-    forget_parsed(session)  # the old id's, if any: regenerate() below drops that id
-    session[SESSION_KEY] = login.dump()
-    session.permanent = True
+    _forget_parsed(sess)  # the old id's, if any: regenerate() below drops that id
+    sess[SESSION_KEY] = login.dump()
+    sess.permanent = True
     with store_errors_as_unavailable():
-        current_app.session_interface.regenerate(session)  # deletes the old id's entry
-    setattr(g, PROFILE_ATTR, profile)
-    g.pop(USER_ATTR, None)
+        inner.regenerate(sess)  # deletes the old id's entry
+    scope = request_scope()
+    if scope is not None:
+        scope[PROFILE] = profile
+        scope.pop(USER, None)  # the loader runs again, for this profile
 
 
-def end_login() -> Login | None:
-    """Clear this request's session (deleting its stored entry); the login it held."""
-    login = load_login()
-    forget_parsed(session)
-    session.clear()
-    forget_profile()
+def check_login(
+    extension: Plurality, app: Any, sess: SessionMixin, scope: dict[str, Any], revalidate: Any = None
+) -> Profile | None:
+    """The one check of the login stored in ``sess``: its profile while it is still good,
+    else ``None`` (a login that is no longer good is ended: :func:`end_login`). The
+    answer is kept in ``scope`` (the request's) for ``current_profile``.
+
+    ``revalidate``: seconds after which Plurality is asked again, ``None`` never, or
+    :data:`APP_DEFAULT` (``PLURALITY_REVALIDATE``). Raises :class:`SessionStoreUnavailable`
+    when the store cannot tell, and :class:`UpstreamUnavailable` when Plurality had to
+    be asked, could not answer, and no grace period lets the user in.
+
+    On the hot path (no revalidation due, nobody revoked since this session was last
+    checked) this costs a few dictionary reads: the stored login is parsed once per
+    change, the settings are read straight from ``app.config``, and the revocation
+    epoch came with the session (on files: one ``access``). ``benchmarks/backends.py``
+    counts its instructions on every backend.
+    """
+    if getattr(sess, "store_error", False):
+        raise SessionStoreUnavailable("The session store is unavailable.")
+    login = stored_login(sess)
+    if login is None:
+        scope[PROFILE] = None
+        return None
+    now = time.time()
+    if login.exp <= now or is_revoked(login, sess, app):
+        end_login(sess)
+        return None
+    if revalidate is APP_DEFAULT:
+        setting = app.config["PLURALITY_REVALIDATE"]
+        revalidate = None if setting is None else parse_interval(setting, "PLURALITY_REVALIDATE")
+    if revalidate is None or now - login.validated_at < revalidate:
+        scope[PROFILE] = profile = login.profile
+        return profile
+    return _revalidate(extension, app, sess, scope, login, revalidate, now)
+
+
+def _revalidate(
+    extension: Plurality, app: Any, sess: SessionMixin, scope: dict[str, Any], login: Login, interval: int, now: float
+) -> Profile | None:
+    """Ask Plurality (through the shared answer cache) whether the login still holds."""
+    try:
+        answer = extension.answers.lookup(login.token, login.exp, interval)
+    except InvalidToken as exc:
+        log.info("Revalidation refused user %s (%s); session cleared", login.profile.id, exc.reason)
+        signals.revalidation_failed.send(app, profile=login.profile, reason=exc.reason, allowed=False)
+        end_login(sess)
+        return None
+    except UpstreamUnavailable as exc:
+        # Grace counts from the last *good* answer, which a failure never moves.
+        cfg = ConfigView(app.config)
+        allowed = cfg.on_upstream_error == "allow" and now - login.validated_at < cfg.grace_period
+        signals.revalidation_failed.send(app, profile=login.profile, reason=exc.reason, allowed=allowed)
+        if not allowed:
+            log.info("Revalidation of user %s failed (%s); answered 503", login.profile.id, exc.reason)
+            raise
+        log.info("Revalidation of user %s failed (%s); let in (grace period)", login.profile.id, exc.reason)
+        scope[PROFILE] = login.profile
+        return login.profile
+    claims = {"exp": login.exp, "uniqueSessionId": login.profile.unique_session_id}
+    profile = Profile.from_upstream(answer.user, claims)
+    sess[SESSION_KEY] = login.replace(profile=profile, validated_at=max(login.validated_at, answer.at)).dump()
+    signals.revalidated.send(app, profile=profile, cached=answer.cached)
+    scope[PROFILE] = profile
+    return profile
+
+
+def end_login(sess: SessionMixin | None = None) -> Login | None:
+    """End the request's login, whatever ends it: its parsed copy (and token) leaves
+    this process's memory, the session is cleared (its stored entry is deleted when the
+    response is saved), and ``current_profile`` and ``current_user`` are nobody's for
+    the rest of the request. Returns the login that was stored, if any."""
+    if sess is None:
+        sess = session._get_current_object()  # type: ignore[attr-defined]
+    login = stored_login(sess)
+    _forget_parsed(sess)
+    sess.clear()
+    scope = request_scope()
+    if scope is not None:
+        scope[PROFILE] = None
+        scope[USER] = None
     return login
 
 
-def forget_profile() -> None:
-    """The request's login ended: ``current_profile`` and ``current_user`` are nobody's."""
-    g.pop(PROFILE_ATTR, None)
-    g.pop(USER_ATTR, None)
+def login_refusal(extension: Plurality, profile: Profile) -> BaseResponse | None:
+    """What ``before_login`` says of ``profile``: ``None`` to let the login happen, else
+    the answer to send (a string becomes 403 ``login_refused`` with it as the message)."""
+    gate = extension.before_login_callback
+    if gate is None:
+        return None
+    verdict = current_app.ensure_sync(gate)(profile)
+    if verdict is None:
+        return None
+    signals.login_failed.send(current_app._get_current_object(), profile=None, reason="refused")  # type: ignore[attr-defined]
+    return login_refused(verdict)
+
+
+# -- who is this? ------------------------------------------------------------------------------
+
+
+def _look_up(scope: dict[str, Any]) -> Profile | None:
+    """The session's profile for ``current_profile`` (never asks Plurality); a store
+    failure means "nobody". Kept in ``scope``, so a request looks once."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    extension = app.extensions.get(EXTENSION_KEY)
+    profile: Profile | None = None
+    if extension is not None:
+        with contextlib.suppress(SessionStoreUnavailable):
+            profile = check_login(extension, app, session._get_current_object(), scope)  # type: ignore[attr-defined]
+    scope[PROFILE] = profile
+    return profile
+
+
+def request_profile() -> Profile | None:
+    """This request's profile, found once: what ``@plurality_required`` or a bearer token
+    found, else the session's login; ``None`` for nobody, and outside a request."""
+    scope = request_scope()
+    if scope is None:
+        return None
+    profile = scope.get(PROFILE, _UNKNOWN)
+    return _look_up(scope) if profile is _UNKNOWN else cast(Profile | None, profile)
+
+
+def _load_profile() -> Profile | AnonymousProfile:
+    scope = request_scope()
+    if scope is None:
+        return ANONYMOUS
+    profile = scope.get(PROFILE, _UNKNOWN)
+    if profile is _UNKNOWN:
+        profile = _look_up(scope)
+    return ANONYMOUS if profile is None else cast(Profile, profile)
+
+
+def load_user() -> Any:
+    """The current login's user, from the app's ``user_loader`` (run at most once per
+    request); ``None`` if nobody is logged in, and outside a request."""
+    scope = request_scope()
+    if scope is None:
+        return None
+    try:
+        return scope[USER]
+    except KeyError:
+        pass
+    extension = current_app.extensions.get(EXTENSION_KEY)
+    loader = extension.user_callback if extension is not None else None
+    if loader is None:
+        raise ConfigurationError(
+            "flask_plurality.current_user needs a user loader: register one with @plurality.user_loader."
+        )
+    profile = request_profile()
+    user = current_app.ensure_sync(loader)(profile) if profile else None
+    scope[USER] = user
+    return user
+
+
+class _ProfileProxy(LocalProxy):  # type: ignore[type-arg]
+    """werkzeug's ``LocalProxy`` (``bool()``, ``==``, ``isinstance``, ``_get_current_object``
+    all as usual), with the profile's attributes read directly: ``current_profile.id``
+    costs a third of the generic proxy's read, which views and templates pay on every use."""
+
+    __slots__ = ()
+
+    def __getattribute__(self, name: str) -> Any:
+        # Not __getattr__: that runs only after the normal lookup has raised (and
+        # built) an AttributeError, which costs more than the rest of the read.
+        if not name or name[0] == "_":  # the proxy's own (_get_current_object, __class__...)
+            return object.__getattribute__(self, name)
+        return getattr(_load_profile(), name)
+
+    def __bool__(self) -> bool:  # "is someone logged in?", as often asked as .id
+        return _load_profile() is not ANONYMOUS
+
+
+#: The logged-in user's :class:`Profile`; falsy (an :class:`AnonymousProfile`) otherwise.
+current_profile: Profile = cast(Profile, _ProfileProxy(_load_profile))
+
+#: The app's own user for the current login (what ``@plurality.user_loader`` returned),
+#: or ``None`` when nobody is logged in. A ``LocalProxy``: test it with ``if current_user:``.
+current_user: Any = cast(Any, LocalProxy(load_user))

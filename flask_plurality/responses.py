@@ -1,11 +1,24 @@
-"""Every answer the extension writes itself: JSON, one shape for errors."""
+"""Every answer the extension writes itself: JSON, one shape for errors, and each
+refusal (log in first, forbidden, login refused, bearer token refused, unavailable).
+
+Callers decide *whether* to refuse; this module only builds the answer, the app's own
+handlers (``unauthorized_handler``, ``forbidden_handler``) included. It takes the
+extension object as an argument and never imports ``extension.py`` (see :mod:`.state`).
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
-from flask import Response, current_app
+from flask import Response, current_app, redirect, request
+from werkzeug.wrappers import Response as BaseResponse
+
+from .config import config
+
+if TYPE_CHECKING:
+    from .extension import Plurality
 
 #: Seconds a client is told to wait when nobody knows better.
 DEFAULT_RETRY_AFTER = 10
@@ -60,6 +73,46 @@ def json_error(
 def store_unavailable() -> Response:
     """The answer while the session store cannot be reached."""
     return json_error(503, "session_store_unavailable", retry_after=DEFAULT_RETRY_AFTER)
+
+
+def upstream_unavailable(retry_after: int | None = None) -> Response:
+    """503 ``upstream_unavailable``: Plurality could not be asked (and no grace applies)."""
+    return json_error(503, "upstream_unavailable", retry_after=retry_after or DEFAULT_RETRY_AFTER)
+
+
+def login_required(extension: Plurality, challenge: dict[str, str] = CHALLENGE) -> BaseResponse:
+    """The answer to a request that is not (or no longer) logged in: the app's
+    ``unauthorized_handler``; else, for a browser asking for HTML, a redirect to
+    ``PLURALITY_LOGIN_URL`` that comes back here; else 401 ``login_required``."""
+    if extension.unauthorized_callback is not None:
+        return current_app.make_response(current_app.ensure_sync(extension.unauthorized_callback)())
+    login_url = config.login_url
+    if login_url and request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+        target = request.full_path.rstrip("?") if request.query_string else request.path
+        joiner = "&" if "?" in login_url else "?"
+        return redirect(f"{login_url}{joiner}next={quote(target, safe='/')}", 302)
+    return json_error(401, "login_required", headers=challenge)
+
+
+def bearer_refused(code: str = "invalid_token") -> Response:
+    """401 to a bearer token that is no good: ``WWW-Authenticate`` says so (no login
+    page can help a client that sends its own token)."""
+    return json_error(401, code, headers=INVALID_BEARER)
+
+
+def forbidden(extension: Plurality) -> BaseResponse:
+    """The answer when ``allow=`` said no: the app's ``forbidden_handler``, or a JSON 403."""
+    if extension.forbidden_callback is not None:
+        return current_app.make_response(current_app.ensure_sync(extension.forbidden_callback)())
+    return json_error(403, "forbidden")
+
+
+def login_refused(verdict: Any) -> BaseResponse:
+    """``before_login``'s "no": a string is the message of a 403 ``login_refused``; any
+    other value is the app's own answer, sent as it is."""
+    if isinstance(verdict, str):
+        return json_error(403, "login_refused", message=verdict)
+    return current_app.make_response(verdict)
 
 
 def store_unavailable_into(response: Response) -> None:

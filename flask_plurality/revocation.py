@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from flask import Flask, current_app
 from flask.sessions import SessionMixin
@@ -29,8 +29,11 @@ from flask.sessions import SessionMixin
 from . import signals
 from .config import config, flag
 from .exceptions import ConfigurationError
-from .sessiondata import SESSION_KEY, Login
+from .flask_context import SESSION_KEY
 from .stores import get_store, key
+
+if TYPE_CHECKING:
+    from .logins import Login
 
 log = logging.getLogger("flask_plurality")
 

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 from flask import request
 
 from .config import flag
-from .sessiondata import SESSION_KEY
+from .flask_context import SESSION_KEY
 
 log = logging.getLogger("flask_plurality")
 

@@ -25,9 +25,9 @@ from flask_session.base import ServerSideSession, ServerSideSessionInterface
 
 from .exceptions import ConfigurationError, SessionStoreUnavailable
 from .flask_session_shim import shim
+from .logins import session_lifetime_cap
 from .revocation import REVOCATION_EPOCH
 from .security import redacted_session_class
-from .sessiondata import session_lifetime_cap
 from .stores import UNREAD, Store, log, log_store_failure, store_for, store_use
 
 #: Seconds between two sweeps of expired session entries (files, SQL rows), per process.

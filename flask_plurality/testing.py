@@ -8,6 +8,7 @@ Run the stand-in on its own with ``python -m flask_plurality.testing``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import ssl
 import threading
@@ -24,7 +25,10 @@ from .fake import _RANDOM, FakePlurality, ValidateCall, _Keep, _QuietHandler, ma
 from .profile import Profile
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIApplication
+    from collections.abc import Iterable
+
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+    from werkzeug.datastructures import Headers
 
 __all__ = [
     "FakePlurality",
@@ -120,6 +124,14 @@ class PluralityTestClient(FlaskClient):
         self.plurality_fake = fake
         #: The token of the last :meth:`login_as`, e.g. to ``plurality_fake.revoke()`` it.
         self.plurality_token: str | None = None
+
+    def run_wsgi_app(self, environ: WSGIEnvironment, buffered: bool = False) -> tuple[Iterable[bytes], str, Headers]:
+        """Each request in a fresh :class:`contextvars.Context`, as a server runs it: its
+        own app context, hence its own ``g``, even while the test holds an app context
+        across requests (``self.ctx = app.app_context(); self.ctx.push()`` in ``setUp``),
+        which Flask would otherwise reuse and share between clients. ``with client:``
+        still keeps the last request's context (Flask pushes it again after the request)."""
+        return contextvars.Context().run(super().run_wsgi_app, environ, buffered)
 
     def _stand_in(self) -> FakePlurality:
         if self.plurality_fake is not None:

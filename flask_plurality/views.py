@@ -5,20 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, redirect, request, session
+from flask import Blueprint, Response, current_app, redirect, request, session
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import signals, throttle
 from .config import config
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
-from .logins import PROFILE_ATTR, current_login_profile, start_login
+from .flask_context import request_context
+from .logins import check_login, login_refusal, start_login
 from .profile import Profile
 from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, json_response, store_unavailable
 from .security import origin_allowed, safe_next
 from .state import get_extension, get_state
 from .tokens import read_claims
-from .users import login_refusal
 
 log = logging.getLogger("flask_plurality")
 
@@ -154,15 +154,14 @@ def logout() -> BaseResponse:
 
 @blueprint.get("/session")
 def current_session() -> Response:
-    if getattr(session, "store_error", False):
-        return store_unavailable()
+    app, req, sess = request_context()
     try:
-        profile = current_login_profile(strict=True)  # checks revoke_user, like a protected route
+        # The check of a protected route (expiry, revoke_user), without asking Plurality.
+        profile = check_login(get_extension(app), app, sess, req.__dict__)
     except SessionStoreUnavailable:
         return store_unavailable()
     if profile is None:
         return json_error(401, "login_required", headers=CHALLENGE)
-    setattr(g, PROFILE_ATTR, profile)
     return json_response({"authenticated": True, "profile": profile.to_json()})
 
 

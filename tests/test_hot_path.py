@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 from cachelib.file import FileSystemCache
-from flask import Flask, current_app, g, request, session
+from flask import Flask, current_app, request, session
 from helpers import AppFactory, age_session, login
 
-from flask_plurality import SessionStoreUnavailable, current_profile, sessiondata
-from flask_plurality.flask_context import request_context, request_globals
+from flask_plurality import SessionStoreUnavailable, current_profile, logins
+from flask_plurality.flask_context import current_request, request_context, request_scope
 from flask_plurality.profile import Profile
 from flask_plurality.revocation import REVOCATION_EPOCH
 from flask_plurality.stores.files import FileStore
@@ -43,17 +43,17 @@ def test_request_context_is_what_the_proxies_give(app: Flask) -> None:
             current_app._get_current_object(),  # type: ignore[attr-defined]
             request._get_current_object(),  # type: ignore[attr-defined]
             session._get_current_object(),  # type: ignore[attr-defined]
-            g._get_current_object(),  # type: ignore[attr-defined]
         )
-        assert request_globals() is g._get_current_object()  # type: ignore[attr-defined]
+        assert current_request() is request._get_current_object()  # type: ignore[attr-defined]
+        assert request_scope() is request.__dict__
 
 
 def test_outside_a_request_flask_says_so(app: Flask) -> None:
-    assert request_globals() is None
+    assert current_request() is None and request_scope() is None
     with pytest.raises(RuntimeError, match="outside of application context"):
         request_context()
     with app.app_context():
-        assert request_globals() is None  # an app context is not a request
+        assert current_request() is None and request_scope() is None  # an app context is not a request
         with pytest.raises(RuntimeError, match="outside of request context"):
             request_context()
 
@@ -116,17 +116,17 @@ def test_the_cache_of_parsed_logins_is_bounded(app: Flask, fake: FakePlurality) 
     assert login(client, fake.issue_token()).status_code == 200
     assert client.get("/protected").status_code == 200
     cookie = client.get_cookie("session")
-    assert cookie is not None and cookie.value in sessiondata._parsed
-    entry = sessiondata._parsed[cookie.value]
-    for number in range(sessiondata.PARSED_MAX):  # other sessions' logins push it out
-        sessiondata._parsed[f"other-{number}"] = entry
-    while len(sessiondata._parsed) > sessiondata.PARSED_MAX:
-        sessiondata._parsed.pop(next(iter(sessiondata._parsed)))
-    assert cookie.value not in sessiondata._parsed
+    assert cookie is not None and cookie.value in logins._parsed
+    entry = logins._parsed[cookie.value]
+    for number in range(logins.PARSED_MAX):  # other sessions' logins push it out
+        logins._parsed[f"other-{number}"] = entry
+    while len(logins._parsed) > logins.PARSED_MAX:
+        logins._parsed.pop(next(iter(logins._parsed)))
+    assert cookie.value not in logins._parsed
     response = client.get("/protected")  # parsed again, still right
     assert response.status_code == 200 and response.get_json()["id"]
-    assert cookie.value in sessiondata._parsed
-    assert len(sessiondata._parsed) == sessiondata.PARSED_MAX  # the oldest made room
+    assert cookie.value in logins._parsed
+    assert len(logins._parsed) == logins.PARSED_MAX  # the oldest made room
 
 
 def test_revalidation_does_not_change_a_login_other_requests_hold(app: Flask, fake: FakePlurality) -> None:
@@ -136,7 +136,7 @@ def test_revalidation_does_not_change_a_login_other_requests_hold(app: Flask, fa
     assert client.get("/protected").status_code == 200
     cookie = client.get_cookie("session")
     assert cookie is not None
-    held = sessiondata._parsed[cookie.value][1]
+    held = logins._parsed[cookie.value][1]
     before = (held.validated_at, held.checked_epoch, held.profile)
     age_session(client, 3600)
     assert client.post("/sensitive", headers={"Origin": "http://localhost"}).status_code == 200

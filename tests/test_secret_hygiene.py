@@ -27,7 +27,7 @@ from flask_plurality import (
 )
 from flask_plurality.answers import upstream_settings
 from flask_plurality.client import PluralityClient, Upstream
-from flask_plurality.logins import load_login
+from flask_plurality.logins import stored_login
 from flask_plurality.testing import FakePlurality, live_server
 
 
@@ -233,7 +233,7 @@ def test_no_repr_shows_the_token_or_secret(hfake: FakePlurality, secret: str, tm
             current_profile._get_current_object(),  # type: ignore[attr-defined]
             current_app.session_interface,
             current_app.extensions["plurality.state"],
-            load_login(),
+            stored_login(session._get_current_object()),  # type: ignore[attr-defined]
         ):
             shown.extend((repr(obj), str(obj)))
         return {}
