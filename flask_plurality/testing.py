@@ -89,8 +89,8 @@ def config_for(fake: FakePlurality) -> dict[str, str]:
 
 
 def store_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The config keys for a session store in ``directory``: the same file store
-    ``init_app`` sets up by default, somewhere other than the app's instance folder.
+    """The config keys for a session store in ``directory``: the file store ``init_app``
+    sets up by default, somewhere other than the app's instance folder.
 
     For tests: sessions, failed-login counters, cached answers and revocations live in
     the session store, so a store of each test's own keeps them from crossing tests and
