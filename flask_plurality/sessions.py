@@ -42,7 +42,7 @@ SWEEP_INTERVAL: Final = 3600.0
 
 class UnencodableSessionValue(TypeError):
     """The session serializer cannot encode a value the app put in the session (a lazy
-    string, a datetime under JSON, any object): the app's own bug, so a 500 through
+    string, an object of the app's own): the app's own bug, so a 500 through
     Flask's error handling, not a store outage. Names the key and the value's type,
     never the value."""
 
