@@ -601,6 +601,13 @@ OPTION_CASES = [
         for family in ("cachelib-file", "redis")
     ),
     *(pytest.param(("cachelib-file", threshold), id=f"threshold-{threshold}") for threshold in THRESHOLDS),
+    # Where it is cheap, the options that touch every family: how the cookie names the
+    # session, and how Flask-Session encodes it (memcached and SQL use its serializer).
+    *(
+        pytest.param((family, option), id=f"{family}-{option}")
+        for option in ("signer", "json")
+        for family in ("memcached", "sqlalchemy-postgresql")
+    ),
 ]
 
 
@@ -621,7 +628,7 @@ class OptionBackend:
 def option_backend(
     request: pytest.FixtureRequest, fake: FakePlurality, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[OptionBackend]:
-    """The files or Redis family under one of Flask-Session's options (``OPTION_CASES``)."""
+    """A backend family under one of Flask-Session's options (``OPTION_CASES``)."""
     family, option = request.param
     prefix = f"t{next(_test_numbers)}-{uuid.uuid4().hex[:6]}:"
     spec: dict[str, Any] = {"family": family, "prefix": prefix}
@@ -638,6 +645,11 @@ def option_backend(
             if option == "cachelib-default":  # Flask-Session's cache is ./flask_session
                 monkeypatch.chdir(sessions)
                 spec["path"] = str(sessions / "flask_session")
+    elif family == "memcached":
+        spec["server"] = request.getfixturevalue("memcached")
+    elif family == "sqlalchemy-postgresql":
+        spec["url"] = request.getfixturevalue("postgres_database")
+        spec["table"] = f"sessions_{prefix[1:].split('-')[0]}"
     else:
         spec["url"] = request.getfixturevalue("main_redis")
         if config.get("SESSION_KEY_PREFIX") == "custom:":

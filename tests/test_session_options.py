@@ -4,10 +4,11 @@ The conformance guarantees (logout is final, even against a request in flight; t
 failed-login throttle is exact; a revocation reaches every worker; keys are bounded)
 run again under each of Flask-Session's options (``backend_app.OPTIONS``: a signed
 cookie, permanent or not, no refresh on each request, another key prefix, longer ids,
-msgpack and JSON) on the files and Redis families, and under each way an app gets
-cachelib's size threshold on files. A representative subset per option, in one process
-(two apps on one store stand for two workers, served over real HTTP where requests must
-overlap), keeps the run short; ``tests/test_backends.py`` runs the whole set per family.
+msgpack and JSON) on the files and Redis families (the signer and JSON on memcached and
+PostgreSQL too), and under each way an app gets cachelib's size threshold on files. A
+representative subset per option, in one process (two apps on one store stand for two
+workers, served over real HTTP where requests must overlap), keeps the run short;
+``tests/test_backends.py`` runs the whole set per family.
 """
 
 from __future__ import annotations
