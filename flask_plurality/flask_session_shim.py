@@ -50,6 +50,15 @@ class _FlaskSessionShim:
         return cast(bytes, encode(session))
 
     @staticmethod
+    def probe_of(inner: SessionInterface) -> Callable[[Any], object]:
+        """Encodes like :meth:`encode`, for finding which value it refuses: msgspec's
+        encoder itself where there is one (Flask-Session logs every failure of its own)."""
+        encoder = getattr(getattr(inner, "serializer", None), "encoder", None)
+        if encoder is not None and callable(getattr(encoder, "encode", None)):
+            return cast(Callable[[Any], object], encoder.encode)
+        return lambda data: _FlaskSessionShim.encode(inner, data)
+
+    @staticmethod
     def decode(inner: SessionInterface, raw: bytes | str) -> Any:
         serializer: Any = inner.serializer  # type: ignore[attr-defined]
         decode = getattr(serializer, "decode", None) or serializer.loads
@@ -77,6 +86,10 @@ class _FlaskSessionShim:
     @staticmethod
     def set_delete(inner: SessionInterface, delete: Callable[[str], None]) -> None:
         inner._delete_session = delete  # type: ignore[attr-defined]
+
+    @staticmethod
+    def retrieve_of(inner: SessionInterface) -> Callable[[str], dict[str, Any] | None]:
+        return cast(Callable[[str], dict[str, Any] | None], inner._retrieve_session_data)  # type: ignore[attr-defined]
 
     @staticmethod
     def set_retrieve(inner: SessionInterface, retrieve: Callable[[str], dict[str, Any] | None]) -> None:

@@ -34,8 +34,9 @@ def plurality_fake() -> Iterator[FakePlurality]:
 @pytest.fixture
 def plurality_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``SESSION_TYPE`` and ``SESSION_CACHELIB`` for a session store of this test's own:
-    the same file store ``init_app`` sets up by default, in a new temporary directory
-    instead of the app's instance folder."""
+    the file store ``init_app`` sets up by default, in a new temporary directory instead
+    of the app's instance folder, encoding sessions with Flask-Session's serializer (as
+    Redis, memcached and SQL do) so a value production would refuse fails the test."""
     return store_config(tmp_path_factory.mktemp("plurality_sessions"))
 
 

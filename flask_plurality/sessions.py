@@ -9,15 +9,19 @@ Flask-Session internal the package touches goes through ``shim``
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final, cast
 
 from cachelib.file import FileSystemCache
+from cachelib.serializers import BaseSerializer
 from flask import Flask, Request, Response, has_request_context, request, session
 from flask.sessions import SessionInterface, SessionMixin
 from flask_session import Session
@@ -29,9 +33,70 @@ from .logins import session_lifetime_cap
 from .revocation import REVOCATION_EPOCH
 from .security import redacted_session_class
 from .stores import UNREAD, Store, log, log_store_failure, store_for, store_use
+from .stores.files import SessionFormatSerializer, no_size_threshold
 
 #: Seconds between two sweeps of expired session entries (files, SQL rows), per process.
 SWEEP_INTERVAL: Final = 3600.0
+
+
+class UnencodableSessionValue(TypeError):
+    """The session serializer cannot encode a value the app put in the session (a lazy
+    string, an object of the app's own): the app's own bug, so a 500 through
+    Flask's error handling, not a store outage. Names the key and the value's type,
+    never the value."""
+
+    def __init__(self, key: str | None, type_name: str) -> None:
+        where = f"under {key!r}" if key is not None else "somewhere in it"
+        super().__init__(
+            f"The session serializer cannot encode a {type_name} stored in the session {where}; "
+            "store plain JSON types (str, int, float, bool, None, lists and dicts of them)."
+        )
+        self.key = key
+        self.type_name = type_name
+
+
+def _cache_probe(cache: Any, value: Any) -> object:
+    """Encode ``value`` as a cachelib cache stores it (its serializer's ``dump``, pickle
+    by default), raising what it raises."""
+    dump = getattr(type(getattr(cache, "serializer", None)), "dump", BaseSerializer.dump)
+    if dump is BaseSerializer.dump:  # plain pickle (which would log and swallow some errors)
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    buffer = io.BytesIO()
+    cache.serializer.dump(value, buffer)
+    return buffer.getvalue()
+
+
+def _type_name(value: object) -> str:
+    cls = type(value)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _culprit(value: object, probe: Callable[[Any], object], depth: int = 0) -> object:
+    """The innermost part of ``value`` that ``probe`` cannot encode (``value`` itself if
+    no part of it is to blame)."""
+    if depth < 16:
+        parts: list[object] = []
+        if isinstance(value, dict):
+            parts = [part for item in value.items() for part in item]
+        elif isinstance(value, list | tuple):
+            parts = list(value)
+        for part in parts:
+            try:
+                probe({"x": part})
+            except Exception:
+                return _culprit(part, probe, depth + 1)
+    return value
+
+
+def unencodable(session: SessionMixin, probe: Callable[[Any], object]) -> UnencodableSessionValue:
+    """The error for a session the serializer refused: which key, which type."""
+    for name, value in dict(session).items():
+        try:
+            probe({"x": value})
+        except Exception:
+            key = name if isinstance(name, str) else f"<a {_type_name(name)} key>"
+            return UnencodableSessionValue(key, _type_name(_culprit(value, probe)))
+    return UnencodableSessionValue(None, "value")
 
 
 class UnavailableSession(ServerSideSession):  # type: ignore[misc]
@@ -55,8 +120,9 @@ def is_detached(sess: SessionMixin) -> bool:
     return getattr(sess, "detached", False) is True
 
 
-#: While Flask-Session loads a session: (epoch key, box for what was read with it).
-_epoch_read: ContextVar[tuple[str, list[Any]] | None] = ContextVar("plurality_epoch_read", default=None)
+#: While Flask-Session loads a session: (epoch key, the epoch read with it, whether
+#: the session's entry was found).
+_epoch_read: ContextVar[tuple[str, list[Any], list[bool]] | None] = ContextVar("plurality_epoch_read", default=None)
 
 
 class GuardedSessionInterface(SessionInterface):
@@ -99,17 +165,35 @@ class GuardedSessionInterface(SessionInterface):
             # a logout, revoke or login elsewhere that deleted it while this request
             # ran must not be undone by this request's (refresh-each-request) save.
             present = getattr(session, "loaded_sid", None) == session.sid
-            store.save_session(store_id, session, int(lifetime.total_seconds()), only_if_present=present)
+            refused = False
+            try:
+                store.save_session(store_id, session, int(lifetime.total_seconds()), only_if_present=present)
+            except SessionStoreUnavailable:
+                raise
+            except Exception:
+                # Every store wraps its client calls (an outage is SessionStoreUnavailable):
+                # what escapes is the serializer refusing a value of the app's.
+                refused = True
+            if refused:
+                raise unencodable(session, probe)  # outside the except: no chain to the value
+
+        # What tells which value the serializer refused: Flask-Session's own serializer,
+        # or pickle where a cachelib cache stores the session itself.
+        cache = getattr(inner, "cache", None)
+        probe = shim.probe_of(inner) if cache is None else partial(_cache_probe, cache)
 
         def get_cookie_secure(app: Flask) -> bool:
             return bool(secure(app)) or (has_request_context() and request.is_secure)
 
-        # The revocation epoch in the same round trip as the session, where the store can.
+        # The revocation epoch in the same round trip as the session, where the store can;
+        # and whether the session's entry was found (read from the store: see open_session).
         def retrieve_session_data(store_id: str) -> dict[str, Any] | None:
             pending = _epoch_read.get()
             data, epoch = store.retrieve_session(store_id, pending[0] if pending else None)
-            if pending is not None and epoch is not UNREAD:
-                pending[1].append(epoch)
+            if pending is not None:
+                if epoch is not UNREAD:
+                    pending[1].append(epoch)
+                pending[2].append(data is not None)
             return cast(dict[str, Any] | None, data)
 
         inner.get_expiration_time = get_expiration_time
@@ -129,7 +213,9 @@ class GuardedSessionInterface(SessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
         box: list[Any] = []
-        reading = _epoch_read.set((str(app.config.get("PLURALITY_KEY_PREFIX", "plurality:")) + REVOCATION_EPOCH, box))
+        found: list[bool] = []
+        epoch_key = str(app.config.get("PLURALITY_KEY_PREFIX", "plurality:")) + REVOCATION_EPOCH
+        reading = _epoch_read.set((epoch_key, box, found))
         use = store_use.set("session_load")
         try:
             session = self.inner.open_session(app, request)
@@ -143,8 +229,9 @@ class GuardedSessionInterface(SessionInterface):
         if box:
             #: ``revoke_user``'s epoch as it was when this session was read.
             session.revocation_epoch = box[0] if isinstance(box[0], str) else None
-        if session.sid == request.cookies.get(app.config["SESSION_COOKIE_NAME"]):
-            #: Read from the store under this id (else: a new session, a new id).
+        if found and found[-1]:
+            #: Read from the store under this id (else: a new session, a new id). Known
+            #: from the read itself, not from the cookie: a signed cookie is not the id.
             session.loaded_sid = session.sid
         return session  # type: ignore[no-any-return]
 
@@ -161,9 +248,19 @@ class GuardedSessionInterface(SessionInterface):
         if self._sweep is not None and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL
             threading.Thread(target=self._sweep, name="plurality-session-sweep", daemon=True).start()
+        if getattr(session, "unencodable", False):
+            return  # the 500 for it is being answered: nothing to save (see below)
         use = store_use.set("session_save")
         try:
             self.inner.save_session(app, session, response)
+        except UnencodableSessionValue as exc:
+            log.error(
+                "A session value cannot be encoded (key %r, a %s): answered 500, the session was not saved",
+                exc.key,
+                exc.type_name,
+            )
+            session.unencodable = True  # type: ignore[attr-defined]
+            raise
         except Exception as exc:
             if not isinstance(exc, SessionStoreUnavailable):  # already logged
                 log_store_failure(exc)
@@ -194,6 +291,10 @@ def setup_sessions(app: Flask) -> Store:
             app.config["SESSION_CACHELIB"] = FileSystemCache(
                 os.path.join(app.instance_path, "plurality_sessions"), threshold=0, mode=0o600
             )
+        # Flask-Session makes every session permanent (a 31-day cookie) by default: a
+        # session without a login keeps a browser-session cookie here, and a login's
+        # cookie lasts to its token's expiry (start_login makes it permanent).
+        app.config.setdefault("SESSION_PERMANENT", False)
         Session(app)
         interface = app.session_interface
     missing = shim.missing(interface)
@@ -202,6 +303,11 @@ def setup_sessions(app: Flask) -> Store:
             f"This Flask-Session release lacks what flask-plurality relies on ({', '.join(missing)}); "
             "use Flask-Session 0.8."
         )
+    cache = getattr(interface, "cache", None)
+    if isinstance(cache, FileSystemCache):
+        no_size_threshold(cache, app.config)
+        if isinstance(cache.serializer, SessionFormatSerializer):  # the test helpers' store
+            cache.serializer.use_format(str(app.config.get("SESSION_SERIALIZATION_FORMAT", "msgpack")))
     store = store_for(interface, app)
     app.session_interface = GuardedSessionInterface(cast(ServerSideSessionInterface, interface), store)
     return store

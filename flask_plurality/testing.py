@@ -23,6 +23,7 @@ from werkzeug.test import TestResponse
 
 from .fake import _RANDOM, FakePlurality, ValidateCall, _Keep, _QuietHandler, main, shared_fake
 from .profile import Profile
+from .stores.files import SessionFormatSerializer
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -92,16 +93,21 @@ def config_for(fake: FakePlurality) -> dict[str, str]:
 
 
 def store_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The config keys for a session store in ``directory``: the same file store
-    ``init_app`` sets up by default, somewhere other than the app's instance folder.
+    """The config keys for a session store in ``directory``: the file store ``init_app``
+    sets up by default, somewhere other than the app's instance folder.
 
     For tests: sessions, failed-login counters, cached answers and revocations live in
     the session store, so a store of each test's own keeps them from crossing tests and
-    runs (the ``plurality_config`` fixture uses it)."""
-    return {
-        "SESSION_TYPE": "cachelib",
-        "SESSION_CACHELIB": FileSystemCache(os.fspath(directory), threshold=0, mode=0o600),
-    }
+    runs (the ``plurality_config`` fixture uses it). Entries are written with
+    Flask-Session's serializer in the app's ``SESSION_SERIALIZATION_FORMAT`` (msgpack by
+    default), the one Redis, memcached and SQL sessions go through, so a value the app's
+    real store would refuse makes the test fail with the same 500."""
+    cache = FileSystemCache(os.fspath(directory), threshold=0, mode=0o600)
+    # Sessions encoded as Flask-Session encodes them for Redis, memcached and SQL (msgpack,
+    # or the app's SESSION_SERIALIZATION_FORMAT), not pickle: a value production refuses
+    # fails here too.
+    cache.serializer = SessionFormatSerializer()
+    return {"SESSION_TYPE": "cachelib", "SESSION_CACHELIB": cache}
 
 
 class PluralityTestClient(FlaskClient):

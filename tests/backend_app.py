@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,24 @@ FAMILIES = (
     "sqlalchemy-mariadb",
     "memcached",
 )
+
+#: Flask-Session's own options, each run over the guarantees (tests/test_session_options.py)
+#: on the files and Redis families: how sessions are named, signed, encoded and kept.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "signer": {"SESSION_USE_SIGNER": True, "SECRET_KEY": "conformance-signer-key"},
+    "permanent": {"SESSION_PERMANENT": True},
+    "not-permanent": {"SESSION_PERMANENT": False},
+    "no-refresh": {"SESSION_REFRESH_EACH_REQUEST": False},
+    "custom-prefix": {"SESSION_KEY_PREFIX": "custom:"},
+    "id-length-64": {"SESSION_ID_LENGTH": 64},
+    "msgpack": {"SESSION_SERIALIZATION_FORMAT": "msgpack"},
+    "json": {"SESSION_SERIALIZATION_FORMAT": "json"},
+}
+
+#: How an app gets cachelib's size threshold of 500 on files (spec ``"threshold"``):
+#: SESSION_TYPE "cachelib" without a cache (Flask-Session builds one in ./flask_session),
+#: SESSION_TYPE "filesystem", or ``FileSystemCache(dir)`` as Flask-Session's docs show.
+THRESHOLDS = ("cachelib-default", "filesystem", "filesystemcache")
 
 #: Store clients give up after this long: an outage is a 503 soon, not a hung request.
 CLIENT_TIMEOUT = 1.0
@@ -67,7 +86,15 @@ def session_config(app: Flask, spec: dict[str, Any]) -> None:
     if family == "cachelib-file":
         from cachelib.file import FileSystemCache
 
-        app.config.update(SESSION_TYPE="cachelib", SESSION_CACHELIB=FileSystemCache(spec["path"], threshold=0))
+        threshold = spec.get("threshold")
+        if threshold == "cachelib-default":  # the spec's path is ./flask_session, where it goes
+            app.config.update(SESSION_TYPE="cachelib")
+        elif threshold == "filesystem":
+            app.config.update(SESSION_TYPE="filesystem", SESSION_FILE_DIR=spec["path"])
+        elif threshold == "filesystemcache":
+            app.config.update(SESSION_TYPE="cachelib", SESSION_CACHELIB=FileSystemCache(spec["path"]))
+        else:
+            app.config.update(SESSION_TYPE="cachelib", SESSION_CACHELIB=FileSystemCache(spec["path"], threshold=0))
     elif family == "cachelib-redis":
         from cachelib.redis import RedisCache
 
@@ -119,7 +146,11 @@ def build(spec: dict[str, Any], plurality_config: dict[str, Any], instance_path:
     app.config.update(TESTING=True, PLURALITY_TIMEOUT=2.0, **plurality_config)
     session_config(app, spec)
     app.config.update(config)
-    Plurality(app)
+    with warnings.catch_warnings():
+        # Flask-Session warns about what some options are (deprecated, a default cache).
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="flask_session")
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module="flask_session")
+        Plurality(app)
 
     @app.get("/protected")
     @plurality_required

@@ -15,6 +15,7 @@ sessions or throttles and nothing needs flushing while the suite runs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import shutil
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_app import FAMILIES, build, dispose
+from backend_app import FAMILIES, OPTIONS, THRESHOLDS, build, dispose
 from flask import Flask
 
 from flask_plurality.testing import FakePlurality, config_for
@@ -591,6 +592,79 @@ def backend(request: pytest.FixtureRequest, fake: FakePlurality, tmp_path: Path)
         backend.close()
 
 
+#: (family, option) pairs for ``option_backend``: every option of ``OPTIONS`` on files and
+#: Redis, and each way of getting cachelib's size threshold on files.
+OPTION_CASES = [
+    *(
+        pytest.param((family, option), id=f"{family}-{option}", marks=[pytest.mark.redis] if family == "redis" else [])
+        for option in OPTIONS
+        for family in ("cachelib-file", "redis")
+    ),
+    *(pytest.param(("cachelib-file", threshold), id=f"threshold-{threshold}") for threshold in THRESHOLDS),
+    # Where it is cheap, the options that touch every family: how the cookie names the
+    # session, and how Flask-Session encodes it (memcached and SQL use its serializer).
+    *(
+        pytest.param((family, option), id=f"{family}-{option}")
+        for option in ("signer", "json")
+        for family in ("memcached", "sqlalchemy-postgresql")
+    ),
+]
+
+
+@dataclass
+class OptionBackend:
+    """A backend family under one Flask-Session option: ``make_app()`` builds apps on
+    the same store with that option set."""
+
+    backend: Backend
+    option: str
+    config: dict[str, Any]
+
+    def make_app(self, **config: Any) -> Flask:
+        return self.backend.make_app(**{**self.config, **config})
+
+
+@pytest.fixture(params=OPTION_CASES)
+def option_backend(
+    request: pytest.FixtureRequest, fake: FakePlurality, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[OptionBackend]:
+    """A backend family under one of Flask-Session's options (``OPTION_CASES``)."""
+    family, option = request.param
+    prefix = f"t{next(_test_numbers)}-{uuid.uuid4().hex[:6]}:"
+    spec: dict[str, Any] = {"family": family, "prefix": prefix}
+    instance_dir = tmp_path / "instances"
+    instance_dir.mkdir()
+    backend = Backend(family, spec, fake, instance_dir, outage=contextlib.nullcontext)
+    config = dict(OPTIONS.get(option, {}))
+    if family == "cachelib-file":
+        sessions = tmp_path / "sessions"
+        sessions.mkdir()
+        spec["path"] = str(sessions)
+        if option in THRESHOLDS:
+            spec["threshold"] = option
+            if option == "cachelib-default":  # Flask-Session's cache is ./flask_session
+                monkeypatch.chdir(sessions)
+                spec["path"] = str(sessions / "flask_session")
+    elif family == "memcached":
+        spec["server"] = request.getfixturevalue("memcached")
+    elif family == "sqlalchemy-postgresql":
+        spec["url"] = request.getfixturevalue("postgres_database")
+        spec["table"] = f"sessions_{prefix[1:].split('-')[0]}"
+    else:
+        spec["url"] = request.getfixturevalue("main_redis")
+        if config.get("SESSION_KEY_PREFIX") == "custom:":
+            import redis
+
+            # The prefix is the option itself, not this test's: start from none of it.
+            with contextlib.closing(redis.Redis.from_url(spec["url"])) as client:
+                for name in client.scan_iter(match="custom:*", count=1000):
+                    client.delete(name)
+    try:
+        yield OptionBackend(backend, option, config)
+    finally:
+        backend.close()
+
+
 # -- app servers in subprocesses -------------------------------------------------------
 
 
@@ -660,6 +734,14 @@ def _memcached_dump(server: str) -> dict[str, float]:
     return items
 
 
+#: cachelib's own count of files (a file of its directory, not an entry of ours).
+_COUNT_FILE = hashlib.sha256(b"__wz_cache_count").hexdigest()
+
+
+def _our_file(path: Path) -> bool:
+    return "plurality-lock-" not in path.name and not path.name.endswith(".__wz_cache") and path.name != _COUNT_FILE
+
+
 def live_entries(backend: Backend, app: Flask) -> dict[str, float]:
     """Every entry of this test's prefix that the backend still holds and has not
     expired: {name: seconds left} (``math.inf``: no expiry at all)."""
@@ -672,7 +754,7 @@ def live_entries(backend: Backend, app: Flask) -> dict[str, float]:
     found: dict[str, float] = {}
     if family == "cachelib-file":
         for path in Path(backend.spec["path"]).iterdir():
-            if "plurality-lock-" in path.name or path.name.endswith(".__wz_cache"):
+            if not _our_file(path):
                 continue
             expires = struct.unpack("I", path.read_bytes()[:4])[0]
             if expires == 0 or expires >= now:
@@ -713,11 +795,7 @@ def stored_anything(backend: Backend, app: Flask) -> int:
     backend keeps expired ones until something deletes them (files, SQL rows)."""
     prefix = backend.spec["prefix"]
     if backend.name == "cachelib-file":
-        return sum(
-            1
-            for path in Path(backend.spec["path"]).iterdir()
-            if "plurality-lock-" not in path.name and not path.name.endswith(".__wz_cache")
-        )
+        return sum(1 for path in Path(backend.spec["path"]).iterdir() if _our_file(path))
     if backend.name.startswith("sqlalchemy"):
         import sqlalchemy as sa
 

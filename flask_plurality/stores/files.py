@@ -14,14 +14,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import io
 import os
+import pickle
+import struct
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator
 from typing import Any, Final
 
+import msgspec
 from cachelib.file import FileSystemCache
+from cachelib.serializers import BaseSerializer, FileSystemSerializer
 
+from ..exceptions import ConfigurationError
 from .base import LockedKeys, bounded, store_errors_as_unavailable, unavailable_error
 from .protocol import UNREAD
 
@@ -30,6 +37,74 @@ fcntl: Any = importlib.import_module("fcntl") if os.name == "posix" else None
 
 #: Lock files per directory; a key always takes the same one.
 LOCK_STRIPES: Final = 64
+
+#: cachelib's default ``threshold``, which Flask-Session also uses for "filesystem".
+CACHELIB_DEFAULT_THRESHOLD: Final = 500
+
+
+def no_size_threshold(cache: FileSystemCache, config: Any) -> None:
+    """Make sure cachelib never prunes the directory by size; refuse a threshold the app chose.
+
+    Over its ``threshold`` cachelib deletes entries whether they expired or not (every
+    third one, then the oldest): live logins, failed-login counters and revocations
+    alike, so users are logged out and throttles forgotten. Its count of files only
+    grows, too, as every delete here is a plain remove. A threshold the app did not
+    choose (cachelib's and Flask-Session's default of 500) is set to 0; expired entries
+    are swept hourly instead. Any other is refused with what to set.
+    """
+    threshold = cache._threshold
+    if not threshold:
+        return
+    if config.get("SESSION_TYPE") == "filesystem" and "SESSION_FILE_THRESHOLD" in config:
+        raise ConfigurationError(
+            f"SESSION_FILE_THRESHOLD = {threshold}: cachelib would delete live sessions, failed-login "
+            "counters and revocations once the directory holds that many files. Remove "
+            "SESSION_FILE_THRESHOLD or set it to 0 (flask-plurality sweeps expired entries hourly)."
+        )
+    if threshold != CACHELIB_DEFAULT_THRESHOLD:
+        raise ConfigurationError(
+            f"The sessions' FileSystemCache has threshold={threshold}: cachelib would delete live "
+            "sessions, failed-login counters and revocations once the directory holds that many "
+            "files. Create it with threshold=0 (flask-plurality sweeps expired entries hourly)."
+        )
+    cache._threshold = 0
+
+
+class SessionFormatSerializer(FileSystemSerializer):
+    """A ``FileSystemCache`` serializer that writes entries the way Flask-Session's own
+    serializer writes sessions to Redis, memcached and SQL (msgspec: msgpack, or JSON
+    with ``SESSION_SERIALIZATION_FORMAT = "json"``), instead of pickle.
+
+    The test helpers' store uses it (:func:`flask_plurality.testing.store_config`), so
+    a value those stores refuse (a lazy string, any object) fails the app's tests too,
+    and what a session reads back (a list for a tuple) is what it would read there.
+    ``setup_sessions`` gives it the app's format.
+    """
+
+    def __init__(self, serialization_format: str = "msgpack") -> None:
+        self.use_format(serialization_format)
+
+    def use_format(self, serialization_format: str) -> None:
+        if serialization_format == "json":
+            self._encoder: Any = msgspec.json.Encoder()
+            self._decoder: Any = msgspec.json.Decoder()
+        elif serialization_format == "msgpack":
+            self._encoder = msgspec.msgpack.Encoder()
+            self._decoder = msgspec.msgpack.Decoder()
+        else:
+            raise ConfigurationError(
+                f"SESSION_SERIALIZATION_FORMAT must be 'msgpack' or 'json', not {serialization_format!r}."
+            )
+        self.format = serialization_format
+
+    def dump(self, value: Any, f: Any, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
+        f.write(self._encoder.encode(value))  # raises what msgspec raises: nothing is swallowed
+
+    def load(self, f: Any) -> Any:
+        try:
+            return self._decoder.decode(f.read())
+        except msgspec.DecodeError:
+            return None  # junk, as cachelib reads a broken pickle: no entry
 
 
 class FileStore(LockedKeys):
@@ -174,13 +249,43 @@ class FileStore(LockedKeys):
         return self.cache.get(store_id), (UNREAD if epoch_key is not None else None)
 
     def save_session(self, store_id: str, session: Any, ttl: int, *, only_if_present: bool) -> None:
+        # Encoded first, outside the store's error handling: a value the serializer
+        # refuses is the app's bug (it raises as it is), not an unavailable store; and
+        # cachelib would write a file holding only a header for some pickling errors.
+        blob = self._dump(dict(session))
         with self._locked(store_id):
             if only_if_present and not self.cache.has(store_id):
                 return  # deleted (a logout) while this request ran: stays deleted
-            with store_errors_as_unavailable():
-                done = self.cache.set(store_id, dict(session), timeout=max(1, ttl))
-            if not done:
-                raise unavailable_error("a session file could not be written (read-only or full disk?)")
+            self._write_file(store_id, blob, max(1, ttl))
+
+    def _dump(self, value: Any) -> bytes:
+        """``value`` as the cache's serializer writes it, or the serializer's error."""
+        serializer = self.cache.serializer
+        if type(serializer).dump is BaseSerializer.dump:  # plain pickle (it would swallow errors)
+            return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        buffer = io.BytesIO()
+        serializer.dump(value, buffer)
+        return buffer.getvalue()
+
+    def _write_file(self, key: str, blob: bytes, ttl: int) -> None:
+        """What ``FileSystemCache.set`` does (a temporary file renamed into place) with
+        the value already encoded, and no pruning."""
+        path = self.cache._get_filename(key)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(suffix=self.cache._fs_transaction_suffix, dir=self.cache._path)
+            with os.fdopen(fd, "wb") as f:
+                f.write(struct.pack("I", int(time.time()) + ttl))
+                f.write(blob)
+            os.chmod(tmp, self.cache._mode or 0o600)
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as exc:
+            raise unavailable_error(exc) from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
 
     def delete_session(self, store_id: str) -> None:
         with self._locked(store_id):
