@@ -8,19 +8,18 @@ Without ``PLURALITY_CLIENT_ID`` / ``PLURALITY_CLIENT_SECRET`` (environment or
 ``examples/.env``) it runs in **demo mode**: logins are minted and checked by the
 built-in stand-in, so the whole flow works with no account and no network. With
 them it embeds Plurality's real widget and checks every login with Plurality, and
-it may run in any number of processes::
+in both modes it may run in any number of processes::
 
-    gunicorn -w 3 "examples.app:create_app()"      # real mode only
+    gunicorn -w 3 "examples.app:create_app()"
 
-Demo mode keeps its stand-in and its sessions in the memory of one process, so it
-refuses to start a second process (a second gunicorn worker, say) with the same
-instance folder instead of failing logins at random.
+Sessions are files in the instance folder (``examples/instance/``), and in demo mode
+so are the stand-in's signing key and demo users: every process serving that folder
+accepts the others' logins, and a restart logs nobody out.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import json
 import logging
@@ -30,9 +29,8 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from cachelib import SimpleCache
 from flask import Flask, Response, jsonify, render_template, request
 
 from flask_plurality import ConfigurationError, Plurality, current_profile, plurality_required
@@ -113,7 +111,7 @@ def create_app(
     instance_path: str | None = None,
 ) -> Flask:
     """The app factory. ``config`` wins over the environment and ``env_file``."""
-    # Sessions (real mode) live in examples/instance/ however the app is started.
+    # Sessions (and the demo's stand-in) live in examples/instance/ however the app is started.
     app = Flask(__name__, instance_path=instance_path or str(HERE / "instance"))
     app.config["PLURALITY_LOGIN_URL"] = "/"  # browsers that are not signed in land on the home page
     app.config.update(_plurality_settings(env_file))
@@ -122,12 +120,10 @@ def create_app(
 
     demo = _demo_mode(app.config)
     if demo:
-        _claim_demo(app.instance_path)
-        # Not in debug, so insist: PLURALITY_FAKE="force". The stand-in's signing key is
-        # new in every process, so its logins live in memory and end with the process.
+        # Not in debug, so insist: PLURALITY_FAKE="force". The stand-in keeps its signing
+        # key and demo users in the instance folder, beside the sessions (files there, as
+        # in real mode): gunicorn's workers share them, and a restart keeps the logins.
         app.config["PLURALITY_FAKE"] = "force"
-        app.config.setdefault("SESSION_TYPE", "cachelib")
-        app.config.setdefault("SESSION_CACHELIB", SimpleCache(threshold=10_000))
     else:
         app.config["PLURALITY_FAKE"] = False
     plurality.init_app(app)
@@ -161,50 +157,6 @@ def _demo_mode(app_config: Mapping[str, Any]) -> bool:
         return False
     # PLURALITY_FAKE=false without credentials: real mode was asked for, and init_app says what is missing.
     return bool(asked) or "PLURALITY_FAKE" not in app_config
-
-
-#: Lock files of the instance folders whose demo this process serves (kept open).
-_demo_locks: dict[str, IO[str]] = {}
-
-
-def _claim_demo(instance_path: str) -> None:
-    """Demo mode lives in one process: refuse to start in a second one.
-
-    The stand-in and the sessions of demo mode are in this process's memory, so a
-    second process (a second gunicorn worker) would refuse every login made through
-    the first, about half of them. An exclusive lock on a file in the instance folder,
-    held until the process ends, tells the second process to stop with a reason.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no check
-        return
-    path = os.path.join(instance_path, "demo.pid")
-    if path in _demo_locks:
-        return
-    os.makedirs(instance_path, exist_ok=True)
-    handle = open(path, "a+", encoding="ascii")  # noqa: SIM115 - held open for the life of the process
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        owner = handle.read().strip()
-        handle.close()
-        if owner == str(os.getppid()) and os.environ.get("WERKZEUG_RUN_MAIN") == "true":
-            return  # flask run --debug: the reloader's parent loaded the app but serves nothing
-        raise ConfigurationError(
-            f"Demo mode runs in one process only, and process {owner or '?'} already runs it from "
-            f"{instance_path}: the demo's stand-in and sessions live in that process's memory, so "
-            "logins made there would fail here. Serve the demo from one process (python -m "
-            "examples.app, or gunicorn -w 1), or set PLURALITY_CLIENT_ID and PLURALITY_CLIENT_SECRET "
-            "to run any number of workers."
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    _demo_locks[path] = handle
-    atexit.register(handle.close)
 
 
 def _register_routes(app: Flask) -> None:
@@ -274,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m examples.app", description="Serve the flask-plurality sample app.")
     parser.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5000")), help="default: $PORT or 5000")
-    parser.add_argument("--instance-path", help="sessions (real mode) and the demo's lock; default: examples/instance")
+    parser.add_argument("--instance-path", help="sessions and the demo's stand-in; default: examples/instance")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -200,9 +200,18 @@ def _start_fake(app: Flask) -> FakePlurality:
             "app must not accept fake logins. Run it in debug mode (flask run --debug), or insist "
             "with PLURALITY_FAKE = 'force' (FLASK_PLURALITY_FAKE=force in the environment)."
         )
-    from .fake import shared_fake  # only in demo mode: the request path never imports the stand-in
+    from .fake import StandInStateError, shared_fake  # only in demo mode: never on the request path
 
-    fake = shared_fake()
+    # One stand-in per instance folder, its signing key and demo users in a file there:
+    # every worker serving the folder accepts the others' tokens, and a process the
+    # reloader restarted still accepts the tokens of the one before (no silent logout).
+    try:
+        fake = shared_fake(app.instance_path)
+    except StandInStateError as exc:
+        raise ConfigurationError(
+            f"PLURALITY_FAKE keeps the stand-in's signing key and demo users in the app's instance "
+            f"folder, and {exc}. Give the app a writable instance folder (Flask(instance_path=...))."
+        ) from None
     app.config["PLURALITY_API_URL"] = fake.url
     app.config["PLURALITY_CLIENT_ID"] = fake.client_id
     app.config["PLURALITY_CLIENT_SECRET"] = fake.client_secret

@@ -10,6 +10,12 @@ request (timeouts, resets, proxy errors, drip-fed or huge answers, gzip bombs,
 redirects, odd ``Retry-After`` values) to exercise the unhappy paths.
 
 Run it on its own with ``python -m flask_plurality.testing`` (or ``flask plurality fake-server``).
+
+Demo mode (``PLURALITY_FAKE``) runs one per instance folder (:func:`shared_fake`): its
+signing key, users and token links live in a small SQLite file there instead of in
+memory, so every process serving that folder (gunicorn workers, a dev server the
+reloader restarted) accepts the tokens any of them minted. A forked child (gunicorn
+``--preload``) serves on the socket it inherited, and never waits on the parent's thread.
 """
 
 from __future__ import annotations
@@ -18,15 +24,19 @@ import argparse
 import atexit
 import base64
 import binascii
+import contextlib
 import dataclasses
+import hashlib
 import hmac
 import html
 import http
 import itertools
 import json
+import os
 import secrets
 import signal
 import socket
+import sqlite3
 import struct
 import threading
 import time
@@ -44,9 +54,11 @@ from werkzeug.wrappers import Request, Response
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["FakePlurality", "ValidateCall", "main", "shared_fake"]
+__all__ = ["FakePlurality", "StandInStateError", "ValidateCall", "main", "shared_fake"]
 
 VALIDATE_PATH: Final = "/api/user/validate"
+#: The file in an instance folder that holds demo mode's signing key, users and token links.
+STATE_FILE: Final = "plurality-stand-in.sqlite3"
 
 _TEXT: Final = "text/html; charset=utf-8"  # what Express's res.send(string) sends
 _JSON: Final = "application/json; charset=utf-8"
@@ -197,6 +209,184 @@ def _parse_basic(header: str | None) -> tuple[bool, str | None, str | None]:
     return True, client_id, secret
 
 
+class StandInStateError(OSError):
+    """The stand-in's state file cannot be read or written (a read-only or full disk,
+    a file that is not its database). The message names the file, never a key."""
+
+
+Address = str | _Keep | None
+
+
+def _addresses(
+    current: tuple[str | None, str | None] | None, auth: Address, proxy: Address
+) -> tuple[str | None, str | None]:
+    """A user's wallet addresses after a login: the ones given, else the current ones,
+    else random ones for a new user."""
+    old = current or (_random_address(), _random_address())
+    return (old[0] if isinstance(auth, _Keep) else auth, old[1] if isinstance(proxy, _Keep) else proxy)
+
+
+class _MemoryBook:
+    """The stand-in's records in this process's memory: what tests and the
+    ``fake-server`` command use; gone with the process."""
+
+    shared: Final = False
+
+    def __init__(self, client_id: str, client_secret: str, signing_key: str | None) -> None:
+        self.signing_key = signing_key or secrets.token_urlsafe(48)
+        self._lock = threading.Lock()
+        self._clients: dict[str, str] = {client_id: client_secret}
+        self._users: dict[str, _User] = {}
+        # uniqueSessionId -> (client id, user id): the user-to-client-app link
+        self._links: dict[str, tuple[str, str]] = {}
+        self._revoked: set[str] = set()
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    def add_client(self, client_id: str, client_secret: str) -> None:
+        with self._lock:
+            self._clients[client_id] = client_secret
+
+    def client_secret(self, client_id: str) -> str | None:
+        with self._lock:
+            return self._clients.get(client_id)
+
+    def record_login(
+        self, client: str, uid: str, email: str | None, auth: Address, proxy: Address, session_id: str, exp: int
+    ) -> None:
+        with self._lock:
+            if client not in self._clients:
+                raise ValueError(f"unknown client id {client!r}; add_client() it first")
+            user = self._users.get(uid)
+            current = (user.auth_address, user.proxy_address) if user is not None else None
+            auth_address, proxy_address = _addresses(current, auth, proxy)
+            self._users[uid] = _User(uid, email, auth_address, proxy_address)
+            self._links[session_id] = (client, uid)
+
+    def link(self, session_id: str) -> tuple[str, _User] | None:
+        with self._lock:
+            link = self._links.get(session_id)
+            user = self._users.get(link[1]) if link else None
+            return (link[0], user) if link is not None and user is not None else None
+
+    def revoke(self, token: str) -> None:
+        with self._lock:
+            self._revoked.add(token)
+
+    def is_revoked(self, token: str) -> bool:
+        with self._lock:
+            return token in self._revoked
+
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, secret TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, email TEXT, auth_address TEXT, proxy_address TEXT);
+CREATE TABLE IF NOT EXISTS links (
+    session_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, user_id TEXT NOT NULL, exp INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS links_by_exp ON links (exp);
+CREATE TABLE IF NOT EXISTS revoked (token_hash TEXT PRIMARY KEY);
+"""
+
+
+class _FileBook:
+    """The stand-in's records in a SQLite file (mode 0600), shared by every process
+    that opens it: the signing key is made once, by whichever process comes first.
+
+    A connection per operation: nothing to carry across a fork or between threads,
+    and SQLite's own locking (with a wait) orders the writers of several processes.
+    """
+
+    shared: Final = True
+
+    def __init__(self, path: str, client_id: str, client_secret: str, signing_key: str | None) -> None:
+        self.path = path
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # never readable by others
+        except OSError as exc:
+            raise StandInStateError(f"cannot create the stand-in's state file {path}: {exc.strerror}") from None
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+        with self._db(write=True) as db:
+            db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('signing_key', ?)", (signing_key or secrets.token_urlsafe(48),)
+            )
+            db.execute("INSERT OR IGNORE INTO clients VALUES (?, ?)", (client_id, client_secret))
+            stored = str(db.execute("SELECT value FROM meta WHERE name = 'signing_key'").fetchone()[0])
+        if signing_key is not None and not hmac.compare_digest(stored.encode(), signing_key.encode()):
+            raise ValueError(f"signing_key differs from the one kept in {path}")
+        self.signing_key = stored
+
+    @contextlib.contextmanager
+    def _db(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        try:
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            try:
+                # No flush to disk per commit: an OS crash may lose a demo login, never the app's data.
+                db.execute("PRAGMA synchronous=OFF")
+                if write:
+                    db.execute("BEGIN IMMEDIATE")
+                yield db
+                if write:
+                    db.execute("COMMIT")
+            finally:
+                db.close()  # without COMMIT: rolled back
+        except sqlite3.Error as exc:
+            raise StandInStateError(f"the stand-in's state file {self.path} cannot be used: {exc}") from None
+
+    def after_fork(self) -> None:
+        pass
+
+    def add_client(self, client_id: str, client_secret: str) -> None:
+        with self._db(write=True) as db:
+            db.execute("INSERT OR REPLACE INTO clients VALUES (?, ?)", (client_id, client_secret))
+
+    def client_secret(self, client_id: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT secret FROM clients WHERE id = ?", (client_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_login(
+        self, client: str, uid: str, email: str | None, auth: Address, proxy: Address, session_id: str, exp: int
+    ) -> None:
+        with self._db(write=True) as db:
+            if db.execute("SELECT 1 FROM clients WHERE id = ?", (client,)).fetchone() is None:
+                raise ValueError(f"unknown client id {client!r}; add_client() it first")
+            row = db.execute("SELECT auth_address, proxy_address FROM users WHERE id = ?", (uid,)).fetchone()
+            auth_address, proxy_address = _addresses(row, auth, proxy)
+            db.execute("INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?)", (uid, email, auth_address, proxy_address))
+            # An expired token is refused before its link is looked at: its link can go.
+            db.execute("DELETE FROM links WHERE exp < ?", (int(time.time()),))
+            db.execute("INSERT INTO links VALUES (?, ?, ?, ?)", (session_id, client, uid, exp))
+
+    def link(self, session_id: str) -> tuple[str, _User] | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT links.client_id, users.id, users.email, users.auth_address, users.proxy_address "
+                "FROM links JOIN users ON users.id = links.user_id WHERE links.session_id = ?",
+                (session_id,),
+            ).fetchone()
+        return None if row is None else (str(row[0]), _User(*row[1:]))
+
+    def revoke(self, token: str) -> None:
+        with self._db(write=True) as db:
+            db.execute("INSERT OR IGNORE INTO revoked VALUES (?)", (_digest(token),))
+
+    def is_revoked(self, token: str) -> bool:
+        with self._db() as db:
+            return db.execute("SELECT 1 FROM revoked WHERE token_hash = ?", (_digest(token),)).fetchone() is not None
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_Book = _MemoryBook | _FileBook
+
+
 class FakePlurality:
     """Plurality's validate API on a loopback port, with tokens it signs itself.
 
@@ -222,6 +412,7 @@ class FakePlurality:
         port: int = 0,
         signing_key: str | None = None,
         hang_seconds: float = 30.0,
+        state_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
@@ -231,9 +422,16 @@ class FakePlurality:
             # PyJWT warns about short HMAC keys, and that warning would turn
             # into an error in a suite run with -W error, far from the cause.
             raise ValueError("signing_key must be at least 32 bytes")
+        # Users, token links, revocations and clients: in memory, or in ``state_file``
+        # for every process that opens it (then the signing key is the file's).
+        self._book: _Book = (
+            _MemoryBook(client_id, client_secret, signing_key)
+            if state_file is None
+            else _FileBook(os.fspath(state_file), client_id, client_secret, signing_key)
+        )
         #: The HS256 key tokens are signed with; tests may use it to forge
         #: tokens the real service could have issued (odd payloads etc.).
-        self.signing_key = signing_key or secrets.token_urlsafe(48)
+        self.signing_key = self._book.signing_key
         self.hang_seconds = hang_seconds
         self.latency = 0.0
         self.legacy = False
@@ -243,16 +441,12 @@ class FakePlurality:
         self.gzip_size = 256 * 1024 * 1024
 
         self._lock = threading.Lock()
-        self._clients: dict[str, str] = {client_id: client_secret}
-        self._users: dict[str, _User] = {}
-        # uniqueSessionId -> (client id, user id): the user-to-client-app link
-        self._links: dict[str, tuple[str, str]] = {}
-        self._revoked: set[str] = set()
         self._faults: deque[_Fault] = deque()
         self._calls: list[ValidateCall] = []
         self._stopping = threading.Event()
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self._owner = 0  # the process whose thread serves ``_server``
 
     def __repr__(self) -> str:
         # Never show the secret or the signing key.
@@ -274,15 +468,45 @@ class FakePlurality:
                 threaded=True,
                 request_handler=_QuietHandler,
             )
-            thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"FakePlurality:{server.port}",
-                daemon=True,
-            )
-            self._server, self._thread = server, thread
+            thread = self._serve(server)
         thread.start()
         return self
+
+    def _serve(self, server: BaseWSGIServer) -> threading.Thread:
+        """Make ``server`` this process's; the thread that will serve it (not started)."""
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"FakePlurality:{server.port}",
+            daemon=True,
+        )
+        self._server, self._thread, self._owner = server, thread, os.getpid()
+        with _running_lock:
+            _running.add(self)
+        return thread
+
+    def _after_fork(self) -> None:
+        """In a forked child (gunicorn ``--preload``): the parent's serving thread did not
+        come along, and a lock it held stays held. Fresh locks; and a stand-in whose records
+        are in a file serves the inherited socket here too, so a login works whichever
+        process accepts the call. One in memory leaves serving to the parent: this copy of
+        its records would differ from the parent's."""
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._book.after_fork()
+        inherited = self._server
+        if inherited is None or not self._book.shared:
+            return
+        server = make_server(
+            self.host,
+            inherited.port,
+            self._wsgi,
+            threaded=True,
+            request_handler=_QuietHandler,
+            fd=inherited.fileno(),  # a duplicate of the listening socket; the copy is closed
+        )
+        inherited.socket.close()
+        self._serve(server).start()
 
     def stop(self) -> None:
         """Stop serving; returns promptly even while a call is hanging."""
@@ -290,7 +514,14 @@ class FakePlurality:
             server, thread = self._server, self._thread
             self._server = None
             self._thread = None
+        with _running_lock:
+            _running.discard(self)
         self._stopping.set()  # wakes hanging "timeout" faults and latency waits
+        if server is not None and self._owner != os.getpid():
+            # Inherited through a fork and served by the parent: shutdown() would wait
+            # forever for a thread that is not in this process. Close this copy only.
+            server.socket.close()
+            return
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -323,10 +554,24 @@ class FakePlurality:
 
     # -- state tests drive ---------------------------------------------------
 
+    @property
+    def shares_state(self) -> bool:
+        """Whether users and token links are in a state file, shared with other processes."""
+        return self._book.shared
+
     def add_client(self, client_id: str, client_secret: str) -> None:
-        """Register another client app, e.g. to test tokens of another app (#7)."""
-        with self._lock:
-            self._clients[client_id] = client_secret
+        """Register another client app, e.g. to test tokens of another app."""
+        self._book.add_client(client_id, client_secret)
+
+    def knows_client(self, client_id: str) -> bool:
+        """Whether ``client_id`` is a client app of this stand-in."""
+        return self._book.client_secret(client_id) is not None
+
+    @staticmethod
+    def user_id_for(email: str) -> str:
+        """The user id a demo login with ``email`` gets, the same every time and in every
+        process (``/fake/token`` and ``login_as``), as a real account's id would be."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"flask-plurality:{email}"))
 
     def issue_token(
         self,
@@ -349,22 +594,9 @@ class FakePlurality:
         """
         client = self.client_id if client_id is None else client_id
         issued_at = int(time.time()) if iat is None else iat
-        with self._lock:
-            if client not in self._clients:
-                raise ValueError(f"unknown client id {client!r}; add_client() it first")
-            uid = str(uuid.uuid4()) if user_id is None else user_id
-            user = self._users.get(uid)
-            if user is None:
-                user = self._users[uid] = _User(uid, email, None, None)
-                user.auth_address = _random_address()
-                user.proxy_address = _random_address()
-            user.email = email
-            if not isinstance(auth_address, _Keep):
-                user.auth_address = auth_address
-            if not isinstance(proxy_address, _Keep):
-                user.proxy_address = proxy_address
-            session_id = str(uuid.uuid4())
-            self._links[session_id] = (client, uid)
+        uid = str(uuid.uuid4()) if user_id is None else user_id
+        session_id = str(uuid.uuid4())
+        self._book.record_login(client, uid, email, auth_address, proxy_address, session_id, issued_at + ttl)
         payload = {
             "id": uid,
             "uniqueSessionId": session_id,
@@ -375,8 +607,7 @@ class FakePlurality:
 
     def revoke(self, token: str) -> None:
         """Make upstream answer 403 ``Invalid token`` for this token from now on."""
-        with self._lock:
-            self._revoked.add(token)
+        self._book.revoke(token)
 
     def fail_next(self, kind: int | str, *, times: int = 1, retry_after: int | str | None = None) -> None:
         """Answer the next ``times`` validate calls with a fault.
@@ -442,8 +673,8 @@ class FakePlurality:
         # Everything a call records is read up front, whatever it is answered.
         token = self._read_token(request)
         present, client_id, secret = _parse_basic(request.headers.get("Authorization"))
+        known_secret = self._book.client_secret(client_id) if client_id else None
         with self._lock:
-            known_secret = self._clients.get(client_id) if client_id else None
             fault = self._faults.popleft() if self._faults else None
         auth_ok = (
             known_secret is not None
@@ -508,18 +739,17 @@ class FakePlurality:
             return self._json(401, {"error": "Invalid Client ID"})
         if not hmac.compare_digest(known_secret.encode(), secret.encode()):
             return self._json(401, {"error": "Invalid Client Secret"})
-        with self._lock:
-            link = self._links.get(str(claims.get("uniqueSessionId")))
-            user = self._users.get(link[1]) if link else None
-            if link is None or user is None or link[0] != client_id:
-                user_json = None
-            else:
-                user_json = {
-                    "id": user.id,
-                    "email": user.email,
-                    "authAddress": user.auth_address,
-                    "proxyAddress": user.proxy_address,
-                }
+        link = self._book.link(str(claims.get("uniqueSessionId")))
+        if link is None or link[0] != client_id:
+            user_json = None
+        else:
+            user = link[1]
+            user_json = {
+                "id": user.id,
+                "email": user.email,
+                "authAddress": user.auth_address,
+                "proxyAddress": user.proxy_address,
+            }
         if user_json is None:
             return self._json(401, {"error": "user does not belong to the given client"})
         if self.legacy:
@@ -527,9 +757,8 @@ class FakePlurality:
         return self._json(200, {"success": True, "user": user_json})
 
     def _verify(self, token: str) -> dict[str, Any] | None:
-        with self._lock:
-            if token in self._revoked:
-                return None
+        if self._book.is_revoked(token):
+            return None
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -697,23 +926,45 @@ def _gzip_bomb(size: int) -> bytes:
         return bomb
 
 
-_shared: FakePlurality | None = None
+#: Stand-ins serving in this process, for the fork handler.
+_running: set[FakePlurality] = set()
+_running_lock = threading.Lock()
+
+_shared: dict[str | None, FakePlurality] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_fake() -> FakePlurality:
-    """The process-wide stand-in behind ``PLURALITY_FAKE``, started on first use.
+def shared_fake(instance_path: str | os.PathLike[str] | None = None) -> FakePlurality:
+    """The stand-in behind ``PLURALITY_FAKE``, started on first use and reused after.
 
-    One per process, so every app (and every test) in fake mode shares the
-    demo credentials, port and user records.
+    Without ``instance_path``: one per process, its records in memory. With it (what
+    ``init_app`` passes, the app's instance folder): one per folder, its signing key,
+    users and token links in the folder's ``plurality-stand-in.sqlite3``, so every
+    process serving that folder accepts the others' tokens, and a restarted process
+    (the debug reloader) still accepts the tokens of the one before it. Raises
+    :class:`StandInStateError` when that file cannot be made or used.
     """
-    global _shared
+    folder = None if instance_path is None else os.path.realpath(instance_path)
     with _shared_lock:
-        if _shared is None:
-            fake = FakePlurality().start()
+        fake = _shared.get(folder)
+        if fake is None:
+            state_file = None if folder is None else os.path.join(folder, STATE_FILE)
+            fake = FakePlurality(state_file=state_file).start()
             atexit.register(fake.stop)
-            _shared = fake
-        return _shared
+            _shared[folder] = fake
+        return fake
+
+
+def _after_fork_in_child() -> None:
+    """A fork keeps the stand-ins' objects but none of their threads: take them over."""
+    global _running_lock, _shared_lock, _bombs_lock
+    _running_lock, _shared_lock, _bombs_lock = threading.Lock(), threading.Lock(), threading.Lock()
+    for fake in list(_running):
+        fake._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def main(argv: list[str] | None = None) -> int:

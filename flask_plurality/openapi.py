@@ -273,6 +273,11 @@ def _paths() -> dict[str, Any]:
                     },
                     "400": _error("`email` is not a string", "invalid_request"),
                     "404": _error("Not in demo mode", "not_found"),
+                    "503": _error(
+                        "The stand-in's state file (in the instance folder) cannot be written",
+                        "upstream_unavailable",
+                        headers=("Retry-After",),
+                    ),
                 },
             }
         },

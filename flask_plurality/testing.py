@@ -12,7 +12,6 @@ import contextvars
 import os
 import ssl
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -183,13 +182,13 @@ class PluralityTestClient(FlaskClient):
             raise RuntimeError("login_as() needs cookies: create the client with use_cookies=True.")
         fake = self._stand_in()
         if user_id is None and email is not None:
-            user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"flask-plurality:{email}"))
+            user_id = fake.user_id_for(email)  # the id demo mode's /fake/token gives this email
         client_id = str(self.application.config.get("PLURALITY_CLIENT_ID") or fake.client_id)
         token = fake.issue_token(
             user_id,
             email,
             ttl,
-            client_id=client_id if client_id in fake._clients else fake.client_id,
+            client_id=client_id if fake.knows_client(client_id) else fake.client_id,
             auth_address=auth_address,
             proxy_address=proxy_address,
         )

@@ -175,7 +175,17 @@ def fake_token() -> Response:
     email = data.get("email") if isinstance(data, dict) else None
     if email is not None and not isinstance(email, str):
         return json_error(400, "invalid_request", message="'email' must be a string.")
-    token = fake.issue_token(email=email or "demo@example.com")
+    email = email or "demo@example.com"
+    try:
+        # One user per email, as with a real account: an app's find-or-create by email works.
+        token = fake.issue_token(fake.user_id_for(email), email)
+    except OSError:  # the stand-in's state file (instance folder) is unusable: disk full, read-only
+        return json_error(
+            503,
+            "upstream_unavailable",
+            message="The demo stand-in cannot record the login.",
+            retry_after=DEFAULT_RETRY_AFTER,
+        )
     return json_response({"status": True, "pluralityToken": token})
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,11 +56,27 @@ def fan_out(call: Callable[[], Any], times: int, threads: int = 8) -> list[Any]:
         return list(pool.map(lambda _: call(), range(times)))
 
 
+@dataclass
+class Gunicorn:
+    """A running ``gunicorn``: its base URL, the master process, the workers' pids."""
+
+    base: str
+    process: subprocess.Popen[bytes]
+    workers: set[int]
+
+
 @contextmanager
 def gunicorn(app: str, env: dict[str, str], workers: int, log: Path, *options: str) -> Iterator[str]:
     """``gunicorn -w N [options] app`` (the tests folder on its path) on a free loopback
     port; yields its base URL once every worker answers ``GET /pid``. Stopped after,
     and the test fails if its log shows a traceback."""
+    with gunicorn_process(app, env, workers, log, *options) as served:
+        yield served.base
+
+
+@contextmanager
+def gunicorn_process(app: str, env: dict[str, str], workers: int, log: Path, *options: str) -> Iterator[Gunicorn]:
+    """:func:`gunicorn`, yielding the master process and the workers' pids too."""
     port = free_port()
     command = [
         sys.executable,
@@ -87,11 +104,20 @@ def gunicorn(app: str, env: dict[str, str], workers: int, log: Path, *options: s
                 pids |= {r["pid"] for r in fan_out(lambda: requests.get(f"{base}/pid", timeout=15).json(), 2 * workers)}
             except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a worker still booting
                 time.sleep(0.1)
-        yield base
+        yield Gunicorn(base, process, pids)
     finally:
         process.terminate()
         process.wait(timeout=30)
         assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def process_is_gone(pid: int) -> bool:
+    """No process ``pid``, or only its zombie (exited, not yet reaped by whoever adopted it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
 
 
 def build_app(fake: FakePlurality, instance_path: str, *, session_redis: Any = None, **config: Any) -> Flask:
@@ -151,6 +177,13 @@ class DictSessions(ServerSideSessionInterface):  # type: ignore[misc]
 
     def _upsert_session(self, lifetime: Any, session: Any, store_id: str) -> None:
         self.data[store_id] = dict(session)
+
+
+def stand_in_of(app: Flask) -> FakePlurality:
+    """The stand-in an app in demo mode (``PLURALITY_FAKE``) started: its instance folder's."""
+    fake = app.extensions["plurality.state"].fake
+    assert isinstance(fake, FakePlurality), "the app is not in demo mode"
+    return fake
 
 
 def error_of(response: TestResponse, status: int, code: str, *secrets: str) -> dict[str, Any]:
@@ -312,7 +345,7 @@ def wait_for(url: str, process: subprocess.Popen[Any], log: Path) -> requests.Re
     while time.monotonic() < deadline and process.poll() is None:
         try:
             return requests.get(url, timeout=5)
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still importing the app
             time.sleep(0.2)
     raise AssertionError(f"{url} did not answer:\n{log.read_text()}")
 

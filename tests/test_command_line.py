@@ -13,9 +13,10 @@ from pathlib import Path
 import click
 import pytest
 from flask import Flask
+from helpers import stand_in_of
 
 from flask_plurality import ConfigurationError, Plurality
-from flask_plurality.testing import FakePlurality, shared_fake
+from flask_plurality.testing import FakePlurality
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +114,7 @@ def test_validate_in_demo_mode_says_why_another_stand_ins_token_is_refused(tmp_p
 
 def test_validate_in_demo_mode_accepts_its_own_stand_ins_token(tmp_path: Path) -> None:
     app = demo_app(tmp_path)
-    token = shared_fake().issue_token(email="ada@example.com")
+    token = stand_in_of(app).issue_token(email="ada@example.com")
     result = app.test_cli_runner().invoke(args=["plurality", "validate", token])
     assert result.exit_code == 0, result.output
     assert '"email": "ada@example.com"' in result.output and "note:" not in result.output

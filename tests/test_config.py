@@ -12,7 +12,7 @@ import pytest
 from cachelib import SimpleCache
 from flask import Flask
 from flask_session import Session
-from helpers import SAME_ORIGIN, AppFactory, build_app, free_port, login
+from helpers import SAME_ORIGIN, AppFactory, build_app, free_port, login, stand_in_of
 
 from flask_plurality import ConfigurationError, Plurality, get_extension
 from flask_plurality.config import DEFAULTS
@@ -300,13 +300,11 @@ def test_fake_mode_whole_flow(tmp_path: Path, flags: dict[str, Any]) -> None:
     assert set(body) == {"status", "pluralityToken"}
     assert body["status"] is True
     token = body["pluralityToken"]
-    from flask_plurality.testing import shared_fake
-
-    before = len(shared_fake().calls)
+    before = len(stand_in_of(app).calls)
     logged_in = login(client, token)
     assert logged_in.status_code == 200
     assert logged_in.get_json()["profile"]["email"] == "demo-user@example.com"
-    assert [c.token for c in shared_fake().calls[before:]] == [token]  # a real validate call
+    assert [c.token for c in stand_in_of(app).calls[before:]] == [token]  # a real validate call
     assert client.get("/plurality/session").status_code == 200
 
 

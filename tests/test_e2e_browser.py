@@ -46,8 +46,13 @@ def demo_app(tmp_path: Path, **config: Any) -> Flask:
     return create_app(config, env_file=None, instance_path=str(tmp_path / "instance"))
 
 
-def validate_calls() -> int:
-    return len(shared_fake().calls)
+def stand_in(tmp_path: Path) -> FakePlurality:
+    """The stand-in of ``demo_app(tmp_path)``: one per instance folder."""
+    return shared_fake(tmp_path / "instance")
+
+
+def validate_calls(tmp_path: Path) -> int:
+    return len(stand_in(tmp_path).calls)
 
 
 # -- without a browser ------------------------------------------------------------------------
@@ -73,9 +78,9 @@ def test_demo_mode_serves_the_whole_flow(tmp_path: Path) -> None:
     assert api.status_code == 401 and api.json["error"] == "login_required"
 
     token = client.post("/plurality/fake/token", json={"email": "carol@example.com"}).json["pluralityToken"]
-    before = validate_calls()
+    before = validate_calls(tmp_path)
     assert client.post("/plurality/login", json={"token": token}, headers=SAME_ORIGIN).json["authenticated"]
-    assert validate_calls() == before + 1
+    assert validate_calls(tmp_path) == before + 1
 
     profile = client.get("/profile")
     assert profile.status_code == 200
@@ -84,11 +89,11 @@ def test_demo_mode_serves_the_whole_flow(tmp_path: Path) -> None:
     assert token not in text
     me = client.get("/api/me").json["profile"]
     assert me["email"] == "carol@example.com" and UUID.match(me["id"]) and ADDRESS.match(me["auth_address"])
-    assert validate_calls() == before + 1  # ordinary requests trust the session
+    assert validate_calls(tmp_path) == before + 1  # ordinary requests trust the session
 
     done = client.post("/api/transfer", json={})
     assert done.status_code == 200 and done.json["done"] is True
-    assert validate_calls() == before + 2  # revalidate=True asked Plurality again
+    assert validate_calls(tmp_path) == before + 2  # revalidate=True asked Plurality again
     assert client.post("/api/transfer", data={"x": "1"}).status_code == 415  # forms (cross-site) refused
 
     assert client.post("/plurality/logout", json={}, headers=SAME_ORIGIN).status_code == 200
@@ -214,6 +219,7 @@ def session_cookie(context: Any) -> dict[str, Any] | None:
 @pytest.mark.browser
 def test_sign_in_and_out_in_chromium(
     live_app: str,
+    tmp_path: Path,
     request: pytest.FixtureRequest,
     record_property: Any,
     capsys: pytest.CaptureFixture[str],
@@ -258,7 +264,7 @@ def test_sign_in_and_out_in_chromium(
 
             # "Sign in (demo)": a token from the stand-in, posted to /plurality/login as the widget's would be.
             page.fill("#demo-email", "alice@example.com")
-            calls_before = validate_calls()
+            calls_before = validate_calls(tmp_path)
             with (
                 page.expect_response("**/plurality/fake/token") as minted,
                 page.expect_response("**/plurality/login") as login,
@@ -270,8 +276,8 @@ def test_sign_in_and_out_in_chromium(
             assert login.value.request.headers["content-type"] == "application/json"
             assert isinstance(posted, dict) and list(posted) == ["token"] and posted["token"].count(".") == 2
             token = posted["token"]
-            assert validate_calls() == calls_before + 1
-            assert shared_fake().calls[-1].token == token  # the page's token is what "Plurality" was asked about
+            assert validate_calls(tmp_path) == calls_before + 1
+            assert stand_in(tmp_path).calls[-1].token == token  # the page's token is what "Plurality" was asked about
 
             # The profile.
             expect(page.get_by_role("heading", name="Your Plurality profile")).to_be_visible()
@@ -306,12 +312,12 @@ def test_sign_in_and_out_in_chromium(
             expect(page.locator("#message")).to_be_hidden()
 
             # The sensitive action asks Plurality again...
-            calls_before = validate_calls()
+            calls_before = validate_calls(tmp_path)
             page.get_by_role("button", name="Sensitive action (asks Plurality again)").click()
             expect(page.locator("#result")).to_contain_text("POST /api/transfer -> 200")
-            assert validate_calls() == calls_before + 1
+            assert validate_calls(tmp_path) == calls_before + 1
             # ...and when Plurality cannot answer, the person reads why, on the page.
-            shared_fake().fail_next(503, retry_after=7)
+            stand_in(tmp_path).fail_next(503, retry_after=7)
             page.get_by_role("button", name="Sensitive action (asks Plurality again)").click()
             expect(page.locator("#message")).to_be_visible()
             expect(page.locator("#message")).to_contain_text("503: Plurality cannot confirm the sign-in right now")

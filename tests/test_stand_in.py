@@ -35,9 +35,12 @@ DOCS_TOKEN = (
 NOT_MINE = object()  # "send no Authorization header"
 
 
-@pytest.fixture
-def fake() -> Iterator[FakePlurality]:
-    with FakePlurality(client_id="demo", client_secret="s3cret") as stand_in:
+@pytest.fixture(params=["in memory", "in a state file"])
+def fake(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FakePlurality]:
+    """Every test runs against both: demo mode's stand-in keeps its records in a file,
+    and must answer the validate API exactly as the one in memory does."""
+    state_file = tmp_path / "stand-in.sqlite3" if request.param == "in a state file" else None
+    with FakePlurality(client_id="demo", client_secret="s3cret", state_file=state_file) as stand_in:
         yield stand_in
 
 
