@@ -74,9 +74,13 @@ def start_login(profile: Profile, token: str, exp: int) -> None:
         # the token to the browser. Refuse rather than store the login there.
         log.error("app.session_interface was replaced after Plurality.init_app; logins are refused")
         raise SessionStoreUnavailable("The server-side session store is not in place.")
+    # One identity per session: a session holding someone else's login (another
+    # Plurality user's, or Flask-Login's "_user_id" not linked to this same user; see
+    # other_logins) starts empty, so none of their data carries over.
     previous = load_login()
-    if previous is not None and previous.profile.id != profile.id:
-        session.clear()  # another user's data must not carry over
+    someone_else = previous.profile.id != profile.id if previous is not None else "_user_id" in session
+    if someone_else:
+        session.clear()
     now = time.time()
     epoch = current_epoch()  # before the stamp: see revocation.is_revoked
     login = Login(profile, token, exp, now, now, stamp_of(profile.id), epoch)
