@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from flask_login import user_logged_out
 from flask_login_app import PASSWORD, create_app
-from helpers import SAME_ORIGIN, captured, csrf_token_in, stored_session
+from helpers import SAME_ORIGIN, captured, csrf_token_in, error_of, stored_session
 
 from flask_plurality import signals
 from flask_plurality.testing import FakePlurality, config_for, store_config
@@ -63,7 +63,9 @@ def whoami(client: FlaskClient) -> dict[str, Any]:
 
 
 def cookie_dropped(response: Any, name: str) -> bool:
-    return any(h.startswith(f"{name}=;") and "Expires=Thu, 01 Jan 1970" in h for h in response.headers.getlist("Set-Cookie"))
+    return any(
+        h.startswith(f"{name}=;") and "Expires=Thu, 01 Jan 1970" in h for h in response.headers.getlist("Set-Cookie")
+    )
 
 
 # -- session fixation ----------------------------------------------------------------------
@@ -274,3 +276,14 @@ def test_the_forms_refuse_a_post_without_the_csrf_token(app: Flask) -> None:
     other = app.test_client()
     assert other.post("/login", data={"email": "bob@example.com", "password": PASSWORD}).status_code == 400
     assert whoami(other)["user"] is None and whoami(client)["user"] == "bob@example.com"
+
+
+def test_a_lazy_flashed_message_is_a_503_on_a_store_that_cannot_keep_it(app: Flask) -> None:
+    """Why the app sets ``localize_callback``: Flask-Session stores Redis sessions as
+    msgpack, which has no lazy strings; the file store pickles them and hides the mistake."""
+    app.login_manager.localize_callback = None  # type: ignore[attr-defined]
+    response = app.test_client().get("/account")
+    if app.config["SESSION_TYPE"] == "redis":
+        error_of(response, 503, "session_store_unavailable")
+    else:
+        assert response.status_code == 302
