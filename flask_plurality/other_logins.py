@@ -170,8 +170,8 @@ def _logged_out_elsewhere(app: Flask, **_: Any) -> None:
 
 def _plurality_logged_in(app: Flask, profile: Profile | None = None, **_: Any) -> None:
     """A Plurality login is stored. A remember-me cookie would log a password user back
-    into this session on the next request: it goes, unless the session keeps a
-    Flask-Login login (one linked to this Plurality login, or start_login emptied it)."""
+    into this session on the next request: it goes, unless the session still holds a
+    Flask-Login login (a linked one: start_login emptied a session holding any other)."""
     sess = _session()
     if sess is None:
         return
