@@ -14,15 +14,15 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, has_request_context, request, session
 from flask.typing import ResponseReturnValue
 
-from . import signals
+from . import other_logins, signals
 from .answers import AnswerCache
 from .cli import plurality_cli
 from .client import PluralityClient
 from .config import DEFAULTS, check_values, config, fake_mode, flag, missing_credentials, not_configured, unknown_keys
-from .exceptions import ConfigurationError, InvalidToken, NotConfigured
+from .exceptions import ConfigurationError, InvalidToken, NotConfigured, SessionStoreUnavailable
 from .logins import end_login
 from .metrics import PluralityMetrics, init_metrics
 from .profile import Profile
@@ -101,6 +101,7 @@ class Plurality:
         app.register_blueprint(blueprint, url_prefix=app.config["PLURALITY_URL_PREFIX"])
         app.register_error_handler(NotConfigured, _not_configured)
         app.cli.add_command(plurality_cli)
+        other_logins.connect(app)  # Flask-Login's logins and logouts, in this app's sessions
         if flag(app.config["PLURALITY_METRICS"], "PLURALITY_METRICS"):
             self.init_metrics(app)
 
@@ -158,9 +159,25 @@ class Plurality:
         return Profile.from_upstream(answer.user, claims)
 
     def logout(self) -> None:
-        """End the current request's login and delete its server-side session."""
+        """End the current request's login and delete its server-side session; a
+        Flask-Login login in it ends too (its remember-me cookie is dropped)."""
         login = end_login()
+        other_logins.forget_other_logins()
         signals.logged_out.send(current_app._get_current_object(), profile=login.profile if login else None)  # type: ignore[attr-defined]
+
+    def regenerate_session(self) -> None:
+        """Give the current request's session a new id, deleting the old id's stored entry.
+
+        Call it when your own login code (not Flask-Login: that is done for you) has
+        logged someone in: an id planted in the browser before then must not become
+        theirs. An empty session is left alone. Needs a request; raises
+        :class:`SessionStoreUnavailable` if the store fails (answer 503).
+        """
+        if not has_request_context():
+            raise RuntimeError("regenerate_session() needs a request (it changes that request's session).")
+        if getattr(session, "store_error", False):
+            raise SessionStoreUnavailable("The session store is unavailable.")
+        other_logins.regenerate(session._get_current_object())  # type: ignore[attr-defined]
 
     def revoke_user(self, user_id: str) -> None:
         """Make every existing session of ``user_id`` fail on its next request, in every

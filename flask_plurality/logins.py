@@ -158,7 +158,7 @@ def stored_login(sess: SessionMixin) -> Login | None:
     return login
 
 
-def _forget_parsed(sess: SessionMixin) -> None:
+def forget_parsed(sess: SessionMixin) -> None:
     """This session's login ended: its parsed copy (and token) leaves this process's memory."""
     _parsed.pop(getattr(sess, "sid", None), None)  # type: ignore[arg-type]
 
@@ -185,14 +185,18 @@ def start_login(profile: Profile, token: str, exp: int) -> None:
         # session would hand the token to the browser. Refuse rather than store the login there.
         log.error("app.session_interface was replaced after Plurality.init_app; logins are refused")
         raise SessionStoreUnavailable("The server-side session store is not in place.")
+    # One identity per session: a session holding someone else's login (another
+    # Plurality user's, or a Flask-Login "_user_id"; see other_logins) starts empty, so
+    # none of their data carries over.
     sess = session._get_current_object()  # type: ignore[attr-defined]
     previous = stored_login(sess)
-    if previous is not None and previous.profile.id != profile.id:
-        sess.clear()  # another user's data must not carry over
+    someone_else = previous.profile.id != profile.id if previous is not None else "_user_id" in sess
+    if someone_else:
+        sess.clear()
     now = time.time()
     epoch = current_epoch()  # before the stamp: see revocation.is_revoked
     login = Login(profile, token, exp, now, now, stamp_of(profile.id), epoch)
-    _forget_parsed(sess)  # the old id's, if any: regenerate() below drops that id
+    forget_parsed(sess)  # the old id's, if any: regenerate() below drops that id
     sess[SESSION_KEY] = login.dump()
     sess.permanent = True
     with store_errors_as_unavailable():
@@ -278,7 +282,7 @@ def end_login(sess: SessionMixin | None = None) -> Login | None:
     if sess is None:
         sess = session._get_current_object()  # type: ignore[attr-defined]
     login = stored_login(sess)
-    _forget_parsed(sess)
+    forget_parsed(sess)
     sess.clear()
     scope = request_scope()
     if scope is not None:

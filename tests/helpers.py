@@ -7,6 +7,7 @@ here, so no test module imports another.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -276,6 +277,25 @@ def stored_login(app: Flask, client: FlaskClient) -> dict[str, Any] | None:
         return None
     value = data.get("_plurality")
     return dict(value) if isinstance(value, dict) else None
+
+
+def stored_session(app: Flask, sid: str) -> dict[str, Any] | None:
+    """Everything the session store holds under session id ``sid``, or ``None``."""
+    interface: Any = app.session_interface
+    store_id = interface.key_prefix + sid
+    if hasattr(interface, "cache"):
+        data = interface.cache.get(store_id)
+    else:
+        raw = interface.client.get(store_id)
+        data = interface.serializer.decode(raw) if raw is not None else None
+    return dict(data) if isinstance(data, dict) else None
+
+
+def csrf_token_in(page: TestResponse) -> str:
+    """The CSRF token a Flask-WTF form on ``page`` carries (what a browser would post back)."""
+    found = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"|name="csrf_token" value="([^"]+)"', page.text)
+    assert found, page.text
+    return found.group(1) or found.group(2)
 
 
 def session_is_live(client: FlaskClient) -> bool:

@@ -1,6 +1,6 @@
 """The documented Flask-Login recipe (``examples/flask_login_app.py``, shown in the docs):
 ``flask_login.current_user`` and ``@login_required`` honour Plurality logins, logouts,
-revocations and bearer tokens."""
+revocations and bearer tokens, beside the app's own password logins."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import flask_login
 import pytest
 from cachelib.file import FileSystemCache
 from flask import Flask
+from flask.testing import FlaskClient
 from flask_login import user_loaded_from_request
+from helpers import csrf_token_in, stored_session
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -78,3 +80,42 @@ def test_flask_login_session_protection_strong_still_works(app: Flask, fake: Fak
     client.post("/plurality/login", json={"token": fake.issue_token()}, headers=SAME)
     assert client.get("/account").status_code == 200
     assert client.get("/account", headers={"User-Agent": "another browser"}).status_code == 200
+
+
+def password_login(client: FlaskClient) -> None:
+    token = csrf_token_in(client.get("/login"))
+    form = {"csrf_token": token, "email": "ann@example.com", "password": "correct horse battery staple"}
+    assert client.post("/login", data=form).headers["Location"] == "/account"
+
+
+def test_a_password_login_gets_a_new_session_id(app: Flask) -> None:
+    client = app.test_client()
+    client.get("/login")  # the form's CSRF token is kept in a stored session
+    before = client.get_cookie("session")
+    assert before is not None and stored_session(app, before.value) is not None
+    password_login(client)
+    after = client.get_cookie("session")
+    assert after is not None and after.value != before.value
+    assert stored_session(app, before.value) is None
+    assert client.get("/account").json == {"id": "1", "email": "ann@example.com"}
+
+
+def test_one_logout_ends_either_login(app: Flask, fake: FakePlurality) -> None:
+    client = app.test_client()
+    client.post("/plurality/login", json={"token": fake.issue_token()}, headers=SAME)
+    assert client.get("/account").status_code == 200
+    token = csrf_token_in(client.get("/login"))
+    assert client.post("/logout", data={"csrf_token": token}).status_code == 302  # the app's logout_user()
+    assert client.get("/plurality/session").status_code == 401
+    assert client.get("/account").status_code == 401
+
+    password_login(client)
+    assert client.post("/plurality/logout", json={}, headers=SAME).status_code == 200
+    assert client.get("/account").status_code == 401
+
+
+def test_a_plurality_login_replaces_the_password_login(app: Flask, fake: FakePlurality) -> None:
+    client = app.test_client()
+    password_login(client)
+    login = client.post("/plurality/login", json={"token": fake.issue_token(email="pl@example.com")}, headers=SAME)
+    assert client.get("/account").json == {"id": login.json["profile"]["id"], "email": "pl@example.com"}
