@@ -12,6 +12,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
@@ -56,8 +57,8 @@ def test_minimum_txt_pins_exactly_pyprojects_lower_bounds() -> None:
     for requirement in declared():
         bounds.setdefault(canonicalize_name(requirement.name), set()).add(str(lower_bound(requirement)))
     assert {name: found for name, found in bounds.items() if len(found) > 1} == {}
-    expected = {name: found.pop() for name, found in bounds.items()}
-    assert pins() == expected
+    expected = {name: Version(found.pop()) for name, found in bounds.items()}
+    assert {name: Version(pin) for name, pin in pins().items()} == expected
 
 
 def test_no_development_tools_are_published() -> None:
