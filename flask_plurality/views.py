@@ -8,8 +8,8 @@ from typing import Any
 
 from flask import Blueprint, Request, Response, current_app, g, redirect, request, session
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
-from werkzeug.wsgi import get_input_stream
 from werkzeug.wrappers import Response as BaseResponse
+from werkzeug.wsgi import get_input_stream
 
 from . import signals, throttle
 from .config import config
