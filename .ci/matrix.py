@@ -56,6 +56,7 @@ TEST_TOOLS = ROOT / "requirements" / "test.txt"
 SUBSET = (
     "tests/test_login.py",
     "tests/test_security.py",
+    "tests/test_body_limit.py",
     "tests/test_decorator.py",
     "tests/test_sessions.py",
     "tests/test_redis.py",
