@@ -226,10 +226,15 @@ def ensure_venv(name: str, python: str, full_version: str, deps: str, log: Path)
 def installed_versions(python: Path) -> dict[str, str]:
     code = (
         "import json, importlib.metadata as m; "
-        "print(json.dumps({d.metadata['Name'].lower(): d.version for d in m.distributions()}))"
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
     )
     listed = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)  # noqa: S603
-    return json.loads(listed.stdout)
+    return {_canonical(name): version for name, version in json.loads(listed.stdout).items()}
+
+
+def _canonical(name: str) -> str:
+    """A distribution's name as pip compares them: prometheus_client is prometheus-client."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def pinned_versions() -> dict[str, str]:
@@ -238,7 +243,7 @@ def pinned_versions() -> dict[str, str]:
         line = line.split("#", 1)[0].strip()
         if line:
             name, _, version = line.partition("==")
-            pins[name.strip().lower().replace("_", "-")] = version.strip()
+            pins[_canonical(name.strip())] = version.strip()
     return pins
 
 
@@ -272,7 +277,7 @@ def run_combination(version: str, deps: str, redis_url: str | None, logs: Path) 
         venv = ensure_venv(name, python, full_version, deps, log)
         py = venv / "bin" / "python"
         versions = installed_versions(py)
-        result.versions = {shown: versions.get(shown.lower(), "-") for shown in SHOWN}
+        result.versions = {shown: versions.get(_canonical(shown), "-") for shown in SHOWN}
         result.versions["Python"] = full_version
         if deps == "lowest":  # the constraints hold: every pinned package at its pin
             wrong = {n: (v, versions.get(n)) for n, v in pinned_versions().items() if versions.get(n) != v}
