@@ -108,6 +108,7 @@ def test_sdist_ships_the_package_and_docs_and_no_tests(dist: dict[str, Path]) ->
     assert not any(name.startswith(("tests/", "examples/", "benchmarks/", ".ci/", "docs/_build")) for name in names)
 
 
+@pytest.mark.timeout(900)  # a pip install and four pytest runs: past the suite's 120 s on a busy machine
 def test_readme_quickstart_and_test_file_against_the_installed_wheel(dist: dict[str, Path], tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     assert run(sys.executable, "-m", "venv", venv).returncode == 0
