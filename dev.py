@@ -7,9 +7,13 @@
     python3 dev.py lint     # ruff check and format, mypy --strict, import contracts, docs build
     python3 dev.py bench    # the benchmark table (bench --instructions: counted by callgrind)
     python3 dev.py dist     # build the sdist and the wheel into dist/, then twine check them
+    python3 dev.py matrix   # the fast tests on Python 3.11-3.13 x the lowest and newest
+                            # dependencies pyproject.toml allows (.ci/matrix.py; own venvs)
 
-Every command first makes sure .venv exists and holds this checkout's dependencies;
-extra arguments go to the underlying tool (``python3 dev.py test -k login``).
+Every command first makes sure .venv exists and holds this checkout's dependencies:
+``demo`` only the package and what the sample app needs (requirements/demo.txt), the
+others every tool of requirements/dev.txt. Extra arguments go to the underlying tool
+(``python3 dev.py test -k login``).
 """
 
 from __future__ import annotations
@@ -42,30 +46,48 @@ def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
             continue
 
 
-def setup() -> None:
-    """Create the venv and install the package with its dev extras, once per pyproject change."""
+#: What each command installs into .venv; dev.txt holds everything demo.txt does.
+REQUIREMENTS = {"demo": ROOT / "requirements" / "demo.txt", "dev": ROOT / "requirements" / "dev.txt"}
+
+
+def _digest() -> str:
+    """Of every file an install reads: pyproject.toml and all of requirements/ (dev.txt
+    includes others with ``-r``), so a change to any of them installs again."""
+    digest = hashlib.sha256()
+    for path in [ROOT / "pyproject.toml", *sorted((ROOT / "requirements").glob("*.txt"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def setup(kind: str = "dev") -> None:
+    """Create the venv and install ``requirements/<kind>.txt``, once per change of those
+    files. The demo needs only the package and the sample app's few libraries; the test,
+    lint and docs tools come with the first command that needs them."""
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit("flask-plurality needs Python 3.11 or newer")
     if not PY.exists():
         print("creating .venv ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    stamp = VENV / ".installed"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if stamp.exists() and stamp.read_text() == digest:
+    digest = _digest()
+    # dev.txt holds everything demo.txt does: an up-to-date dev install serves the demo.
+    if any(
+        (VENV / f".installed-{done}").is_file() and (VENV / f".installed-{done}").read_text() == digest
+        for done in ("dev", kind)
+    ):
         return
-    print("installing flask-plurality[dev] into .venv ...", flush=True)
+    print(f"installing {REQUIREMENTS[kind].relative_to(ROOT)} into .venv ...", flush=True)
     pip = [PY, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    if _run(*pip, "-e", ".[dev]") != 0:
+    if _run(*pip, "-r", REQUIREMENTS[kind]) != 0:
         sys.exit("pip install failed")
-    stamp.write_text(digest)
+    (VENV / f".installed-{kind}").write_text(digest)
 
 
 def _test_with_coverage(args: list[str]) -> int:
     """``coverage run -m pytest``, then ``coverage report`` (which fails under setup.cfg's
-    ``fail_under``). coverage.py starts before pytest loads this package's own pytest
-    plugin (which imports the package), so the import-time lines count as run; pytest-cov
-    starts too late for that. pytest's summary line is printed again after the report,
-    so the output still closes on it."""
+    ``fail_under``). coverage.py starts before pytest reads ``tests/conftest.py``, whose
+    ``pytest_plugins`` turns on this package's own pytest plugin (which imports the
+    package), so the import-time lines count as run. pytest's summary line is printed
+    again after the report, so the output still closes on it."""
     cmd = [str(PY), "-m", "coverage", "run", "-m", "pytest", *args]
     summary = ""
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as pytest:  # noqa: S603
@@ -81,10 +103,12 @@ def _test_with_coverage(args: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("help", [])
-    if command not in ("demo", "test", "lint", "bench", "dist"):
+    if command not in ("demo", "test", "lint", "bench", "dist", "matrix"):
         print(__doc__)
         return 0 if command in ("help", "-h", "--help") else 2
-    setup()
+    if command == "matrix":  # venvs of its own, one per Python and dependency set
+        return _run(sys.executable, ROOT / ".ci" / "matrix.py", *rest)
+    setup("demo" if command == "demo" else "dev")
     if command == "demo":
         return _run(PY, "-m", "examples.app", *rest)
     if command == "test":

@@ -1,7 +1,9 @@
 """pytest fixtures for apps that use flask-plurality (installed with the ``testing`` extra).
 
-Registered through the ``pytest11`` entry point, so ``pip install
-flask-plurality[testing]`` is all a project needs: no ``pytest_plugins`` line.
+Opt-in: a project turns it on with ``pytest_plugins = ["flask_plurality.pytest_plugin"]``
+in its top ``conftest.py`` (or ``pytest -p flask_plurality.pytest_plugin``). There is no
+``pytest11`` entry point, so pytest runs of other projects in the same environment never
+import the package.
 
 Each test is isolated: :func:`plurality_config` points the app at a stand-in of the
 test's own and at a session store of the test's own (files in a fresh temporary

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, current_app, redirect, request, session
+from flask import Blueprint, Request, Response, current_app, redirect, request, session
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
+from werkzeug.wsgi import get_input_stream
 
 from . import signals, throttle
 from .config import config
@@ -33,6 +34,22 @@ class _Refused(Exception):
         self.response = response
 
 
+def _limit_stream(limit: int) -> None:
+    """Read the body through a limit of this view's own, whatever the app's
+    ``MAX_CONTENT_LENGTH``, on every Flask 3: ``request.max_content_length`` can be set per
+    request only from Flask 3.1 on, but ``request.stream`` is werkzeug's cached property,
+    which may be given the stream it would have built with that limit. A stream that
+    something read before this view is left as it is (another wrapper round the same
+    input would wait for bytes already read).
+
+    The limit is one byte over ``MAX_BODY``: werkzeug stops a streamed (chunked) body at
+    the limit, and only that extra byte tells one that is too large from one of exactly
+    ``MAX_BODY`` bytes."""
+    current: Request = request._get_current_object()  # type: ignore[attr-defined]
+    if "stream" not in vars(current):
+        current.stream = get_input_stream(current.environ, max_content_length=limit)
+
+
 def _read_post(*, logout: bool = False) -> tuple[str | None, str | None]:
     """(token, next) of a login or logout post, after SPEC's origin rule and body limits;
     raise :class:`_Refused` with the answer otherwise.
@@ -46,9 +63,7 @@ def _read_post(*, logout: bool = False) -> tuple[str | None, str | None]:
         raise _Refused(json_error(403, "forbidden_origin"))
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise _Refused(json_error(413, "payload_too_large"))
-    # One byte over the limit tells a streamed (chunked) body that is too large from one
-    # that is exactly 16 KiB: werkzeug silently truncates a stream at the limit.
-    request.max_content_length = MAX_BODY + 1
+    _limit_stream(MAX_BODY + 1)
     try:
         body = request.get_data(cache=True)
         if len(body) > MAX_BODY:

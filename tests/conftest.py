@@ -15,6 +15,10 @@ from helpers import CHROMIUM_ARGS, HYGIENE_CLIENT_ID, AppFactory, build_app, chr
 from flask_plurality import Plurality
 from flask_plurality.testing import FakePlurality
 
+# The package's pytest plugin (plurality_fake, plurality_config) is opt-in, as in a user's
+# project: without this line none of it loads.
+pytest_plugins = ["flask_plurality.pytest_plugin"]
+
 
 @pytest.fixture
 def fake() -> Iterator[FakePlurality]:

@@ -3,7 +3,8 @@
 Builds the sdist and the wheel, checks them with ``twine check --strict`` (what PyPI
 renders), installs the wheel with the ``testing`` extra into a fresh virtual
 environment, and in an empty directory runs README.rst's quickstart (the run command,
-then its curl login) and README.rst's test file, three runs in a row. The code is taken
+then its curl login) and README.rst's test file: without README's ``conftest.py`` (the
+plugin is opt-in: its fixtures are missing), then with it, three runs in a row. The code is taken
 from README.rst's own code blocks, so README and this test cannot drift apart.
 
 It needs the package index (pip installs Flask and friends into the new environment);
@@ -82,7 +83,7 @@ def test_wheel_metadata(dist: dict[str, Path]) -> None:
         names = set(wheel.namelist())
         info = f"flask_plurality-{flask_plurality.__version__}.dist-info"
         metadata = email.message_from_bytes(wheel.read(f"{info}/METADATA"))
-        entry_points = wheel.read(f"{info}/entry_points.txt").decode()
+        extras = metadata.get_all("Provides-Extra", [])
     assert {"flask_plurality/py.typed", "flask_plurality/pytest_plugin.py", f"{info}/licenses/LICENSE"} <= names
     assert not any(name.startswith(("tests/", "examples/", "benchmarks/")) for name in names)
     assert metadata["Version"] == flask_plurality.__version__  # one version, read from __version__
@@ -90,8 +91,12 @@ def test_wheel_metadata(dist: dict[str, Path]) -> None:
     urls = dict(url.split(", ", 1) for url in metadata.get_all("Project-URL", []))
     assert {"Homepage", "Documentation", "Source", "Changes"} <= set(urls), urls
     assert all(url.startswith("https://") for url in urls.values())
-    assert "plurality = flask_plurality.pytest_plugin" in entry_points
-    assert 'extra == "testing"' in " ".join(metadata.get_all("Requires-Dist", []))
+    # The pytest plugin is opt-in (no pytest11 entry point); no development tools published.
+    assert f"{info}/entry_points.txt" not in names
+    assert sorted(extras) == ["memcached", "metrics", "redis", "sqlalchemy", "testing", "tracing"]
+    requires = metadata.get_all("Requires-Dist", [])
+    assert 'extra == "testing"' in " ".join(requires)
+    assert not [r for r in requires if re.match(r"(sphinx|mypy|playwright|gevent|ruff|coverage)\b", r, re.I)]
 
 
 def test_sdist_ships_the_package_and_docs_and_no_tests(dist: dict[str, Path]) -> None:
@@ -103,6 +108,7 @@ def test_sdist_ships_the_package_and_docs_and_no_tests(dist: dict[str, Path]) ->
     assert not any(name.startswith(("tests/", "examples/", "benchmarks/", ".ci/", "docs/_build")) for name in names)
 
 
+@pytest.mark.timeout(900)  # a pip install and four pytest runs: past the suite's 120 s on a busy machine
 def test_readme_quickstart_and_test_file_against_the_installed_wheel(dist: dict[str, Path], tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     assert run(sys.executable, "-m", "venv", venv).returncode == 0
@@ -117,7 +123,7 @@ def test_readme_quickstart_and_test_file_against_the_installed_wheel(dist: dict[
     project = tmp_path / "project"  # an empty directory, nowhere near the checkout
     project.mkdir()
     [app_py] = readme_blocks("Quickstart", "python")
-    [test_app_py] = readme_blocks("Testing your app", "python")
+    [conftest_py, test_app_py] = readme_blocks("Testing your app", "python")
     (project / "app.py").write_text(app_py)
     (project / "test_app.py").write_text(test_app_py)
 
@@ -152,10 +158,14 @@ def test_readme_quickstart_and_test_file_against_the_installed_wheel(dist: dict[
     instance_before = sorted(p.name for p in (project / "instance").rglob("*"))
     assert "plurality_sessions" in instance_before  # the server's own store, with the login in it
 
-    # README's test file, as written, with the plugin found through its entry point: three
-    # runs in a row pass (failed-login counters once crossed runs and made the third fail).
+    # README's test file, as written: without README's conftest.py the wheel's plugin does
+    # not load (no fixtures); with it, three runs in a row pass (failed-login counters once
+    # crossed runs and made the third fail).
     expected = test_app_py.count("\ndef test_")
     assert expected >= 5
+    without = run(venv / "bin" / "pytest", "-q", "-p", "no:cacheprovider", cwd=project, env=env)
+    assert without.returncode != 0 and "fixture 'plurality_config' not found" in without.stdout, without.stdout
+    (project / "conftest.py").write_text(conftest_py)
     for attempt in range(3):
         tested = run(venv / "bin" / "pytest", "-q", "-p", "no:cacheprovider", cwd=project, env=env)
         assert tested.returncode == 0, f"run {attempt + 1}:\n{tested.stdout[-4000:]}{tested.stderr[-2000:]}"

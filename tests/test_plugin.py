@@ -1,9 +1,10 @@
 """The pytest plugin and PluralityTestClient, used the way a user's project uses them.
 
-The README's "Testing your app" example is extracted byte for byte and run as a
-project of its own (pytester, in a subprocess, the plugin found only through its
-``pytest11`` entry point), against the README's quickstart ``app.py``, also extracted.
-(``tests/test_packaging.py`` runs the same two files against the built wheel.)
+The README's "Testing your app" example (its ``conftest.py``, which turns the plugin on,
+and its test file) is extracted byte for byte and run as a project of its own (pytester,
+in a subprocess), against the README's quickstart ``app.py``, also extracted.
+(``tests/test_packaging.py`` runs the same files against the built wheel.) The plugin is
+opt-in: a project without that ``conftest.py`` loads nothing of the package.
 """
 
 from __future__ import annotations
@@ -24,42 +25,52 @@ pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# What a user's project has: no pytest_plugins line, warnings are errors.
+# What a user's project has: warnings are errors.
 PYTEST_INI = """
 [pytest]
 addopts = -p no:cacheprovider
 filterwarnings =
     error
 """
+OPT_IN = 'pytest_plugins = ["flask_plurality.pytest_plugin"]\n'
 
 
-def readme_example(title: str) -> str:
-    """The first python code block of the README section ``title``, dedented."""
+def readme_examples(title: str) -> list[str]:
+    """The python code blocks of the README section ``title``, dedented, in order."""
     text = (ROOT / "README.rst").read_text()
     match = re.search(rf"^{re.escape(title)}\n-+\n(.*?)(?=^\S[^\n]*\n-{{3,}}\n|\Z)", text, re.M | re.S)
     assert match, f"README.rst has no section {title!r}"
-    block = re.search(r"^\.\. code-block:: python\n\n((?:    .*\n|\n)+)", match.group(1), re.M)
-    assert block, f"README.rst's {title!r} has no python example"
-    return textwrap.dedent(block.group(1)).strip() + "\n"
+    blocks = re.findall(r"^\.\. code-block:: python\n\n((?:    .*\n|\n)+)", match.group(1), re.M)
+    assert blocks, f"README.rst's {title!r} has no python example"
+    return [textwrap.dedent(block).strip() + "\n" for block in blocks]
 
 
 def quickstart() -> str:
     """README's quickstart ``app.py``, as a user saves it."""
-    return readme_example("Quickstart")
+    return readme_examples("Quickstart")[0]
 
 
-def user_project(pytester: pytest.Pytester, **tests: str) -> None:
-    """A user's project: README's quickstart as ``app.py`` and the given test modules."""
+def readme_conftest_and_tests() -> tuple[str, str]:
+    """README's ``conftest.py`` (the opt-in) and its ``test_app.py``."""
+    conftest, tests = readme_examples("Testing your app")
+    return conftest, tests
+
+
+def user_project(pytester: pytest.Pytester, *, opt_in: bool = True, **tests: str) -> None:
+    """A user's project: README's quickstart as ``app.py``, README's ``conftest.py``
+    (unless ``opt_in=False``) and the given test modules."""
     pytester.makeini(PYTEST_INI)
     pytester.makepyfile(app=quickstart(), **tests)
+    if opt_in:
+        pytester.makeconftest(readme_conftest_and_tests()[0])
 
 
 # -- the README example, run as it stands ------------------------------------------------
 
 
 def test_readme_example_passes_as_a_project_of_its_own(pytester: pytest.Pytester) -> None:
-    example = readme_example("Testing your app")
-    assert "pytest_plugins" not in example  # the entry point alone must bring the fixtures
+    conftest, example = readme_conftest_and_tests()
+    assert conftest == OPT_IN  # the one line a project adds
     user_project(pytester, test_readme_example=example)
     result = pytester.runpytest_subprocess("-v")
     result.assert_outcomes(passed=example.count("\ndef test_"))
@@ -69,7 +80,7 @@ def test_readme_example_passes_as_a_project_of_its_own(pytester: pytest.Pytester
 def test_readme_example_really_tests_the_app(pytester: pytest.Pytester) -> None:
     """The same example fails against an app whose dashboard is not protected: the
     example's assertions are live, not decoration."""
-    example = readme_example("Testing your app")
+    example = readme_conftest_and_tests()[1]
     user_project(pytester, test_readme_example=example)
     unprotected = quickstart().replace("    @plurality_required\n    def dashboard", "    def dashboard")
     assert unprotected != quickstart()
@@ -77,6 +88,37 @@ def test_readme_example_really_tests_the_app(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=example.count("\ndef test_") - 2, failed=2)
     result.stdout.fnmatch_lines(["*FAILED*test_dashboard_needs_a_login*", "*FAILED*test_logout_ends_the_session*"])
+
+
+NOTHING_LOADED = """
+import sys
+
+
+def test_nothing_of_the_package_is_imported():
+    assert sorted(name for name in sys.modules if name.startswith("flask_plurality")) == []
+
+
+def test_uses_the_fixture(plurality_fake):
+    pass
+"""
+
+
+def test_without_the_opt_in_nothing_of_the_package_loads(pytester: pytest.Pytester) -> None:
+    """Installed is not enabled: a project that does not ask for the plugin gets neither
+    its fixtures nor any module of the package imported into its test run."""
+    pytester.makeini(PYTEST_INI)
+    pytester.makepyfile(test_other_project=NOTHING_LOADED)
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'plurality_fake' not found*"])
+
+
+def test_the_plugin_on_the_command_line(pytester: pytest.Pytester) -> None:
+    """``-p flask_plurality.pytest_plugin`` turns it on for one run, with no conftest.py."""
+    user_project(pytester, opt_in=False, test_readme_example=readme_conftest_and_tests()[1])
+    expected = readme_conftest_and_tests()[1].count("\ndef test_")
+    pytester.runpytest_subprocess("-p", "flask_plurality.pytest_plugin").assert_outcomes(passed=expected)
+    assert pytester.runpytest_subprocess().ret != 0  # and without it, the fixtures are missing
 
 
 # -- the fixtures, from a user's project ---------------------------------------------------
@@ -195,7 +237,7 @@ def test_a_test_that_asks_for_the_apps_own_store_shares_it(pytester: pytest.Pyte
     under the instance folder then keeps the counters, and the same tests fail: the
     isolation above is what makes them pass."""
     user_project(pytester, test_isolation=ISOLATION_TESTS)
-    pytester.makeconftest("import pytest\n\n@pytest.fixture\ndef plurality_store():\n    return {}\n")
+    pytester.makeconftest(OPT_IN + "\nimport pytest\n\n@pytest.fixture\ndef plurality_store():\n    return {}\n")
     result = pytester.runpytest_subprocess("-rf")
     result.assert_outcomes(passed=1, failed=2)  # the first test's four failures count in the second
     result.stdout.fnmatch_lines(
@@ -207,7 +249,7 @@ def test_a_test_that_asks_for_the_apps_own_store_shares_it(pytester: pytest.Pyte
 
 def test_the_plugin_can_be_turned_off_like_any_other(pytester: pytest.Pytester) -> None:
     user_project(pytester, test_off="def test_uses_it(plurality_fake):\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "no:plurality")
+    result = pytester.runpytest_subprocess("-p", "no:flask_plurality.pytest_plugin")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'plurality_fake' not found*"])
 
