@@ -69,7 +69,7 @@ def _app_and_environs(spec: dict[str, Any], count: int) -> tuple[Any, dict[str, 
     from flask_plurality.testing import FakePlurality, config_for
 
     fake = FakePlurality().start()
-    instance = tempfile.mkdtemp(prefix="fp11-bench-")
+    instance = tempfile.mkdtemp(prefix="plurality-bench-")
     app = build(spec, config_for(fake), instance)
     client = app.test_client()
     response = client.post(
@@ -188,7 +188,7 @@ def _specs(families: list[str]) -> Iterator[dict[str, dict[str, Any]]]:
     sys.path.insert(0, str(TESTS))
     import backends as b
 
-    work = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp/fp11" if Path("/tmp/fp11").is_dir() else None))
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp/plurality-test" if Path("/tmp/plurality-test").is_dir() else None))
     servers: list[Any] = []
     specs: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
@@ -320,7 +320,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown families: {', '.join(sorted(unknown))}; choose from {', '.join(FAMILIES)}")
         return 2
-    work = Path(tempfile.mkdtemp(prefix="fp11-cg-"))
+    work = Path(tempfile.mkdtemp(prefix="plurality-cg-"))
     helper = "" if trips_only else _helper(work)
     rows = []
     with _specs(families) as specs:

@@ -38,7 +38,7 @@ def init_members(app: Flask, plurality: Plurality) -> None:
 
     @plurality.forbidden_handler
     def forbidden() -> ResponseReturnValue:
-        """A page for a person, the SPEC's JSON for a script."""
+        """A page for a person, JSON for a script."""
         if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
             return render_template("forbidden.html", domains=app.config["MEMBER_EMAIL_DOMAINS"]), 403
         return jsonify(error="forbidden", message="This account may not open this page."), 403

@@ -190,8 +190,8 @@ def _proxy_page(status: int, retry_after: int | str | None) -> Response:
 def _parse_basic(header: str | None) -> tuple[bool, str | None, str | None]:
     """Split an Authorization header into (present, client id, secret).
 
-    ``present`` is False when there is no Basic header at all (upstream's #3);
-    id or secret is None when the header does not decode to both (#4).
+    ``present`` is False when there is no Basic header at all (Plurality's "no Basic header" answer);
+    id or secret is None when the header does not decode to both ("no id/secret").
     """
     # Upstream checks ``startsWith('Basic ')`` (case-sensitive; Node strips the
     # header's trailing spaces) and then ``split(':')``: a secret containing ``:``
@@ -725,7 +725,7 @@ class FakePlurality:
         secret: str | None,
         known_secret: str | None,
     ) -> Response:
-        """Upstream's checks, in upstream's order (UPSTREAM.md, rows 1-7)."""
+        """Upstream's checks, in upstream's order (docs/plurality-api.rst, "The response table")."""
         if token is None:
             return Response("Token is missing", 401, content_type=_TEXT)
         claims = self._verify(token)

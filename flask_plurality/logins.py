@@ -124,7 +124,7 @@ class Login:
             "exp": self.exp,
             "login_at": self.login_at,
             "validated_at": self.validated_at,
-            # Stored under their first names, so sessions survive an upgrade.
+            # Short names: this dict is stored in every logged-in session.
             "revocation": self.stamp,
             "epoch": self.checked_epoch,
         }

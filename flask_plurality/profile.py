@@ -40,7 +40,7 @@ class Profile:
             id=str(user["id"]),
             email=_opt_str(user.get("email")),
             # The older GET route answered Plurality's raw user row, where the newer
-            # names are ``address`` and ``pkpAddress`` (UPSTREAM.md).
+            # names are ``address`` and ``pkpAddress`` (docs/plurality-api.rst, "The response table").
             auth_address=_opt_str(user.get("authAddress")) or _opt_str(user.get("address")),
             proxy_address=_opt_str(user.get("proxyAddress")) or _opt_str(user.get("pkpAddress")),
             unique_session_id=_opt_str(claims.get("uniqueSessionId")),

@@ -39,7 +39,7 @@ def normalise_origin(value: str) -> str | None:
 
 
 def origin_allowed(trusted: frozenset[str]) -> bool:
-    """SPEC section 3's rule: Origin, else Referer, must be ours or trusted; with neither
+    """The login/logout origin rule (docs/endpoints.rst): Origin, else Referer, must be ours or trusted; with neither
     header only a JSON body is accepted (a cross-site HTML form cannot send one)."""
     claimed = request.headers.get("Origin")
     if claimed is None:

@@ -51,12 +51,12 @@ def _limit_stream(limit: int) -> None:
 
 
 def _read_post(*, logout: bool = False) -> tuple[str | None, str | None]:
-    """(token, next) of a login or logout post, after SPEC's origin rule and body limits;
+    """(token, next) of a login or logout post, after the origin rule and the body limit (docs/endpoints.rst);
     raise :class:`_Refused` with the answer otherwise.
 
     A logout may also come with neither ``Origin`` nor ``Referer`` when nothing at all is
     sent (no ``Content-Type``, no body: a cross-site form always sends a Content-Type),
-    and a JSON logout may have an empty body (SPEC section 3)."""
+    and a JSON logout may have an empty body."""
     headers = request.headers
     bare = logout and not any(name in headers for name in ("Origin", "Referer", "Content-Type"))
     if not bare and not origin_allowed(config.trusted_origins):
@@ -207,7 +207,7 @@ def fake_token() -> Response:
 @blueprint.route("/login", methods=["GET", "PUT", "PATCH", "DELETE"])
 @blueprint.route("/logout", methods=["GET", "PUT", "PATCH", "DELETE"])
 def wrong_method() -> BaseResponse:
-    """Keep SPEC's promise that every answer here is JSON, even Flask's 405."""
+    """Every answer here is JSON (docs/endpoints.rst), even Flask's 405."""
     return json_error(405, "method_not_allowed", headers={"Allow": "POST, OPTIONS"})
 
 

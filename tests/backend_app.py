@@ -20,7 +20,7 @@ from flask import Flask, request, session
 
 from flask_plurality import Plurality, current_profile, plurality_required
 
-#: Every family the conformance suite runs against, in SPEC 7's table order.
+#: Every family the conformance suite runs against, in docs/stores.rst's table order.
 FAMILIES = (
     "cachelib-file",
     "cachelib-redis",

@@ -3,7 +3,7 @@
 Started here, on ports of the suite's own (27100-27199) or on a unix socket in a
 directory of its own: memcached, a Redis with a password, a Redis on a unix socket, a
 Sentinel group (primary, replica, three sentinels). The machine's PostgreSQL and MariaDB
-get a database of the suite's own (``fp11_...``), created and dropped here; the machine's
+get a database of the suite's own (``plurality_test_...``), created and dropped here; the machine's
 Redis is used only on the database of ``PLURALITY_TEST_REDIS_URL``. A missing service
 skips its tests with the reason, or fails them when ``PLURALITY_REQUIRE_BACKENDS`` is
 set (CI sets it: a skip there would hide a backend nobody tested).
@@ -43,10 +43,10 @@ HOST = "127.0.0.1"
 #: or a second test run on the same machine cannot collide with this one.
 _DYNAMIC = itertools.cycle(range(27100, 27200))
 _dynamic_lock = threading.Lock()
-REDIS_PASSWORD = "fp11-secret-password"
+REDIS_PASSWORD = "plurality-test-password"
 POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/"
-DB_PREFIX = "fp11_"
+DB_PREFIX = "plurality_test_"
 
 
 def unavailable(what: str, reason: str) -> None:
@@ -201,7 +201,7 @@ def start_sentinel_group(group: str, directory: Path) -> SentinelGroup:
 
     primary_port, replica_port = free_port(), free_port()
     sentinel_ports = (free_port(), free_port(), free_port())
-    service = f"fp11{group}"
+    service = f"plurality{group}"
     directory.mkdir(parents=True, exist_ok=True)
     primary = redis_server(primary_port, "--dir", str(directory), name="sentinel primary").start()
     replica = redis_server(
@@ -321,7 +321,7 @@ def read_only_directory(path: Path) -> Iterator[None]:
         finally:
             path.chmod(mode)
         return
-    stash = Path(tempfile.mkdtemp(prefix="fp11-ro-"))
+    stash = Path(tempfile.mkdtemp(prefix="plurality-test-ro-"))
     shutil.copytree(path, stash, dirs_exist_ok=True)
     try:
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], check=True, capture_output=True)
@@ -344,7 +344,7 @@ def read_only_directory(path: Path) -> Iterator[None]:
 def backend_dir() -> Iterator[Path]:
     """A directory of the suite's own for sockets and server files (short: socket paths
     are limited to 107 bytes)."""
-    base = Path("/tmp/fp11")
+    base = Path("/tmp/plurality-test")
     base.mkdir(exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="run-", dir=base))
     yield path
@@ -507,7 +507,7 @@ def _proxy_outage(backend: Backend, target: tuple[str, int], key: str, make_url:
 
 @pytest.fixture(params=FAMILIES)
 def backend(request: pytest.FixtureRequest, fake: FakePlurality, tmp_path: Path) -> Iterator[Backend]:
-    """Every session backend of SPEC 7, one after the other, with prefixes of this test's own."""
+    """Every session backend of docs/stores.rst, one after the other, with prefixes of this test's own."""
     family: str = request.param
     prefix = f"t{next(_test_numbers)}-{uuid.uuid4().hex[:6]}:"
     spec: dict[str, Any] = {"family": family, "prefix": prefix}

@@ -188,7 +188,7 @@ def stand_in_of(app: Flask) -> FakePlurality:
 
 
 def error_of(response: TestResponse, status: int, code: str, *secrets: str) -> dict[str, Any]:
-    """The SPEC error shape: JSON, ``{"error", "message"}``, nothing secret or internal."""
+    """The error shape of docs/endpoints.rst: JSON, ``{"error", "message"}``, nothing secret or internal."""
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/json"
     body = response.get_json()

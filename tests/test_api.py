@@ -1,4 +1,4 @@
-"""SPEC section 5: the Python API besides the decorator: errors, signals, reprs."""
+"""The Python API besides the decorator: errors, signals, reprs."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def recording(signal: Signal) -> Iterator[list[tuple[Any, dict[str, Any]]]]:
 
 
 def test_public_api() -> None:
-    """Each name SPEC promises is exported, and is the kind of thing SPEC says it is."""
+    """Each public name is exported, and is the kind of thing docs/api.rst says it is."""
     kinds: dict[str, Callable[[Any], bool]] = {
         "Plurality": lambda obj: isinstance(obj, type) and callable(obj.init_app),
         "plurality_required": inspect.isfunction,

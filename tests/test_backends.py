@@ -1,4 +1,4 @@
-"""The conformance suite: SPEC 7's promises, the same tests on every session backend.
+"""The conformance suite: docs/stores.rst's promises, the same tests on every session backend.
 
 Every test here runs once per backend family of ``tests/backend_app.FAMILIES``, against
 real servers (``tests/backends.py`` starts them or skips, and fails in CI, when one is

@@ -62,7 +62,7 @@ def test_check_without_token_proves_route_and_method_only(app: Flask, fake: Fake
     assert result.exit_code == ExitCode.NOT_CHECKED == 3
     assert last_line(result) == REACHABLE
     [call] = fake.calls
-    # A junk token Plurality refuses before looking at the credentials (UPSTREAM.md's order).
+    # A junk token Plurality refuses before looking at the credentials (the response table's order, docs/plurality-api.rst).
     assert (call.method, call.outcome) == ("POST", 403)
     assert call.token is not None and jwt.get_unverified_header(call.token)["alg"] == "HS256"
     assert jwt.decode(call.token, options={"verify_signature": False})["exp"] > time.time()
@@ -261,7 +261,7 @@ def test_check_store_that_cannot_keep_a_value(make_app: AppFactory, tmp_path: An
     app.session_interface.inner.cache._path = str(store_dir / "missing" / "deeper")  # type: ignore[attr-defined]
     result = run(app, "check")
     assert result.exit_code == 7
-    # cachelib's set returns False here; the store raises on it (SPEC 7.2: no silent loss).
+    # cachelib's set returns False here; the store raises on it (no silent loss: docs/stores.rst).
     assert "session store UNAVAILABLE" in result.output
 
 

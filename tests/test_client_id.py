@@ -1,4 +1,4 @@
-"""Client ids and secrets as Plurality reads them (UPSTREAM.md's last section): ids are
+"""Client ids and secrets as Plurality reads them (docs/plurality-api.rst, "Client id and secret"): ids are
 UUIDs, Basic credentials are split at ``:``. ``init_app`` warns about an id that is not
 a UUID and refuses one containing ``:``; ``flask plurality check`` names both, and the
 ``:`` in a secret when Plurality refuses it; the stand-in cuts a secret at ``:`` as

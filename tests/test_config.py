@@ -1,4 +1,4 @@
-"""Wiring (SPEC sections 1, 2 and 6's fake mode): config keys, Flask-Session, several apps."""
+"""Wiring (credentials, settings and fake mode): config keys, Flask-Session, several apps."""
 
 from __future__ import annotations
 

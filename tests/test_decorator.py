@@ -1,4 +1,4 @@
-"""SPEC section 4: ``@plurality_required``, ``current_profile`` and ``unauthorized_handler``."""
+"""``@plurality_required``, ``current_profile`` and ``unauthorized_handler``."""
 
 from __future__ import annotations
 

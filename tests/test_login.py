@@ -1,4 +1,4 @@
-"""SPEC section 3: every status of /login, /logout and /session, through the real stand-in."""
+"""Every status of /login, /logout and /session, through the real stand-in."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def test_token_signed_by_someone_else_is_401(client: FlaskClient, fake: FakePlur
 
 
 def test_token_for_another_client_app_is_401(client: FlaskClient, fake: FakePlurality) -> None:
-    """UPSTREAM row 7: a real token, but the widget was opened for another app."""
+    """Another client app's user: a real token, but the widget was opened for another app."""
     fake.add_client("other-app", "other-secret")
     token = fake.issue_token(client_id="other-app")
     error_of(login(client, token), 401, "invalid_token", token, "other-secret")
@@ -464,7 +464,7 @@ def test_logout_without_headers_with_json_body(client: FlaskClient, fake: FakePl
 
 
 def test_bodyless_logout_without_origin_or_referer_is_a_logout(client: FlaskClient, fake: FakePlurality) -> None:
-    """SPEC section 3: ``curl -X POST .../logout`` sends no Content-Type and no body, which a
+    """``curl -X POST .../logout`` sends no Content-Type and no body, which a
     cross-site form cannot do, so it needs neither Origin nor Referer."""
     login(client, fake.issue_token())
     response = client.post("/plurality/logout")

@@ -58,7 +58,7 @@ def plurality_counts(samples: Samples) -> dict[tuple[str, frozenset[tuple[str, s
 
 
 def assert_labels_from_fixed_sets(samples: Samples, upstream: str) -> None:
-    """SPEC 10: label values from fixed sets only, never from a request."""
+    """Label values from fixed sets only, never from a request."""
     allowed = {
         "outcome": {"success", "failure", "grace", *UPSTREAM_OUTCOMES},
         "reason": set(REASONS) | {"other"} | {f"http_{n}" for n in range(100, 600)},

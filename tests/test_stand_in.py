@@ -1,4 +1,4 @@
-"""The stand-in answers like Plurality's validate API (UPSTREAM.md), over real HTTP."""
+"""The stand-in answers like Plurality's validate API (docs/plurality-api.rst), over real HTTP."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def test_express_routing_leniency(fake: FakePlurality, path: str) -> None:
         assert r.status_code == 200
 
 
-# -- UPSTREAM.md rows 1-8, in order ----------------------------------------------
+# -- the response table, in Plurality's order ----------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -159,12 +159,12 @@ def test_express_routing_leniency(fake: FakePlurality, path: str) -> None:
         (b'{"token": "a.b.c"}', "text/plain"),
     ],
 )
-def test_row1_token_missing(fake: FakePlurality, body: bytes, content_type: str) -> None:
+def test_token_missing(fake: FakePlurality, body: bytes, content_type: str) -> None:
     result = call(fake, body=body, content_type=content_type)
     assert result[:3] == (401, TEXT, b"Token is missing")
 
 
-def test_row1_comes_before_credentials(fake: FakePlurality) -> None:
+def test_token_missing_comes_before_credentials(fake: FakePlurality) -> None:
     assert call(fake, authorization=NOT_MINE)[:3] == (401, TEXT, b"Token is missing")
 
 
@@ -189,14 +189,14 @@ def forged(fake: FakePlurality, key: str | None = None, **claims: Any) -> str:
         ),
     ],
 )
-def test_row2_invalid_token(fake: FakePlurality, make: Any) -> None:
+def test_invalid_token(fake: FakePlurality, make: Any) -> None:
     token = make(fake)
     assert call(fake, token)[:3] == (403, TEXT, b"Invalid token")
     # checked before the credentials
     assert call(fake, token, authorization=NOT_MINE)[:3] == (403, TEXT, b"Invalid token")
 
 
-def test_row2_revoked_token(fake: FakePlurality) -> None:
+def test_revoked_token(fake: FakePlurality) -> None:
     token, other = fake.issue_token(user_id="u"), fake.issue_token(user_id="u")
     fake.revoke(token)
     assert call(fake, token)[:3] == (403, TEXT, b"Invalid token")
@@ -208,7 +208,7 @@ def test_row2_revoked_token(fake: FakePlurality) -> None:
     # Plurality checks startsWith('Basic '), case-sensitive, after Node strips trailing spaces.
     [NOT_MINE, "Bearer abc", "Digest x", "Basic", "basic " + base64.b64encode(b"demo:s3cret").decode()],
 )
-def test_row3_no_basic_header(fake: FakePlurality, authorization: object) -> None:
+def test_no_basic_header(fake: FakePlurality, authorization: object) -> None:
     result = call(fake, fake.issue_token(), authorization=authorization)
     assert result[:3] == (401, JSON, b'{"message":"Unauthorized"}')
 
@@ -217,22 +217,22 @@ def test_row3_no_basic_header(fake: FakePlurality, authorization: object) -> Non
     "authorization",
     ["Basic !!!", basic("no-colon"), basic(":s3cret"), basic("demo:")],
 )
-def test_row4_basic_without_id_or_secret(fake: FakePlurality, authorization: str) -> None:
+def test_basic_without_id_or_secret(fake: FakePlurality, authorization: str) -> None:
     result = call(fake, fake.issue_token(), authorization=authorization)
     assert result[:3] == (401, JSON, b'{"error":"Unauthorized"}')
 
 
-def test_row5_unknown_client(fake: FakePlurality) -> None:
+def test_unknown_client(fake: FakePlurality) -> None:
     result = call(fake, fake.issue_token(), authorization=basic("who:s3cret"))
     assert result[:3] == (401, JSON, b'{"error":"Invalid Client ID"}')
 
 
-def test_row6_wrong_secret(fake: FakePlurality) -> None:
+def test_wrong_secret(fake: FakePlurality) -> None:
     result = call(fake, fake.issue_token(), authorization=basic("demo:wrong"))
     assert result[:3] == (401, JSON, b'{"error":"Invalid Client Secret"}')
 
 
-def test_row7_token_of_another_client(fake: FakePlurality) -> None:
+def test_token_of_another_client(fake: FakePlurality) -> None:
     fake.add_client("other-app", "other-secret")
     token = fake.issue_token(client_id="other-app")
     denied = b'{"error":"user does not belong to the given client"}'
@@ -243,7 +243,7 @@ def test_row7_token_of_another_client(fake: FakePlurality) -> None:
     assert call(fake, mine, authorization=basic("other-app:other-secret"))[2] == denied
 
 
-def test_row7_unknown_session(fake: FakePlurality) -> None:
+def test_unknown_session(fake: FakePlurality) -> None:
     result = call(fake, forged(fake))
     assert result[:3] == (401, JSON, b'{"error":"user does not belong to the given client"}')
 
@@ -253,7 +253,7 @@ def test_issue_token_for_unregistered_client_is_refused(fake: FakePlurality) -> 
         fake.issue_token(client_id="nobody")
 
 
-def test_row8_server_fault(fake: FakePlurality) -> None:
+def test_server_fault(fake: FakePlurality) -> None:
     fake.fail_next(500)
     result = call(fake, fake.issue_token())
     assert result[:3] == (

@@ -1,4 +1,4 @@
-"""UPSTREAM.md's response table, row by row, as ``plurality.validate(token)`` sees it.
+"""Plurality's response table (docs/plurality-api.rst), answer by answer, as ``plurality.validate(token)`` sees it.
 
 Rows the stand-in can produce are driven through it (over real HTTP). Rows 1 and 3
 cannot be provoked by our own client (it always sends the token and a Basic header),
@@ -151,10 +151,10 @@ def test_validate_sends_basic_auth_and_a_json_body(make_app: AppFactory, fake: F
     assert json.loads(received["body"]) == {"token": token}
 
 
-# -- row 1: Token is missing -----------------------------------------------------------
+# -- Token is missing -----------------------------------------------------------
 
 
-def test_row1_token_missing_is_not_blamed_on_the_user(
+def test_token_missing_is_not_blamed_on_the_user(
     make_app: AppFactory, fake: FakePlurality, canned: Canned, caplog: pytest.LogCaptureFixture
 ) -> None:
     """We always send the token; if Plurality did not get it (a proxy dropping a GET
@@ -171,10 +171,10 @@ def test_row1_token_missing_is_not_blamed_on_the_user(
     assert any(r.levelno == logging.ERROR and "POST" in r.getMessage() for r in caplog.records)
 
 
-# -- row 2: Invalid token --------------------------------------------------------------
+# -- Invalid token --------------------------------------------------------------
 
 
-def test_row2_revoked_token(app: Flask, fake: FakePlurality) -> None:
+def test_invalid_token_revoked(app: Flask, fake: FakePlurality) -> None:
     token = fake.issue_token()
     fake.revoke(token)
     exc = refusal(app, token)
@@ -183,7 +183,7 @@ def test_row2_revoked_token(app: Flask, fake: FakePlurality) -> None:
     assert [c.outcome for c in fake.calls] == [403]
 
 
-def test_row2_bad_signature(app: Flask, fake: FakePlurality) -> None:
+def test_invalid_token_bad_signature(app: Flask, fake: FakePlurality) -> None:
     with FakePlurality() as other:
         token = other.issue_token()
     exc = refusal(app, token)
@@ -191,15 +191,15 @@ def test_row2_bad_signature(app: Flask, fake: FakePlurality) -> None:
     assert [c.outcome for c in fake.calls] == [403]
 
 
-def test_row2_verbatim_from_a_server(make_app: AppFactory, fake: FakePlurality, canned: Canned) -> None:
+def test_invalid_token_verbatim_from_a_server(make_app: AppFactory, fake: FakePlurality, canned: Canned) -> None:
     exc = refusal(make_app(PLURALITY_API_URL=canned(403, "Invalid token", TEXT)), fake.issue_token())
     assert type(exc) is InvalidToken
 
 
-# -- rows 3-6: our credentials ---------------------------------------------------------
+# -- our credentials ---------------------------------------------------------
 
 
-def test_row3_no_basic_header(
+def test_no_basic_header(
     make_app: AppFactory, fake: FakePlurality, canned: Canned, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = canned(401, '{"message":"Unauthorized"}')
@@ -225,7 +225,7 @@ def test_an_empty_credential_is_never_sent(make_app: AppFactory, fake: FakePlura
     assert fake.calls == []
 
 
-def test_row5_unknown_client_id(make_app: AppFactory, fake: FakePlurality, caplog: pytest.LogCaptureFixture) -> None:
+def test_unknown_client_id(make_app: AppFactory, fake: FakePlurality, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR)
     exc = refusal(make_app(PLURALITY_CLIENT_ID="nobody"), fake.issue_token())
     assert type(exc) is CredentialsRejected
@@ -234,7 +234,7 @@ def test_row5_unknown_client_id(make_app: AppFactory, fake: FakePlurality, caplo
     assert [(c.client_id, c.outcome) for c in fake.calls] == [("nobody", 401)]
 
 
-def test_row6_wrong_secret(make_app: AppFactory, fake: FakePlurality, caplog: pytest.LogCaptureFixture) -> None:
+def test_wrong_secret(make_app: AppFactory, fake: FakePlurality, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     secret = "this-is-the-wrong-secret"
     token = fake.issue_token()
@@ -258,10 +258,10 @@ def test_credentials_rejected_is_not_cached_against_the_token(make_app: AppFacto
     assert len(fake.calls) == 2
 
 
-# -- row 7: another client's user ------------------------------------------------------
+# -- another client's user ------------------------------------------------------
 
 
-def test_row7_token_for_another_client(app: Flask, fake: FakePlurality) -> None:
+def test_token_for_another_client(app: Flask, fake: FakePlurality) -> None:
     fake.add_client("other-app", "other-secret")
     exc = refusal(app, fake.issue_token(client_id="other-app"))
     assert type(exc) is InvalidToken
@@ -269,13 +269,13 @@ def test_row7_token_for_another_client(app: Flask, fake: FakePlurality) -> None:
     assert [c.outcome for c in fake.calls] == [401]
 
 
-def test_row7_verified_by_the_other_app_works(make_app: AppFactory, fake: FakePlurality) -> None:
+def test_token_verified_by_its_own_app_works(make_app: AppFactory, fake: FakePlurality) -> None:
     fake.add_client("other-app", "other-secret")
     app = make_app(PLURALITY_CLIENT_ID="other-app", PLURALITY_CLIENT_SECRET="other-secret")
     assert validate(app, fake.issue_token(user_id="u-7", client_id="other-app")).id == "u-7"
 
 
-# -- row 8 and what proxies answer -----------------------------------------------------
+# -- server faults and what proxies answer -----------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -290,7 +290,7 @@ def test_row7_verified_by_the_other_app_works(make_app: AppFactory, fake: FakePl
         (429, None, "rate_limited"),
     ],
 )
-def test_row8_and_proxy_errors(
+def test_server_fault_and_proxy_errors(
     app: Flask, fake: FakePlurality, status: int, retry_after: int | None, reason: str
 ) -> None:
     fake.fail_next(status, retry_after=retry_after)

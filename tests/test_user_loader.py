@@ -1,4 +1,4 @@
-"""SPEC section 9: the app's own users (``user_loader``, ``current_user``) and who may
+"""The app's own users (``user_loader``, ``current_user``) and who may
 enter (``before_login``, ``allow=``), through real logins against the stand-in."""
 
 from __future__ import annotations
