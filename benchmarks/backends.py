@@ -188,7 +188,8 @@ def _specs(families: list[str]) -> Iterator[dict[str, dict[str, Any]]]:
     sys.path.insert(0, str(TESTS))
     import backends as b
 
-    work = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp/plurality-test" if Path("/tmp/plurality-test").is_dir() else None))
+    shared_tmp = Path("/tmp/plurality-test")  # where tests/backends.py keeps its sockets, if it ran
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=shared_tmp if shared_tmp.is_dir() else None))
     servers: list[Any] = []
     specs: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:

@@ -62,7 +62,8 @@ def test_check_without_token_proves_route_and_method_only(app: Flask, fake: Fake
     assert result.exit_code == ExitCode.NOT_CHECKED == 3
     assert last_line(result) == REACHABLE
     [call] = fake.calls
-    # A junk token Plurality refuses before looking at the credentials (the response table's order, docs/plurality-api.rst).
+    # A junk token Plurality refuses before looking at the credentials (the order of
+    # docs/plurality-api.rst's response table).
     assert (call.method, call.outcome) == ("POST", 403)
     assert call.token is not None and jwt.get_unverified_header(call.token)["alg"] == "HS256"
     assert jwt.decode(call.token, options={"verify_signature": False})["exp"] > time.time()
