@@ -33,9 +33,15 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
 
-from flask_plurality import ConfigurationError, Plurality, current_profile, plurality_required
-from flask_plurality.config import DEFAULTS, fake_mode
-from flask_plurality.security import safe_next
+from flask_plurality import (
+    SETTINGS,
+    ConfigurationError,
+    Plurality,
+    current_profile,
+    fake_mode,
+    plurality_required,
+    safe_next,
+)
 
 from .members import init_members
 
@@ -92,7 +98,7 @@ def _plurality_settings(env_file: Path | None) -> dict[str, Any]:
     raw = read_env_file(env_file) if env_file is not None else {}
     raw.update(os.environ)
     settings: dict[str, Any] = {}
-    for key in DEFAULTS:
+    for key in SETTINGS:
         if raw.get(key):
             try:
                 settings[key] = json.loads(raw[key])
@@ -136,7 +142,7 @@ def create_app(
             DASHBOARD,
             ENV_FILE,
         )
-    app.config["DEMO_MODE"] = demo
+    app.config["DEMO_MODE"] = plurality.demo_mode(app)
     _register_routes(app)
     return app
 

@@ -85,7 +85,11 @@ def flag(value: Any, key: str) -> bool:
 
 
 def fake_mode(value: Any) -> bool | str:
-    """``PLURALITY_FAKE``: off, on, or ``"force"`` (any case)."""
+    """What a ``PLURALITY_FAKE`` value asks for: ``False``, ``True`` or ``"force"``.
+
+    Read as ``init_app`` reads it (``"off"``, ``"no"``, ``"0"`` are off, any case); a value
+    that is none of these raises :class:`ConfigurationError`. Public, for an app that
+    decides on demo mode itself before ``init_app`` (the sample app does)."""
     if isinstance(value, str) and value.strip().lower() == "force":
         return "force"
     return flag(value, "PLURALITY_FAKE")

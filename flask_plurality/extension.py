@@ -30,7 +30,7 @@ from .responses import json_error
 from .revocation import revoke
 from .security import warn_insecure_transport
 from .sessions import setup_sessions
-from .state import EXTENSION_KEY, STATE_KEY, AppState
+from .state import EXTENSION_KEY, STATE_KEY, AppState, get_state
 from .stores import check_session_client
 from .tokens import read_claims
 from .views import blueprint
@@ -164,6 +164,11 @@ class Plurality:
         login = end_login()
         other_logins.forget_other_logins()
         signals.logged_out.send(current_app._get_current_object(), profile=login.profile if login else None)  # type: ignore[attr-defined]
+
+    def demo_mode(self, app: Flask | None = None) -> bool:
+        """Is ``app`` (default: the current app) running against the built-in stand-in
+        (``PLURALITY_FAKE``), so that its logins are minted locally, not by Plurality?"""
+        return get_state(app).fake is not None
 
     def regenerate_session(self) -> None:
         """Give the current request's session a new id, deleting the old id's stored entry.

@@ -54,7 +54,10 @@ def origin_allowed(trusted: frozenset[str]) -> bool:
 
 
 def safe_next(value: str | None) -> str | None:
-    """A redirect target that stays on this site: a path, nothing else."""
+    """``value`` if it is a redirect target that stays on this site (a path, nothing
+    else: no scheme, no host, no ``//`` or ``\\`` tricks, even percent-encoded), else
+    ``None``. What ``/plurality/login`` does with ``next``; public for an app's own
+    login pages."""
     if not value or len(value) > 2048:
         return None
     decoded = value

@@ -23,6 +23,7 @@ from flask_plurality import (
     PluralityError,
     Profile,
     UpstreamUnavailable,
+    get_extension,
     signals,
 )
 from flask_plurality.testing import FakePlurality
@@ -63,6 +64,34 @@ def test_public_api() -> None:
         assert is_kind(getattr(flask_plurality, name)), (name, getattr(flask_plurality, name))
     for name in ("logged_in", "logged_out", "login_failed", "revalidated", "revalidation_failed"):
         assert isinstance(getattr(signals, name), Signal), name
+
+
+def test_the_helpers_for_an_apps_own_pages(make_app: AppFactory, tmp_path: Any) -> None:
+    """What an app's own login pages and settings code may use instead of internals."""
+    assert flask_plurality.safe_next("/profile?tab=wallet") == "/profile?tab=wallet"
+    for outside in ("https://evil.example/", "//evil.example", "/\\evil.example", "/%2F%2Fevil.example", None, ""):
+        assert flask_plurality.safe_next(outside) is None, outside
+    assert [flask_plurality.fake_mode(v) for v in (True, "on", "FORCE", "off", 0)] == [
+        True,
+        True,
+        "force",
+        False,
+        False,
+    ]
+    with pytest.raises(ConfigurationError, match="PLURALITY_FAKE"):
+        flask_plurality.fake_mode("maybe")
+    assert "PLURALITY_REVALIDATE" in flask_plurality.SETTINGS
+    flask_plurality.SETTINGS["PLURALITY_TIMEOUT"] = 99  # a copy: the defaults do not change
+    assert make_app().config["PLURALITY_TIMEOUT"] != 99
+    flask_plurality.SETTINGS["PLURALITY_TIMEOUT"] = 5.0
+    real = make_app()
+    assert get_extension(real).demo_mode(real) is False
+    demo = Flask("demo", instance_path=str(tmp_path))
+    demo.config.update(TESTING=True, PLURALITY_FAKE=True)
+    plurality = flask_plurality.Plurality(demo)
+    assert plurality.demo_mode(demo) is True
+    with demo.app_context():
+        assert plurality.demo_mode() is True
 
 
 def test_error_hierarchy() -> None:

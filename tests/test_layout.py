@@ -136,3 +136,66 @@ def test_bearer_reaches_few_modules() -> None:
     imported = graph.find_modules_directly_imported_by("flask_plurality.bearer")
     assert len(imported) <= 6, sorted(imported)
     assert {"flask_plurality.throttle", "flask_plurality.revocation"} <= imported
+
+
+def _contract_modules(contract: str) -> set[str]:
+    """The modules an ``.importlinter`` contract lists (its ``layers`` or ``source_modules``)."""
+    import configparser
+    import re
+
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / ".importlinter")
+    section = parser[f"importlinter:contract:{contract}"]
+    listed = section.get("layers") or section.get("source_modules") or ""
+    return set(re.findall(r"flask_plurality(?:\.\w+)+", listed))
+
+
+def _package_modules() -> set[str]:
+    """Every module of the package, a subpackage counting as one (its own contract lists its parts)."""
+    names = set()
+    for path in (ROOT / "flask_plurality").iterdir():
+        if path.suffix == ".py" and path.stem != "__init__":
+            names.add(f"flask_plurality.{path.stem}")
+        elif path.is_dir() and (path / "__init__.py").is_file():
+            names.add(f"flask_plurality.{path.name}")
+    return names
+
+
+def test_every_module_has_a_layer() -> None:
+    """A module left out of the layers is held by no "imports only below" rule."""
+    assert _package_modules() - _contract_modules("layers") == set()
+    assert _contract_modules("layers") - _package_modules() == set()  # nor a layer for a module that is gone
+
+
+def test_the_module_map_lists_every_module() -> None:
+    """CONTRIBUTING.rst's module map names each module once, so a newcomer finds everything."""
+    contributing = (ROOT / "CONTRIBUTING.rst").read_text()
+    start = contributing.index("The module map")
+    section = contributing[start : contributing.index("Running the tests", start)]
+    missing = [name for name in sorted(_package_modules()) if f"``{name.split('.', 1)[1]}" not in section]
+    assert missing == []
+
+
+#: What users may import: the package, and the modules docs/api.rst names as public.
+PUBLIC_MODULES = {
+    "flask_plurality",
+    "flask_plurality.signals",
+    "flask_plurality.testing",
+    "flask_plurality.pytest_plugin",
+    "flask_plurality.metrics",
+    "flask_plurality.openapi",
+}
+
+
+def test_the_sample_app_and_the_docs_import_only_the_public_api() -> None:
+    """What the sample app and the docs show is what users copy: no internal module."""
+    import re
+
+    sources = [*sorted((ROOT / "examples").rglob("*.py")), ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst"))]
+    found = {
+        (path.relative_to(ROOT).as_posix(), name)
+        for path in sources
+        for name in re.findall(r"(?:from|import)\s+(flask_plurality(?:\.\w+)*)", path.read_text())
+    }
+    assert {(where, name) for where, name in found if name not in PUBLIC_MODULES} == set()
+    assert ("examples/app.py", "flask_plurality") in found  # the search sees what it is for
