@@ -40,7 +40,7 @@ from typing import Any, Final, NamedTuple, TypeVar, cast
 from flask import Flask, current_app
 
 from . import signals
-from .client import PluralityClient, Upstream, outcome_of
+from .client import PluralityClient, Upstream, observe
 from .config import ConfigView, config
 from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .profile import Profile
@@ -110,22 +110,13 @@ def _served(produce: F) -> F:
     a "no", from the cache or not, or an outage); a failure that is no answer at all
     (the store down, no credentials) is not one."""
 
+    def served(outcome: str, reason: str | None, cached: bool) -> None:
+        if outcome != "error":
+            signals.answer_served.send(current_app._get_current_object(), cached=cached, outcome=outcome)  # type: ignore[attr-defined]
+
     @wraps(produce)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        error: BaseException | None = None
-        cached = False
-        try:
-            answer = produce(*args, **kwargs)
-            cached = bool(getattr(answer, "cached", False))
-            return answer
-        except BaseException as exc:
-            error = exc
-            cached = bool(getattr(exc, "cached", False))
-            raise
-        finally:
-            outcome, _ = outcome_of(error)
-            if outcome != "error":
-                signals.answer_served.send(current_app._get_current_object(), cached=cached, outcome=outcome)  # type: ignore[attr-defined]
+        return observe(lambda: produce(*args, **kwargs), served)
 
     return cast(F, wrapper)
 

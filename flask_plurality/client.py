@@ -21,9 +21,9 @@ import math
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from flask import current_app, has_app_context
 from urllib3.exceptions import InvalidHeader
@@ -36,6 +36,8 @@ from .exceptions import CredentialsRejected, InvalidToken, PluralityError, Upstr
 from .transport import Reply, exchange, pooled_session
 
 log = logging.getLogger("flask_plurality")
+
+T = TypeVar("T")
 
 VALIDATE_PATH: Final = "/user/validate"
 #: Longest we honour a ``Retry-After``; a proxy's "come back tomorrow" is not obeyed.
@@ -111,6 +113,26 @@ def outcome_of(exc: BaseException | None) -> tuple[str, str | None]:
     if isinstance(exc, UpstreamUnavailable):
         return "unavailable", exc.reason
     return "error", exc.reason if isinstance(exc, PluralityError) else "error"
+
+
+def observe(produce: Callable[[], T], done: Callable[[str, str | None, bool], None]) -> T:
+    """Run ``produce`` (an answer about a token) and tell ``done`` its outcome, its reason
+    and whether it came from the answer cache, whether it returned or raised: what the
+    ``answer_served`` signal and the tracing span both report. ``cached``: a true
+    ``.cached`` on the answer, or on the exception (a refusal the cache remembered)."""
+    error: BaseException | None = None
+    cached = False
+    try:
+        answer = produce()
+        cached = bool(getattr(answer, "cached", False))
+        return answer
+    except BaseException as exc:
+        error = exc
+        cached = bool(getattr(exc, "cached", False))
+        raise
+    finally:
+        outcome, reason = outcome_of(error)
+        done(outcome, reason, cached)
 
 
 class PluralityClient:

@@ -29,7 +29,7 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from urllib.parse import urlsplit
 
-from .client import outcome_of
+from .client import observe
 from .config import config
 from .metrics import reason_label
 
@@ -105,21 +105,13 @@ def observed_answer(produce: F) -> F:
             set_status_on_exception=False,
         )
         span = span_context.__enter__()
-        error: BaseException | None = None
-        cached = False
-        try:
-            answer = produce(*args, **kwargs)
-            cached = bool(getattr(answer, "cached", False))
-            return answer
-        except BaseException as exc:
-            error = exc
-            cached = bool(getattr(exc, "cached", False))
-            raise
-        finally:
+
+        def done(outcome: str, reason: str | None, cached: bool) -> None:
             _current.reset(reset)
-            outcome, reason = outcome_of(error)
             _finish(span, call, outcome, reason, cached)
             span_context.__exit__(None, None, None)
+
+        return observe(lambda: produce(*args, **kwargs), done)
 
     return cast(F, wrapper)
 
