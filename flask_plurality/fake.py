@@ -461,16 +461,13 @@ class FakePlurality:
             if self._server is not None:
                 return self
             self._stopping.clear()
-            server = make_server(
-                self.host,
-                self.port,
-                self._wsgi,
-                threaded=True,
-                request_handler=_QuietHandler,
-            )
-            thread = self._serve(server)
+            thread = self._serve(self._make_server(self.port))
         thread.start()
         return self
+
+    def _make_server(self, port: int, fd: int | None = None) -> BaseWSGIServer:
+        """The stand-in's HTTP server on ``port`` (on the listening socket ``fd``, if given)."""
+        return make_server(self.host, port, self._wsgi, threaded=True, request_handler=_QuietHandler, fd=fd)
 
     def _serve(self, server: BaseWSGIServer) -> threading.Thread:
         """Make ``server`` this process's; the thread that will serve it (not started)."""
@@ -497,14 +494,7 @@ class FakePlurality:
         inherited = self._server
         if inherited is None or not self._book.shared:
             return
-        server = make_server(
-            self.host,
-            inherited.port,
-            self._wsgi,
-            threaded=True,
-            request_handler=_QuietHandler,
-            fd=inherited.fileno(),  # a duplicate of the listening socket; the copy is closed
-        )
+        server = self._make_server(inherited.port, fd=inherited.fileno())  # a duplicate: the copy is closed
         inherited.socket.close()
         self._serve(server).start()
 
