@@ -387,3 +387,44 @@ def all_at_once(count: int, send: Callable[[int], Any]) -> list[Any]:
         thread.join()
     assert all(result is not None for result in results), "a request raised instead of answering"
     return results
+
+
+def login_over_http(http: requests.Session, base: str, token: str) -> str:
+    """Log in through a real server at ``base`` (as the page on that origin would):
+    the new session's cookie."""
+    response = http.post(f"{base}/plurality/login", json={"token": token}, headers={"Origin": base}, timeout=10)
+    assert response.status_code == 200, response.text
+    cookie = response.cookies.get("session")
+    assert cookie
+    return str(cookie)
+
+
+def flask_command(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The real ``flask`` command in ``cwd``, with none of our PLURALITY_/FLASK_ variables
+    (``env`` adds some, ``FLASK_APP`` included) and this checkout's package first."""
+    root = Path(__file__).resolve().parents[1]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PLURALITY_", "FLASK_"))}
+    clean["PYTHONPATH"] = os.pathsep.join([str(root), clean.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return subprocess.run(
+        [sys.executable, "-m", "flask", *args],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def run_benchmark(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks ...`` from the repository's root, its output captured."""
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=False,
+    )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 import requests.adapters
-from helpers import SAME_ORIGIN, error_of, logged_in_on_two, login
+from helpers import SAME_ORIGIN, error_of, logged_in_on_two, login, login_over_http
 
 from flask_plurality.testing import FakePlurality
 
@@ -78,20 +78,12 @@ def _in_threads(jobs: list[Callable[[], Any]]) -> list[Any]:
     return results
 
 
-def _login_over_http(http: requests.Session, base: str, token: str) -> str:
-    response = http.post(f"{base}/plurality/login", json={"token": token}, headers={"Origin": base}, timeout=10)
-    assert response.status_code == 200, response.text
-    cookie = response.cookies.get("session")
-    assert cookie
-    return str(cookie)
-
-
 def _race_round(
     http: requests.Session, a: str, b: str, fake: FakePlurality, where: Path, round_: int
 ) -> tuple[list[str], list[int]]:
     """One round of BATCH races: (the sessions' cookies, the held requests' statuses)."""
     racing = round_ % 2 == 1
-    cookies = _in_threads([partial(_login_over_http, http, a, fake.issue_token()) for _ in range(BATCH)])
+    cookies = _in_threads([partial(login_over_http, http, a, fake.issue_token()) for _ in range(BATCH)])
     release = where / f"release-{round_}"
     entered = [where / f"entered-{round_}-{n}" for n in range(BATCH)]
 
@@ -192,8 +184,8 @@ def test_revoke_user_takes_effect_on_every_process(backend: Backend, fake: FakeP
     http = requests.Session()
     http.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
     with app_servers([backend.server_options(), backend.server_options()]) as (a, b):
-        cookie = _login_over_http(http, a, fake.issue_token(user_id=user))
-        other = _login_over_http(http, a, fake.issue_token(user_id="someone-else"))
+        cookie = login_over_http(http, a, fake.issue_token(user_id=user))
+        other = login_over_http(http, a, fake.issue_token(user_id="someone-else"))
         for base in (a, b):
             assert http.get(f"{base}/protected", cookies={"session": cookie}, timeout=10).status_code == 200
         app = backend.make_app()  # a third process's view of the store: where the admin runs it
@@ -202,7 +194,7 @@ def test_revoke_user_takes_effect_on_every_process(backend: Backend, fake: FakeP
         for base in (b, a):
             assert http.get(f"{base}/protected", cookies={"session": cookie}, timeout=10).status_code == 401
             assert http.get(f"{base}/protected", cookies={"session": other}, timeout=10).status_code == 200
-        again = _login_over_http(http, b, fake.issue_token(user_id=user))  # a later login works, everywhere
+        again = login_over_http(http, b, fake.issue_token(user_id=user))  # a later login works, everywhere
         for base in (a, b):
             assert http.get(f"{base}/protected", cookies={"session": again}, timeout=10).status_code == 200
     http.close()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_benchmark
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # valgrind: minutes, not seconds
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,14 +27,7 @@ def test_quick_instruction_count_prints_every_row() -> None:
         from benchmarks.app import ROWS
     finally:
         sys.path.remove(str(ROOT))
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--instructions", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    done = run_benchmark("benchmarks", "--instructions", "--quick", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     stores = ["cachelib"] + (["redis"] if shutil.which("redis-server") else [])

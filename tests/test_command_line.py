@@ -5,15 +5,12 @@ in demo mode says why a token from another process is refused.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import click
 import pytest
 from flask import Flask
-from helpers import stand_in_of
+from helpers import flask_command, stand_in_of
 
 from flask_plurality import ConfigurationError, Plurality
 from flask_plurality.testing import FakePlurality
@@ -31,19 +28,6 @@ def create_app():
     Plurality(app)
     return app
 """
-
-
-def flask_command(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PLURALITY_", "FLASK_"))}
-    clean["PYTHONPATH"] = os.pathsep.join([str(ROOT), clean.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.run(
-        [sys.executable, "-m", "flask", *args],
-        cwd=cwd,
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture

@@ -41,6 +41,14 @@ def workers(
     return make_app(**shared, **config), make_app(**shared, **config)
 
 
+@pytest.fixture
+def revalidating(
+    make_app: AppFactory, backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[Flask, Flask]:
+    """Two workers sharing ``backend`` that ask Plurality again about sessions older than 600 s."""
+    return workers(make_app, backend, request, tmp_path, PLURALITY_REVALIDATE=600)
+
+
 def stale_sessions(app: Flask, token: str, count: int) -> list[str]:
     """``count`` browsers logged in with ``token``, each due for revalidation: their cookies."""
     cookies = []
@@ -72,10 +80,8 @@ def burst(urls: list[str], cookies: list[str], per_url: int, path: str = "/prote
 
 
 @BACKENDS
-def test_a_burst_on_two_workers_makes_one_upstream_call(
-    make_app: AppFactory, fake: FakePlurality, backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    worker_a, worker_b = workers(make_app, backend, request, tmp_path, PLURALITY_REVALIDATE=600)
+def test_a_burst_on_two_workers_makes_one_upstream_call(revalidating: tuple[Flask, Flask], fake: FakePlurality) -> None:
+    worker_a, worker_b = revalidating
     token = fake.issue_token()
     cookies = stale_sessions(worker_a, token, 6)
     fake.reset_calls()
@@ -133,9 +139,9 @@ def test_when_the_asking_worker_times_out_the_others_follow_the_outage_policy(
 
 @BACKENDS
 def test_the_marker_names_a_hash_of_the_token_and_is_released(
-    make_app: AppFactory, fake: FakePlurality, backend: str, request: pytest.FixtureRequest, tmp_path: Path
+    revalidating: tuple[Flask, Flask], fake: FakePlurality, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    worker_a, _ = workers(make_app, backend, request, tmp_path, PLURALITY_REVALIDATE=600)
+    worker_a, _ = revalidating
     token = fake.issue_token()
     (cookie,) = stale_sessions(worker_a, token, 1)
     with worker_a.app_context():

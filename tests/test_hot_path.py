@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 from cachelib.file import FileSystemCache
 from flask import Flask, current_app, request, session
-from helpers import AppFactory, age_session, login
+from helpers import AppFactory, age_session, login, run_benchmark
 
 from flask_plurality import SessionStoreUnavailable, current_profile, logins
 from flask_plurality.flask_context import current_request, request_context, request_scope
@@ -277,14 +276,7 @@ def test_the_decorator_adds_no_store_round_trip_on_any_backend(tmp_path: Path) -
 
     if shutil.which("memcached") is None:
         unavailable("memcached", "not installed (Debian's memcached package)")
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.backends", "--round-trips", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=540,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    out = run_benchmark("benchmarks.backends", "--round-trips", "--json", timeout=540)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(result) == set(FAMILIES)

@@ -7,15 +7,12 @@ The real ``flask`` command line starts too (``flask --help``, ``flask plurality 
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
-from helpers import AppFactory, captured, error_of, login
+from helpers import AppFactory, captured, error_of, flask_command, login
 
 from flask_plurality import ConfigurationError, NotConfigured, Plurality, plurality_required, signals
 from flask_plurality.cli import ExitCode
@@ -215,25 +212,10 @@ Plurality(app)
 """
 
 
-def flask_command(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """The real ``flask`` command, with ``FLASK_APP``, and no PLURALITY_/FLASK_ variable of ours."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PLURALITY_", "FLASK_"))}
-    clean["PYTHONPATH"] = os.pathsep.join([str(ROOT), clean.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return subprocess.run(
-        [sys.executable, "-m", "flask", *args],
-        cwd=cwd,
-        env={**clean, "FLASK_APP": "app", **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("args", [["--help"], ["plurality", "--help"], ["routes"]])
 def test_the_flask_command_line_starts_without_credentials(tmp_path: Path, args: list[str]) -> None:
     (tmp_path / "app.py").write_text(APP)
-    result = flask_command(tmp_path, *args)
+    result = flask_command(tmp_path, *args, FLASK_APP="app")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert "plurality" in result.stdout  # the group is listed, or is what --help describes, or its routes
@@ -243,7 +225,11 @@ def test_the_flask_command_line_starts_without_credentials(tmp_path: Path, args:
 def test_the_real_check_command_names_the_key_from_the_environment(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(APP)
     result = flask_command(
-        tmp_path, "plurality", "check", FLASK_PLURALITY_CLIENT_ID="6ea8bf02-0000-4000-8000-000000000000"
+        tmp_path,
+        "plurality",
+        "check",
+        FLASK_APP="app",
+        FLASK_PLURALITY_CLIENT_ID="6ea8bf02-0000-4000-8000-000000000000",
     )
     assert result.returncode == 9, result.stdout + result.stderr
     assert "not configured: PLURALITY_CLIENT_SECRET is not set" in result.stdout

@@ -123,9 +123,9 @@ def test_the_plugin_on_the_command_line(pytester: pytest.Pytester) -> None:
 
 # -- the fixtures, from a user's project ---------------------------------------------------
 
-PLUGIN_TESTS = """
+#: The fixture a user's project writes first: its app, with the plugin's settings.
+APP_FIXTURE = """
 import pytest
-import requests
 from flask_plurality.testing import FakePlurality, PluralityTestClient
 
 from app import create_app
@@ -136,6 +136,12 @@ def app(plurality_config):
     app = create_app({"TESTING": True, **plurality_config})
     app.test_client_class = PluralityTestClient
     return app
+"""
+
+PLUGIN_TESTS = (
+    APP_FIXTURE
+    + """
+import requests
 
 
 def test_fixture_is_a_running_stand_in(plurality_fake, plurality_config):
@@ -177,6 +183,7 @@ def test_a_failed_login_fails_the_test_with_the_apps_answer(app, plurality_fake)
     plurality_fake.fail_next(503)
     app.test_client().login_as(email="ada@example.com")
 """
+)
 
 
 def test_fixtures_in_a_users_project(pytester: pytest.Pytester) -> None:
@@ -188,18 +195,9 @@ def test_fixtures_in_a_users_project(pytester: pytest.Pytester) -> None:
     )
 
 
-ISOLATION_TESTS = """
-import pytest
-from flask_plurality.testing import PluralityTestClient
-
-from app import create_app
-
-
-@pytest.fixture
-def app(plurality_config):
-    app = create_app({"TESTING": True, **plurality_config})
-    app.test_client_class = PluralityTestClient
-    return app
+ISOLATION_TESTS = (
+    APP_FIXTURE
+    + """
 
 
 def junk_logins(client, times):
@@ -221,6 +219,7 @@ def test_a_login_after_the_throttled_test(app):
     client.login_as(email="ada@example.com")
     assert client.get("/dashboard").status_code == 200
 """
+)
 
 
 def test_no_state_crosses_tests_or_runs(pytester: pytest.Pytester) -> None:

@@ -38,12 +38,8 @@ def held(make_app: AppFactory) -> Iterator[Flask]:
             "user": current_user._get_current_object(),
         }
 
-    context = app.app_context()
-    context.push()
-    try:
+    with app.app_context():  # held across the test's requests, as a setUp() holds it
         yield app
-    finally:
-        context.pop()
 
 
 def test_a_held_app_context_shares_no_visitor_between_clients(held: Flask, fake: FakePlurality) -> None:
@@ -144,12 +140,8 @@ def recipe(fake: FakePlurality, tmp_path: Path) -> Iterator[Flask]:
         | config_for(fake)
     )
     app.test_client_class = PluralityTestClient
-    context = app.app_context()
-    context.push()
-    try:
+    with app.app_context():  # held across the test's requests, as a setUp() holds it
         yield app
-    finally:
-        context.pop()
 
 
 def test_plurality_test_clients_never_share_the_apps_g(recipe: Flask, fake: FakePlurality) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 import requests.adapters
-from helpers import SAME_ORIGIN, all_at_once, logged_in_on_two, login
+from helpers import SAME_ORIGIN, all_at_once, logged_in_on_two, login, login_over_http
 
 from flask_plurality.testing import FakePlurality, live_server
 
@@ -55,14 +55,6 @@ def _http(pool: int) -> requests.Session:
     return http
 
 
-def _login(http: requests.Session, base: str, token: str) -> str:
-    response = http.post(f"{base}/plurality/login", json={"token": token}, headers={"Origin": base}, timeout=10)
-    assert response.status_code == 200, response.text
-    cookie = response.cookies.get("session")
-    assert cookie
-    return str(cookie)
-
-
 def test_logout_is_final_against_requests_in_flight(
     option_backend: OptionBackend, fake: FakePlurality, tmp_path: Path
 ) -> None:
@@ -76,7 +68,7 @@ def test_logout_is_final_against_requests_in_flight(
     held_statuses: Counter[int] = Counter()
     with live_server(a_app) as a, live_server(b_app) as b:
         for round_ in range(2):
-            cookies = all_at_once(BATCH, lambda _n: _login(http, a, fake.issue_token()))
+            cookies = all_at_once(BATCH, lambda _n: login_over_http(http, a, fake.issue_token()))
             release, entered = tmp_path / f"release-{round_}", [tmp_path / f"in-{round_}-{n}" for n in range(BATCH)]
 
             def held(
