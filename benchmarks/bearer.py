@@ -232,9 +232,11 @@ def _prepare(store: str, fake: FakePlurality, instance: str, redis_url: str) -> 
     if not status.startswith("200"):
         raise RuntimeError(f"login failed: {status} {body[:200]!r}")
     cookie = next(v.split(";", 1)[0] for k, v in headers if k.lower() == "set-cookie")
-    status, _, body = _call(app, _environ("/bench/setup", cookie=cookie, method="POST"))
+    status, headers, body = _call(app, _environ("/bench/setup", cookie=cookie, method="POST"))
     if not status.startswith("200"):
         raise RuntimeError(f"setup failed: {status} {body[:200]!r}")
+    # login_user gives the session a new id (no fixation): the cookie to use from now on.
+    cookie = next((v.split(";", 1)[0] for k, v in headers if k.lower() == "set-cookie"), cookie)
     status, _, body = _call(app, _environ("/bearer", token=token))
     if not status.startswith("200"):
         raise RuntimeError(f"bearer failed: {status} {body[:200]!r}")
