@@ -64,6 +64,8 @@ SUBSET = (
     "tests/test_cli.py",
     "tests/test_upstream.py",
     "tests/test_tracing.py",
+    "tests/test_sqlite_sessions.py",
+    "tests/test_other_logins.py",
     "tests/test_dependencies.py",
 )
 #: Shown in the table: the versions a combination really ran with.

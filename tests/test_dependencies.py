@@ -71,6 +71,7 @@ def test_no_development_tools_are_published() -> None:
         "metrics",
         "tracing",
         "testing",
+        "flask-login",
     }
     assert "entry-points" not in PROJECT  # the pytest plugin is opt-in: no pytest11 entry point
 

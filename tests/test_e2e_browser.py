@@ -30,7 +30,6 @@ if str(ROOT) not in sys.path:  # examples/ is not installed; it is imported from
 from helpers import CHROMIUM_ARGS, SAME_ORIGIN, chromium_or_skip, free_port  # noqa: E402
 
 from examples.app import WIDGET_SCRIPTS, create_app  # noqa: E402
-from flask_plurality import ConfigurationError  # noqa: E402
 from flask_plurality.testing import FakePlurality, live_server, shared_fake  # noqa: E402
 
 ARTIFACTS = ROOT / "artifacts"
@@ -164,8 +163,14 @@ def test_env_file_switches_to_real_mode(tmp_path: Path, monkeypatch: pytest.Monk
     only_id = tmp_path / "only-id.env"
     only_id.write_text("PLURALITY_CLIENT_ID=abc\n")
     monkeypatch.delenv("PLURALITY_CLIENT_ID")
-    with pytest.raises(ConfigurationError, match="PLURALITY_CLIENT_SECRET"):
-        create_app(env_file=only_id, instance_path=str(tmp_path / "i3"))
+    half = create_app(env_file=only_id, instance_path=str(tmp_path / "i3"))  # credentials are for logging in
+    assert half.config["DEMO_MODE"] is False  # a client id asks for real mode: no fake logins next to it
+    refused = half.test_client().post(
+        "/plurality/login", json={"token": "a.b.c"}, headers={"Origin": "http://localhost"}
+    )
+    assert refused.status_code == 503
+    assert refused.get_json()["error"] == "not_configured"
+    assert "PLURALITY_CLIENT_SECRET" in refused.get_json()["message"]
 
 
 @pytest.mark.slow

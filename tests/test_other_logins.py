@@ -58,7 +58,7 @@ def test_regenerate_session_gives_another_login_system_a_new_id(make_app: AppFac
     assert client.post("/own-login").status_code == 200
     assert sid(client) != planted
     assert stored_session(app, planted) is None
-    assert stored_session(app, sid(client)) == {"seen": True, "member": "m-1", "_permanent": True}
+    assert stored_session(app, sid(client)) == {"seen": True, "member": "m-1"}  # a browser-session cookie
 
 
 def test_regenerate_session_leaves_an_empty_session_and_needs_a_request(make_app: AppFactory) -> None:
@@ -184,4 +184,4 @@ def test_a_login_whose_old_id_cannot_be_deleted_is_refused_with_a_503(
     error_of(response, 503, "session_store_unavailable")
     assert "Set-Cookie" not in response.headers  # neither a session id nor a remember-me cookie
     proxy.restore()
-    assert stored_session(app, planted) == {"seen": True, "_permanent": True}  # not logged in
+    assert stored_session(app, planted) == {"seen": True}  # not logged in
