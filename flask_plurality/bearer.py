@@ -22,7 +22,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from . import throttle
 from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .logins import login_refusal
-from .responses import DEFAULT_RETRY_AFTER, INVALID_BEARER, json_error, store_unavailable
+from .responses import bearer_refused, store_unavailable, too_many_attempts, upstream_unavailable
 from .revocation import token_revoked
 
 if TYPE_CHECKING:
@@ -55,16 +55,16 @@ def authenticate(
     try:
         profile = _confirmed(extension, token, interval, app, cfg)
     except throttle.TooManyAttempts as exc:
-        return json_error(429, "too_many_attempts", retry_after=exc.retry_after)
+        return too_many_attempts(exc.retry_after)
     except InvalidToken as exc:
         log.info("Bearer token refused: %s", exc.reason)
-        return json_error(401, "invalid_token", headers=INVALID_BEARER)
+        return bearer_refused()
     except UpstreamUnavailable as exc:
-        return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
+        return upstream_unavailable(exc.retry_after)
     except SessionStoreUnavailable:
         return store_unavailable()
     if profile is None:
-        return json_error(401, "invalid_token", headers=INVALID_BEARER)
+        return bearer_refused()
     refusal = login_refusal(extension, profile)  # a gate must not be walked around through the API
     if refusal is not None:
         return refusal

@@ -80,6 +80,11 @@ def upstream_unavailable(retry_after: int | None = None) -> Response:
     return json_error(503, "upstream_unavailable", retry_after=retry_after or DEFAULT_RETRY_AFTER)
 
 
+def too_many_attempts(retry_after: int) -> Response:
+    """429 ``too_many_attempts``: the failed-login throttle refused, without asking Plurality."""
+    return json_error(429, "too_many_attempts", retry_after=retry_after)
+
+
 def login_required(extension: Plurality, challenge: dict[str, str] = CHALLENGE) -> BaseResponse:
     """The answer to a request that is not (or no longer) logged in: the app's
     ``unauthorized_handler``; else, for a browser asking for HTML, a redirect to

@@ -16,7 +16,15 @@ from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailab
 from .flask_context import request_context
 from .logins import check_login, login_refusal, start_login
 from .profile import Profile
-from .responses import CHALLENGE, DEFAULT_RETRY_AFTER, json_error, json_response, store_unavailable
+from .responses import (
+    CHALLENGE,
+    DEFAULT_RETRY_AFTER,
+    json_error,
+    json_response,
+    store_unavailable,
+    too_many_attempts,
+    upstream_unavailable,
+)
 from .security import origin_allowed, safe_next
 from .state import get_extension, get_state
 from .tokens import read_claims
@@ -132,7 +140,7 @@ def login() -> BaseResponse:
                 answer = extension.answers.lookup(token, claims["exp"])
         except throttle.TooManyAttempts as exc:
             _failed(exc.reason)
-            return json_error(429, "too_many_attempts", retry_after=exc.retry_after)
+            return too_many_attempts(exc.retry_after)
         except InvalidToken as exc:
             log.info("Plurality login refused: %s", exc.reason)
             _failed(exc.reason)  # stays counted
@@ -141,7 +149,7 @@ def login() -> BaseResponse:
             _failed(exc.reason)
             if not isinstance(exc, CredentialsRejected):
                 log.warning("Plurality login could not be checked: %s", exc.reason)
-            return json_error(503, "upstream_unavailable", retry_after=exc.retry_after or DEFAULT_RETRY_AFTER)
+            return upstream_unavailable(exc.retry_after)
         profile = Profile.from_upstream(answer.user, claims)
         refusal = login_refusal(extension, profile)
         if refusal is not None:
