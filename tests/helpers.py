@@ -350,7 +350,7 @@ def chromium_or_skip() -> str:
         try:
             import playwright.sync_api  # noqa: F401
         except ImportError:
-            reason = "Playwright's Python package is not installed (pip install -e '.[dev]')"
+            reason = "Playwright's Python package is not installed (python3 dev.py installs it: requirements/dev.txt)"
     if reason is not None:
         if os.environ.get("PLURALITY_REQUIRE_BROWSER"):
             pytest.fail(f"the browser test must run here (PLURALITY_REQUIRE_BROWSER): {reason}")
