@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import hashlib
 import logging
 import math
 import random
@@ -132,7 +134,7 @@ class AnswerCache:
         """The cached "yes" for ``token`` if younger than ``interval`` seconds, without
         asking anyone; raises :class:`InvalidToken` for a remembered "no". ``digest``:
         the token's :func:`.token_hash`, when the caller has it already."""
-        return _usable(get_store().get(key("answer", _name(token, digest))), interval)
+        return _usable(get_store().get(key("answer", answer_name(token, digest))), interval)
 
     def read(self, token: str, app: Flask, max_length: int) -> Seen:
         """The token's claims, from this process's memory or decoded (never verified: only
@@ -202,7 +204,7 @@ class AnswerCache:
         Raises :class:`InvalidToken` for a "no", :class:`UpstreamUnavailable` when
         there is no answer to be had.
         """
-        name = _name(token)
+        name = answer_name(token)
         answer_key = key("answer", name)
         store = get_store()
         since = time.time() - interval  # a "yes" asked after this is fresh enough for this request
@@ -245,9 +247,17 @@ class AnswerCache:
         return self._flight.do(flight, call, wait=upstream.timeout + 1)
 
 
-def _name(token: str, digest: str | None = None) -> str:
-    """The answer cache's name for ``token``: the client id and a hash, never the token."""
-    return f"{config.client_id}:{digest or token_hash(token)}"
+def answer_name(token: str, digest: str | None = None) -> str:
+    """The answer cache's name for ``token`` (in an app context): the client id, which
+    Plurality deployment answered (a stand-in and the real API share the demo client id),
+    and a hash of the token, never the token itself."""
+    return f"{config.client_id}:{_deployment(config.api_url)}:{digest or token_hash(token)}"
+
+
+@functools.lru_cache(maxsize=16)
+def _deployment(api_url: str) -> str:
+    """A short name for ``PLURALITY_API_URL`` in store keys."""
+    return hashlib.sha256(api_url.encode()).hexdigest()[:8]
 
 
 def _ask_once_across_processes(

@@ -24,6 +24,7 @@ from flask import Flask
 from helpers import AppFactory, age_session, all_at_once, captured, login
 
 from flask_plurality import signals
+from flask_plurality.answers import answer_name
 from flask_plurality.stores import FileStore, RedisStore, get_store
 from flask_plurality.testing import FakePlurality, live_server
 from flask_plurality.tokens import token_hash
@@ -146,7 +147,8 @@ def test_the_marker_names_a_hash_of_the_token_and_is_released(
     (cookie,) = stale_sessions(worker_a, token, 1)
     with worker_a.app_context():
         store = get_store()
-    marker = f"plurality:asking:{fake.client_id}:{token_hash(token)}"
+        marker = f"plurality:asking:{answer_name(token)}"
+    assert marker.startswith(f"plurality:asking:{fake.client_id}:") and marker.endswith(f":{token_hash(token)}")
     fake.latency = 0.5
     held: list[Any] = []
     with served(worker_a) as urls:
@@ -275,7 +277,7 @@ def test_a_waiter_judges_freshness_when_it_arrived_not_when_the_answer_lands(
     (cookie,) = stale_sessions(worker_a, token, 1)
     with worker_a.app_context():
         store = get_store()
-    lock = f"plurality:asking:{fake.client_id}:{token_hash(token)}"
+        lock = f"plurality:asking:{answer_name(token)}"
     fake.reset_calls()
     fake.latency = 1.5
     first: list[requests.Response] = []

@@ -21,6 +21,7 @@ from flask.testing import FlaskClient
 from helpers import AppFactory, age_session, captured, login, session_is_live, stored_login
 
 from flask_plurality import signals
+from flask_plurality.answers import answer_name
 from flask_plurality.testing import FakePlurality
 from flask_plurality.testing import live_server as serve
 from flask_plurality.tokens import token_hash
@@ -310,7 +311,14 @@ def test_logins_always_ask_and_a_yes_is_cached_only_with_an_interval(
     for _ in range(2):
         assert login(app.test_client(), token).status_code == 200
     assert len(fake.calls) == 2  # a login is always a fresh check
-    assert redis_client.get(f"plurality:answer:{fake.client_id}:{token_hash(token)}") is None  # not from logins
+    with app.app_context():
+        answer_key = f"plurality:answer:{answer_name(token)}"
+    assert redis_client.get(answer_key) is None  # not from logins
+    client = app.test_client()
+    assert login(client, token).status_code == 200
+    age_session(client, 601)
+    assert client.get("/protected").status_code == 200  # an interval revalidation writes it
+    assert redis_client.get(answer_key) is not None  # so the name above is the one used
 
 
 @BACKENDS
@@ -327,14 +335,16 @@ def test_store_keys_by_hash_never_by_token(
     assert client.get("/protected").status_code == 200  # writes a "yes"
     fake.revoke(refused)
     assert login(worker_a.test_client(), refused).status_code == 401  # writes a "no"
-    prefix = f"plurality:answer:{fake.client_id}:"
+    with worker_a.app_context():
+        answer_of = {t: f"plurality:answer:{answer_name(t)}" for t in (token, refused)}
+    assert all(name.endswith(token_hash(t)) for t, name in answer_of.items())
     sid = cookie_of(client)
 
     if backend == "redis":
         redis_client = request.getfixturevalue("redis_client")
         keys = [k.decode() for k in redis_client.keys("*")]
         assert not [k for k in keys if token in k or refused in k]
-        assert {prefix + token_hash(token), prefix + token_hash(refused)} <= set(keys)
+        assert set(answer_of.values()) <= set(keys)
         holding = [k for k in keys if token.encode() in (redis_client.get(k) or b"")]
         assert holding == [f"session:{sid}"]
         assert not [k for k in keys if refused.encode() in (redis_client.get(k) or b"")]
@@ -347,5 +357,5 @@ def test_store_keys_by_hash_never_by_token(
         assert len(holding) == 1  # the session file
         assert not [p for p in files if refused.encode() in p.read_bytes()]
         assert cache.get(f"session:{sid}")["_plurality"]["token"] == token
-        yes, no = cache.get(prefix + token_hash(token)), cache.get(prefix + token_hash(refused))
+        yes, no = cache.get(answer_of[token]), cache.get(answer_of[refused])
         assert yes["ok"] is True and no == {"ok": False, "reason": "rejected"}
