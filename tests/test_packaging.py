@@ -93,7 +93,7 @@ def test_wheel_metadata(dist: dict[str, Path]) -> None:
     assert all(url.startswith("https://") for url in urls.values())
     # The pytest plugin is opt-in (no pytest11 entry point); no development tools published.
     assert f"{info}/entry_points.txt" not in names
-    assert sorted(extras) == ["memcached", "metrics", "redis", "sqlalchemy", "testing", "tracing"]
+    assert sorted(extras) == ["flask-login", "memcached", "metrics", "redis", "sqlalchemy", "testing", "tracing"]
     requires = metadata.get_all("Requires-Dist", [])
     assert 'extra == "testing"' in " ".join(requires)
     assert not [r for r in requires if re.match(r"(sphinx|mypy|playwright|gevent|ruff|coverage)\b", r, re.I)]
