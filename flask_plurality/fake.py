@@ -466,8 +466,16 @@ class FakePlurality:
         return self
 
     def _make_server(self, port: int, fd: int | None = None) -> BaseWSGIServer:
-        """The stand-in's HTTP server on ``port`` (on the listening socket ``fd``, if given)."""
-        return make_server(self.host, port, self._wsgi, threaded=True, request_handler=_QuietHandler, fd=fd)
+        """The stand-in's HTTP server on ``port`` (on the listening socket ``fd``, if given).
+
+        The listening socket is non-blocking: after a fork, several processes wait on it,
+        and the one that is told a connection is there may find that another took it. A
+        blocking ``accept`` would then wait for the next connection, and ``stop()``
+        (``shutdown``) with it, for ever: a gunicorn ``--preload`` master that never
+        exits. Non-blocking, that ``accept`` fails at once and the loop goes on."""
+        server = make_server(self.host, port, self._wsgi, threaded=True, request_handler=_QuietHandler, fd=fd)
+        server.socket.setblocking(False)
+        return server
 
     def _serve(self, server: BaseWSGIServer) -> threading.Thread:
         """Make ``server`` this process's; the thread that will serve it (not started)."""
