@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 from flask import Flask, abort, request, session
-from flask_login import LoginManager, UserMixin, current_user, login_required, login_user
+from flask_login import LoginManager, UserMixin, current_user, login_required
 
 from flask_plurality import Plurality, current_profile, plurality_required
 
@@ -105,9 +105,16 @@ def create_app(
     @app.post("/bench/setup")
     @plurality_required
     def setup() -> dict[str, Any]:
-        """Make the one session every row reads: all three kinds of login in it."""
+        """Make the one session every row reads: all three kinds of login in it.
+
+        Flask-Login's keys are written as ``login_user`` writes them, not through it: its
+        signal would end the Plurality login (one identity per session), and each row
+        must find every kind of login in the same session, so that rows differ only in
+        their check."""
         session["user"] = current_profile.id
-        login_user(User(current_profile.id))
+        session["_user_id"] = current_profile.id
+        session["_fresh"] = True
+        session["_id"] = app.login_manager._session_identifier_generator()  # type: ignore[attr-defined]
         return {"sid": session.sid}  # type: ignore[attr-defined]
 
     @app.post("/naive/login")
