@@ -204,16 +204,6 @@ def _not_configured(exc: NotConfigured) -> Response:
     return json_error(503, "not_configured", message=str(exc))
 
 
-@blueprint.before_request
-def _login_needs_credentials() -> None:
-    """Refuse a login without credentials before anything else: the failed-login
-    throttle counts an attempt before asking Plurality, and this one is no attempt."""
-    if request.method == "POST" and request.endpoint == f"{blueprint.name}.login":
-        missing = missing_credentials(current_app.config)
-        if missing:
-            raise not_configured(missing)
-
-
 def _start_fake(app: Flask) -> FakePlurality:
     """PLURALITY_FAKE: point the app at the built-in stand-in, never silently in production."""
     if fake_mode(app.config["PLURALITY_FAKE"]) != "force" and not (app.debug or app.testing):

@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from werkzeug.wsgi import get_input_stream
 
 from . import signals, throttle
-from .config import config
+from .config import config, missing_credentials, not_configured
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .flask_context import request_context
 from .logins import check_login, login_refusal, start_login
@@ -122,6 +122,9 @@ def _not_cached(response: BaseResponse) -> BaseResponse:
 @blueprint.post("/login")
 def login() -> BaseResponse:
     extension = get_extension()
+    missing = missing_credentials(current_app.config)
+    if missing:  # before anything else: the throttle below counts attempts, and this is none
+        raise not_configured(missing)  # answered 503 not_configured by init_app's handler
     try:
         token, next_ = _read_post()
     except _Refused as refused:
