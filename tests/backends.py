@@ -39,9 +39,11 @@ from flask import Flask
 from flask_plurality.testing import FakePlurality, config_for
 
 HOST = "127.0.0.1"
-#: Every server gets a free port of the suite's range (27100-27199), so a benchmark run
-#: or a second test run on the same machine cannot collide with this one.
-_DYNAMIC = itertools.cycle(range(27100, 27200))
+#: Every server gets a free port of the suite's range (27100-27199, or the FIRST-LAST of
+#: PLURALITY_TEST_PORTS), so a benchmark run or a second test run on the same machine
+#: (given another range) cannot collide with this one.
+_FIRST, _LAST = (int(n) for n in os.environ.get("PLURALITY_TEST_PORTS", "27100-27199").split("-"))
+_DYNAMIC = itertools.cycle(range(_FIRST, _LAST + 1))
 _dynamic_lock = threading.Lock()
 REDIS_PASSWORD = "plurality-test-password"
 POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -65,7 +67,7 @@ def port_open(port: int, host: str = HOST) -> bool:
 def free_port() -> int:
     """A port of the suite's range that nothing listens on (and that binds now)."""
     with _dynamic_lock:
-        for _ in range(100):
+        for _ in range(_LAST - _FIRST + 1):
             port = next(_DYNAMIC)
             with socket.socket() as sock:
                 try:
@@ -73,7 +75,7 @@ def free_port() -> int:
                 except OSError:
                     continue
                 return port
-    raise RuntimeError("no free port left in 27100-27199")
+    raise RuntimeError(f"no free port left in {_FIRST}-{_LAST} (PLURALITY_TEST_PORTS)")
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
