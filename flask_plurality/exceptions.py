@@ -57,6 +57,14 @@ class InvalidToken(PluralityError):
     cached: bool = False
 
 
+class TokenRevoked(InvalidToken):
+    """The token was issued (by its ``iat``) before ``revoke_user`` was called for its user:
+    Plurality still accepts it, this app does not. ``/login`` answers 401 ``token_revoked``,
+    so that the page signs out of the widget and the user signs in afresh."""
+
+    reason = "revoked"
+
+
 class UpstreamUnavailable(PluralityError):
     """Plurality could not give an answer we can trust; the user is not to blame."""
 

@@ -40,6 +40,7 @@ REASONS: Final = frozenset(
         "rejected",
         "wrong_client",
         "invalid_token",
+        "revoked",
         # Plurality could not give an answer (UpstreamUnavailable)
         "timeout",
         "connection_error",

@@ -26,6 +26,10 @@ DEFAULT_RETRY_AFTER = 10
 _MESSAGES = {
     "invalid_request": "Send the Plurality token as JSON {\"token\": ...} or a form field 'token'.",
     "invalid_token": "The Plurality token is invalid or has expired. Sign in again.",
+    "token_revoked": (
+        "This sign-in was revoked, and the token was issued before that. Sign out of Plurality, "
+        "then sign in again."
+    ),
     "payload_too_large": "The request body is larger than 16 KiB.",
     "forbidden_origin": "This request did not come from a page this site trusts.",
     "too_many_attempts": "Too many failed sign-ins. Wait before trying again.",

@@ -12,8 +12,10 @@ upstream until its ``exp``. Two kinds of entries in the shared store do it here:
   revoked; while the epoch is unchanged, a protected request reads no stamp at all.
 
 Both checks are here, side by side: :func:`is_revoked` for a session, which remembers
-the stamp its login began under, and :func:`token_revoked` for a bearer token, which has
-no session to remember anything in and is judged by the time in the stamp instead.
+the stamp its login began under, and :func:`token_revoked` for a token, which has no
+session to remember anything in and is judged by the time in the stamp instead: a bearer
+token on every request, and the token posted to ``/login`` (:func:`refuse_revoked_token`),
+so that the token a revoked session was started with cannot start a new one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from flask.sessions import SessionMixin
 
 from . import signals
 from .config import config, flag
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, TokenRevoked
 from .flask_context import SESSION_KEY
 from .stores import get_store, key
 
@@ -137,6 +139,27 @@ class SeenToken(Protocol):
     epoch: str | None
 
 
+class _Unseen:
+    """A token nothing was remembered of: the one posted to ``/login``."""
+
+    __slots__ = ("claims", "epoch")
+
+    def __init__(self, claims: dict[str, Any]) -> None:
+        self.claims = claims
+        self.epoch: str | None = None
+
+
+def refuse_revoked_token(user_id: str, claims: dict[str, Any], app: Flask) -> None:
+    """``/login``'s check, by the rule of :func:`token_revoked`: raise
+    :class:`.TokenRevoked` for a token of ``user_id`` issued before its revocation.
+
+    ``claims`` are the token's, trusted because Plurality has just said yes to it.
+    While nobody was revoked (no epoch in the store) this is one read.
+    """
+    if token_revoked(user_id, _Unseen(claims), app):
+        raise TokenRevoked("The token was issued before its user was revoked.", reason="revoked")
+
+
 def token_revoked(user_id: str, token: SeenToken, app: Flask) -> bool:
     """Was ``revoke_user`` called for ``user_id`` at or after ``token`` was issued?
 
@@ -154,7 +177,7 @@ def token_revoked(user_id: str, token: SeenToken, app: Flask) -> bool:
     if stamp is not None:
         revoked_at, iat = _stamp_time(stamp), token.claims.get("iat")
         if revoked_at is None or not isinstance(iat, int | float) or isinstance(iat, bool) or iat <= revoked_at:
-            log.info("Refused a bearer token of revoked user %s", user_id)
+            log.info("Refused a token issued before user %s was revoked", user_id)
             return True
     token.epoch = epoch  # the stamp was read after the epoch: see is_revoked
     return False

@@ -12,7 +12,7 @@ from werkzeug.wsgi import get_input_stream
 
 from . import signals, throttle
 from .config import config, missing_credentials, not_configured
-from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
+from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, TokenRevoked, UpstreamUnavailable
 from .flask_context import request_context
 from .logins import check_login, login_refusal, start_login
 from .profile import Profile
@@ -25,6 +25,7 @@ from .responses import (
     too_many_attempts,
     upstream_unavailable,
 )
+from .revocation import refuse_revoked_token
 from .security import origin_allowed, safe_next
 from .state import get_extension, get_state
 from .tokens import read_claims
@@ -141,9 +142,16 @@ def login() -> BaseResponse:
             with throttle.attempt(token):
                 claims = read_claims(token, max_length=config.max_token_length)
                 answer = extension.answers.lookup(token, claims["exp"])
+                profile = Profile.from_upstream(answer.user, claims)
+                # Plurality accepts a token until its exp, whatever revoke_user said:
+                # the one that a revoked session began with must not start a new one.
+                refuse_revoked_token(profile.id, claims, current_app)  # a refusal stays counted
         except throttle.TooManyAttempts as exc:
             _failed(exc.reason)
             return too_many_attempts(exc.retry_after)
+        except TokenRevoked as exc:  # logged by the check
+            _failed(exc.reason)
+            return json_error(401, "token_revoked")
         except InvalidToken as exc:
             log.info("Plurality login refused: %s", exc.reason)
             _failed(exc.reason)  # stays counted
@@ -153,7 +161,6 @@ def login() -> BaseResponse:
             if not isinstance(exc, CredentialsRejected):
                 log.warning("Plurality login could not be checked: %s", exc.reason)
             return upstream_unavailable(exc.retry_after)
-        profile = Profile.from_upstream(answer.user, claims)
         refusal = login_refusal(extension, profile)
         if refusal is not None:
             log.info("Plurality login of user %s refused by the app", profile.id)

@@ -200,6 +200,12 @@ def build(spec: dict[str, Any], plurality_config: dict[str, Any], instance_path:
     def read_note() -> dict[str, Any]:
         return {"note": session.get("note")}
 
+    @app.post("/revoke")
+    def revoke() -> dict[str, Any]:
+        """Test-only: an admin action, ``plurality.revoke_user`` for the posted user id."""
+        app.extensions["plurality"].revoke_user(str(request.get_json()["user_id"]))
+        return {"revoked": True}
+
     @app.get("/pid")
     def pid() -> dict[str, Any]:
         return {"pid": os.getpid()}

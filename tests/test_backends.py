@@ -194,10 +194,54 @@ def test_revoke_user_takes_effect_on_every_process(backend: Backend, fake: FakeP
         for base in (b, a):
             assert http.get(f"{base}/protected", cookies={"session": cookie}, timeout=10).status_code == 401
             assert http.get(f"{base}/protected", cookies={"session": other}, timeout=10).status_code == 200
-        again = login_over_http(http, b, fake.issue_token(user_id=user))  # a later login works, everywhere
+        # A later login works, everywhere (its token issued after the revocation's second).
+        again = login_over_http(http, b, fake.issue_token(user_id=user, iat=int(time.time()) + 1))
         for base in (a, b):
             assert http.get(f"{base}/protected", cookies={"session": again}, timeout=10).status_code == 200
     http.close()
+
+
+#: Rounds of "log in, revoke, log in again with the same token" through real servers.
+REVOKED_TOKEN_ROUNDS = 10
+
+
+def test_a_revoked_users_old_token_cannot_log_in_again_on_any_process(backend: Backend, fake: FakePlurality) -> None:
+    """Each round: a user logs in on one server, is revoked on the other, and the token
+    (stolen, or still in the widget) is posted to /login again, to both. Every one of those
+    logins must be refused with 401 token_revoked, and a token issued after the revocation
+    must log in."""
+    from backends import app_servers
+
+    http = requests.Session()
+    http.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    outcomes: Counter[str] = Counter()
+    options = backend.server_options(PLURALITY_LOGIN_MAX_FAILURES=1000)  # each refusal counts for this client
+    with app_servers([options, {**options, "instance_path": backend.server_options()["instance_path"]}]) as servers:
+        for round_ in range(REVOKED_TOKEN_ROUNDS):
+            first, second = servers[round_ % 2], servers[1 - round_ % 2]
+            user = f"revoked-{round_}-{time.time_ns()}"
+            token = fake.issue_token(user_id=user)
+            cookie = login_over_http(http, first, token)
+            revoked = http.post(f"{second}/revoke", json={"user_id": user}, timeout=10)
+            assert revoked.status_code == 200, revoked.text
+            for base in (first, second):
+                again = http.post(
+                    f"{base}/plurality/login", json={"token": token}, headers={"Origin": base}, timeout=10
+                )
+                body = again.json() if again.headers.get("Content-Type") == "application/json" else {}
+                refused = (again.status_code, body.get("error")) == (401, "token_revoked")
+                outcomes["refused" if refused and "session" not in again.cookies else "let in"] += 1
+                old = http.get(f"{base}/protected", cookies={"session": cookie}, timeout=10)
+                outcomes["old session out" if old.status_code == 401 else "old session kept"] += 1
+            fresh = login_over_http(http, second, fake.issue_token(user_id=user, iat=int(time.time()) + 1))
+            works = http.get(f"{first}/protected", cookies={"session": fresh}, timeout=10).ok
+            outcomes["fresh login works" if works else "fresh login fails"] += 1
+    http.close()
+    assert outcomes == {
+        "refused": 2 * REVOKED_TOKEN_ROUNDS,
+        "old session out": 2 * REVOKED_TOKEN_ROUNDS,
+        "fresh login works": REVOKED_TOKEN_ROUNDS,
+    }
 
 
 # -- 4. throttles are exact under concurrency ------------------------------------------------

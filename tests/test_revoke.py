@@ -9,9 +9,9 @@ import pytest
 from cachelib.file import FileSystemCache
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import AppFactory, CountingRedis, login, redis_url_or_skip
+from helpers import AppFactory, CountingRedis, captured, error_of, login, redis_url_or_skip
 
-from flask_plurality import Plurality
+from flask_plurality import Plurality, signals
 from flask_plurality.testing import FakePlurality
 
 
@@ -26,6 +26,21 @@ def signed_in(app: Flask, token: str) -> FlaskClient:
     client = app.test_client()
     assert login(client, token).status_code == 200
     return client
+
+
+def issued_after_now(fake: FakePlurality, user_id: str) -> str:
+    """A token Plurality issues after a revocation made just now: ``iat`` counts in whole
+    seconds, and a token of the revocation's own second is refused (it may be older)."""
+    return fake.issue_token(user_id=user_id, iat=int(time.time()) + 1)
+
+
+def assert_revoked_at_login(client: FlaskClient, token: str) -> None:
+    """``/login`` refuses ``token`` as issued before its user's revocation, and starts nothing."""
+    response = login(client, token)
+    body = error_of(response, 401, "token_revoked", token)
+    assert "Sign out of Plurality" in body["message"]
+    assert "Set-Cookie" not in response.headers  # no session started
+    assert client.get("/plurality/session").status_code == 401
 
 
 def assert_out(client: FlaskClient) -> None:
@@ -72,10 +87,10 @@ def test_every_session_of_the_user_fails_in_every_instance(two_apps: tuple[Flask
     assert len(fake.calls) == calls  # the check is a store read, never an upstream call
 
     # Logging in again afterwards works, in either instance, and stays logged in.
-    again = signed_in(first, fake.issue_token(user_id=alice))
+    again = signed_in(first, issued_after_now(fake, alice))
     assert again.get("/protected").get_json()["id"] == alice
     assert again.get("/protected").status_code == 200
-    assert signed_in(second, fake.issue_token(user_id=alice)).get("/protected").status_code == 200
+    assert signed_in(second, issued_after_now(fake, alice)).get("/protected").status_code == 200
     # The revoked sessions are gone for good, not revived by the new login.
     replay = first.test_client()
     replay.set_cookie("session", stolen_cookie.value)
@@ -142,3 +157,56 @@ def test_the_check_costs_at_most_one_store_read_per_protected_request(
         counts[check] = list(counting.sent)
         counting.close()
     assert len(counts[True]) <= len(counts[False]) + 1, counts
+
+
+# -- the token a revoked session began with ------------------------------------------------
+
+
+def test_login_refuses_a_token_issued_before_the_revocation(two_apps: tuple[Flask, Flask], fake: FakePlurality) -> None:
+    """Revoking a user must not be undone by posting the same token to /login again: the
+    thief of a token keeps no access after "log out everywhere"."""
+    first, second = two_apps
+    alice = "alice-" + str(time.time_ns())
+    stolen = fake.issue_token(user_id=alice)
+    unused = fake.issue_token(user_id=alice)  # issued before too, never used yet
+    bob = fake.issue_token()
+    victim = signed_in(first, stolen)
+    thief = signed_in(second, stolen)
+
+    revoke(first, alice)
+
+    assert_out(victim)
+    assert_out(thief)
+    for app in (first, second):  # in the instance that revoked, and in the other one
+        for token in (stolen, unused):
+            with captured(signals.login_failed, app) as failures:
+                assert_revoked_at_login(app.test_client(), token)
+            assert [f["reason"] for f in failures] == ["revoked"]
+        assert signed_in(app, bob).get("/protected").status_code == 200  # somebody else
+    # After signing in afresh (a token issued after the revocation), the user is back.
+    again = signed_in(second, issued_after_now(fake, alice))
+    assert again.get("/protected").get_json()["id"] == alice
+    error_of(login(again, stolen), 401, "token_revoked", stolen)  # still refused...
+    assert again.get("/protected").get_json()["id"] == alice  # ...and the new login is left as it was
+
+
+def test_a_refused_old_token_counts_as_a_failed_login(make_app: AppFactory, fake: FakePlurality) -> None:
+    """Whoever retries a revoked token is throttled like any refused login."""
+    app = make_app(PLURALITY_LOGIN_MAX_FAILURES=3)
+    alice = "alice-" + str(time.time_ns())
+    token = fake.issue_token(user_id=alice)
+    signed_in(app, token)
+    revoke(app, alice)
+    client = app.test_client()
+    answers = [login(client, token) for _ in range(5)]
+    assert [r.status_code for r in answers] == [401, 401, 401, 429, 429]
+    assert answers[3].get_json()["error"] == "too_many_attempts"
+
+
+def test_the_login_check_of_revocations_can_be_switched_off(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = make_app(PLURALITY_REVOCATION_CHECK=False)
+    user = "kept-" + str(time.time_ns())
+    token = fake.issue_token(user_id=user)
+    signed_in(app, token)
+    revoke(app, user)
+    assert signed_in(app, token).get("/protected").status_code == 200
