@@ -18,6 +18,7 @@ from flask.sessions import SessionMixin
 from werkzeug.wrappers import Response as BaseResponse
 
 from .bearer import authenticate, bearer_token, default_interval
+from .callbacks import ALLOW_ANSWERS, wrong_answer
 from .config import ConfigView, flag, parse_interval
 from .exceptions import SessionStoreUnavailable, UpstreamUnavailable
 from .flask_context import PROFILE, USER, request_context
@@ -73,7 +74,8 @@ def plurality_required(
     ``bearer`` overrides ``PLURALITY_ACCEPT_BEARER``: ``True`` also accepts
     ``Authorization: Bearer <pluralityToken>`` (which then decides over any cookie),
     ``False`` only the session cookie. ``allow`` is ``predicate(profile) -> bool``,
-    checked after the login check: ``False`` answers 403 ``forbidden``.
+    checked after the login check: ``False`` answers 403 ``forbidden``, and an answer
+    that is not a bool 500 ``callback_error`` (the app's bug: see :mod:`.callbacks`).
     Works bare or called, on sync and async views and in ``MethodView.decorators``;
     ``OPTIONS`` (CORS preflight) always passes.
     """
@@ -147,6 +149,10 @@ def _admit(
         if is_detached(sess):  # a bearer request: no login page helps a client that sends a token
             return bearer_refused("login_required")
         return login_required(extension, challenge)
-    if allow is not None and not app.ensure_sync(allow)(profile):
-        return forbidden(extension)
+    if allow is not None:
+        verdict = app.ensure_sync(allow)(profile)
+        if verdict is not True:
+            if verdict is False:
+                return forbidden(extension)
+            return wrong_answer("allow= predicate", allow, verdict, ALLOW_ANSWERS)
     return None

@@ -46,8 +46,9 @@ UnauthorizedHandler = Callable[[], ResponseReturnValue]
 ForbiddenHandler = Callable[[], ResponseReturnValue]
 #: ``user_loader``'s callback: the app's own user for a profile, or ``None``.
 UserLoader = Callable[[Profile], Any]
-#: ``before_login``'s callback: ``None`` lets the login happen, a string or response refuses it.
-LoginGate = Callable[[Profile], "ResponseReturnValue | str | None"]
+#: ``before_login``'s callback: ``None`` or ``True`` lets the login happen; ``False``, a
+#: string or a response refuses it.
+LoginGate = Callable[[Profile], "ResponseReturnValue | str | bool | None"]
 
 
 class Plurality:
@@ -134,12 +135,16 @@ class Plurality:
         return callback
 
     def before_login(self, callback: LoginGate) -> LoginGate:
-        """Register ``callback(profile) -> None | str | Response``, run after Plurality
-        said yes and before anything is stored (at ``/login``, and for bearer requests).
+        """Register ``callback(profile) -> None | bool | str | Response``, run after
+        Plurality said yes and before anything is stored (at ``/login``, and for bearer
+        requests).
 
-        ``None`` lets the login happen; a string refuses it with 403 ``login_refused``
-        and that message; a response is sent as it is. A refused login stores nothing
-        and sends ``login_failed`` with ``reason="refused"``.
+        ``None`` or ``True`` lets the login happen; ``False`` refuses it with 403
+        ``login_refused``, a string too, with that message; a response (or a view's
+        ``(body, status)`` tuple) is sent as it is. A refused login stores nothing and
+        sends ``login_failed`` with ``reason="refused"``. Any other answer is the app's
+        bug: a ``TypeError`` naming the callback, logged once per process, and 500
+        ``callback_error`` for every login it concerns (docs/users.rst).
         """
         self.before_login_callback = callback
         return callback

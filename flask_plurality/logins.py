@@ -30,6 +30,7 @@ from werkzeug.local import LocalProxy
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import signals
+from .callbacks import BEFORE_LOGIN_ANSWERS, is_response, wrong_answer
 from .config import ConfigView, parse_interval
 from .exceptions import ConfigurationError, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .flask_context import PROFILE, SESSION_KEY, USER, request_scope
@@ -293,15 +294,20 @@ def end_login(sess: SessionMixin | None = None) -> Login | None:
 
 def login_refusal(extension: Plurality, profile: Profile) -> BaseResponse | None:
     """What ``before_login`` says of ``profile``: ``None`` to let the login happen, else
-    the answer to send (a string becomes 403 ``login_refused`` with it as the message)."""
+    the answer to send (``False`` or a string: 403 ``login_refused``; a response as it
+    is; an answer of any other kind: 500 ``callback_error``, see :mod:`.callbacks`)."""
     gate = extension.before_login_callback
     if gate is None:
         return None
     verdict = current_app.ensure_sync(gate)(profile)
-    if verdict is None:
+    if verdict is None or verdict is True:
         return None
-    signals.login_failed.send(current_app._get_current_object(), profile=None, reason="refused")  # type: ignore[attr-defined]
-    return login_refused(verdict)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if verdict is False or isinstance(verdict, str) or is_response(verdict):
+        signals.login_failed.send(app, profile=None, reason="refused")
+        return login_refused(None if verdict is False else verdict)
+    signals.login_failed.send(app, profile=None, reason="callback_error")
+    return wrong_answer("before_login callback", gate, verdict, BEFORE_LOGIN_ANSWERS)
 
 
 # -- who is this? ------------------------------------------------------------------------------

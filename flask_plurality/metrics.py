@@ -56,6 +56,7 @@ REASONS: Final = frozenset(
         "not_configured",
         "too_many_attempts",
         "refused",
+        "callback_error",
         "session_store_unavailable",
     }
 )

@@ -27,8 +27,7 @@ _MESSAGES = {
     "invalid_request": "Send the Plurality token as JSON {\"token\": ...} or a form field 'token'.",
     "invalid_token": "The Plurality token is invalid or has expired. Sign in again.",
     "token_revoked": (
-        "This sign-in was revoked, and the token was issued before that. Sign out of Plurality, "
-        "then sign in again."
+        "This sign-in was revoked, and the token was issued before that. Sign out of Plurality, then sign in again."
     ),
     "payload_too_large": "The request body is larger than 16 KiB.",
     "forbidden_origin": "This request did not come from a page this site trusts.",
@@ -40,6 +39,7 @@ _MESSAGES = {
     "method_not_allowed": "Use POST.",
     "login_refused": "This account may not sign in here.",
     "forbidden": "This account may not open this page.",
+    "callback_error": "This site's sign-in check failed. This is not your fault; try again later.",
 }
 
 
@@ -117,10 +117,11 @@ def forbidden(extension: Plurality) -> BaseResponse:
 
 
 def login_refused(verdict: Any) -> BaseResponse:
-    """``before_login``'s "no": a string is the message of a 403 ``login_refused``; any
-    other value is the app's own answer, sent as it is."""
-    if isinstance(verdict, str):
-        return json_error(403, "login_refused", message=verdict)
+    """``before_login``'s "no": a 403 ``login_refused``, with ``verdict`` as its message
+    when that is a string (``None``: the default one); any other value is the app's own
+    answer, sent as it is."""
+    if verdict is None or isinstance(verdict, str):
+        return json_error(403, "login_refused", message=verdict or None)
     return current_app.make_response(verdict)
 
 

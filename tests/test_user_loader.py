@@ -3,6 +3,7 @@ enter (``before_login``, ``allow=``), through real logins against the stand-in."
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -252,7 +253,118 @@ def test_before_login_gates_bearer_requests_too(make_app: AppFactory, fake: Fake
     assert allowed.status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("answer", "status", "code"),
+    [(True, 200, None), (False, 403, "login_refused"), (None, 200, None)],
+    ids=["True", "False", "None"],
+)
+def test_before_login_true_lets_in_and_false_refuses(
+    make_app: AppFactory, fake: FakePlurality, answer: bool | None, status: int, code: str | None
+) -> None:
+    app = make_app(PLURALITY_ACCEPT_BEARER=True)
+    app.extensions["plurality"].before_login(lambda profile: answer)
+    token = fake.issue_token()
+    for response in (
+        login(app.test_client(), token),
+        app.test_client().get("/protected", headers={"Authorization": f"Bearer {token}"}),
+    ):
+        assert response.status_code == status, response.get_data(as_text=True)
+        if code is not None:
+            assert error_of(response, status, code)["message"] == "This account may not sign in here."
+            assert "Set-Cookie" not in response.headers
+
+
+class Row:
+    """An object of the app's own (a user row), returned by mistake."""
+
+    def __repr__(self) -> str:
+        return "Row()"
+
+
+#: Answers neither gate may give: each is the app's bug, not a decision.
+JUNK_ANSWERS = [0, 1, 403, 0.0, {"ok": True}, ["no"], b"no", Row()]
+
+
+def answered_callback_error(response: Any) -> None:
+    body = error_of(response, 500, "callback_error")
+    assert "Traceback" not in response.get_data(as_text=True)
+    assert "sign-in check failed" in body["message"]
+
+
+def wrong_kind_logged(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info and name in str(r.exc_info[1])]
+
+
+@pytest.mark.parametrize("junk", JUNK_ANSWERS, ids=repr)
+def test_a_before_login_answer_of_the_wrong_kind_is_a_type_error_logged_once(
+    make_app: AppFactory, fake: FakePlurality, junk: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At /login and on bearer requests alike: a JSON 500, never a login, and the
+    TypeError naming the callback in the log once, not a traceback per request."""
+    app = make_app(PLURALITY_ACCEPT_BEARER=True)
+    plurality = app.extensions["plurality"]
+
+    def gate(profile: Profile) -> Any:
+        return junk
+
+    gate.__qualname__ = f"gate_returning_{type(junk).__name__}_{junk!r}"  # once per process: one per case
+    plurality.before_login(gate)
+    token = fake.issue_token()
+    with (
+        signals.login_failed.connected_to(failed := Recorder(), app),
+        caplog.at_level(logging.INFO, "flask_plurality"),
+    ):
+        for _ in range(3):
+            client = app.test_client()
+            refused = login(client, token)
+            answered_callback_error(refused)
+            assert "Set-Cookie" not in refused.headers
+            assert client.get("/protected").status_code == 401  # nothing was stored
+            answered_callback_error(app.test_client().get("/protected", headers={"Authorization": f"Bearer {token}"}))
+    logged = wrong_kind_logged(caplog, gate.__qualname__)
+    assert len(logged) == 1, [r.getMessage() for r in caplog.records]
+    error = logged[0].exc_info[1]  # type: ignore[index]
+    assert isinstance(error, TypeError)
+    assert str(error).startswith(
+        f"before_login callback {__name__}.{gate.__qualname__} returned {type(junk).__name__};"
+    )
+    assert "False or a string" in str(error)
+    assert token not in caplog.text
+    assert [c["reason"] for c in failed.calls] == ["callback_error"] * 6
+
+
 # -- allow= ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("junk", [None, *JUNK_ANSWERS], ids=repr)
+def test_an_allow_answer_that_is_not_a_bool_is_a_type_error_logged_once(
+    make_app: AppFactory, fake: FakePlurality, junk: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app()
+
+    def predicate(profile: Profile) -> Any:
+        return junk
+
+    predicate.__qualname__ = f"predicate_returning_{type(junk).__name__}_{junk!r}"
+
+    @app.get("/gated")
+    @plurality_required(allow=predicate, bearer=True)
+    def gated() -> str:
+        return "in"
+
+    token = fake.issue_token()
+    client = app.test_client()
+    assert login(client, token).status_code == 200
+    with caplog.at_level(logging.INFO, "flask_plurality"):
+        for _ in range(3):
+            answered_callback_error(client.get("/gated"))
+            answered_callback_error(app.test_client().get("/gated", headers={"Authorization": f"Bearer {token}"}))
+    assert client.get("/protected").status_code == 200  # the login stays: the app's bug ends nobody's session
+    logged = wrong_kind_logged(caplog, predicate.__qualname__)
+    assert len(logged) == 1
+    assert str(logged[0].exc_info[1]).startswith(  # type: ignore[index]
+        f"allow= predicate {__name__}.{predicate.__qualname__} returned {type(junk).__name__}; it must return True"
+    )
 
 
 def test_allow_refuses_with_403_after_the_login_check(make_app: AppFactory, fake: FakePlurality) -> None:
