@@ -17,6 +17,9 @@ OPENAPI_VERSION: Final = "3.1.0"
 
 _NULLABLE_STRING: Final = {"type": ["string", "null"]}
 
+#: An empty token is no token: 400 ``invalid_request``, as a missing one.
+_TOKEN: Final = {"type": "string", "minLength": 1}
+
 _SCHEMAS: Final[dict[str, Any]] = {
     "Profile": {
         "type": "object",
@@ -60,20 +63,20 @@ _SCHEMAS: Final[dict[str, Any]] = {
     },
     "LoginRequest": {
         "type": "object",
-        "properties": {"token": {"type": "string", "description": "The widget's pluralityToken."}},
+        "properties": {"token": {**_TOKEN, "description": "The widget's pluralityToken."}},
         "required": ["token"],
     },
     "LoginForm": {
         "type": "object",
         "properties": {
-            "token": {"type": "string"},
+            "token": _TOKEN,
             "next": {"type": "string", "description": "Where to send the browser after: a path on this site."},
         },
         "required": ["token"],
     },
     "FakeTokenRequest": {
         "type": "object",
-        "properties": {"email": {"type": "string"}},
+        "properties": {"email": {"type": "string", "description": "Empty or left out: demo@example.com."}},
     },
     "FakeToken": {
         "type": "object",
@@ -147,18 +150,6 @@ _NEXT: Final = {
 }
 
 
-def _wrong_method(path: str) -> dict[str, Any]:
-    operation = {
-        "summary": "Anything but POST",
-        "description": f"`{path}` takes POST only; every answer of the blueprint is JSON, this one too.",
-        "responses": {"405": _error("Use POST", "method_not_allowed", headers=("Allow",))},
-    }
-    return {
-        method: {**operation, "operationId": f"{path.strip('/')}_{method}"}
-        for method in ("get", "put", "patch", "delete")
-    }
-
-
 def _paths() -> dict[str, Any]:
     login_body = {
         "required": True,
@@ -194,7 +185,12 @@ def _paths() -> dict[str, Any]:
                     "200": _ok("Logged in; the session cookie is set.", "LoggedIn"),
                     "303": _SEE_OTHER,
                     "400": _BAD_REQUEST,
-                    "401": _error("The token is invalid, expired, or for another app", "invalid_token"),
+                    "401": _error(
+                        "The token is invalid, expired, or for another app; or it was issued before its user "
+                        "was revoked (revoke_user): sign out of the widget and sign in again for a new one",
+                        "invalid_token",
+                        "token_revoked",
+                    ),
                     "403": _error(
                         "A cross-origin post, or the app refused this user",
                         "forbidden_origin",
@@ -205,6 +201,10 @@ def _paths() -> dict[str, Any]:
                         "Too many failed logins from this client or with this token; Plurality was not asked",
                         "too_many_attempts",
                         headers=("Retry-After",),
+                    ),
+                    "500": _error(
+                        "The app's before_login check answered what it may not (a bug of the app, in its log)",
+                        "callback_error",
                     ),
                     "503": _error(
                         f"Plurality cannot confirm the login right now, or {_STORE_DOWN} (both with "
@@ -217,7 +217,6 @@ def _paths() -> dict[str, Any]:
                     ),
                 },
             },
-            **_wrong_method("/login"),
         },
         "/logout": {
             "post": {
@@ -239,7 +238,6 @@ def _paths() -> dict[str, Any]:
                     ),
                 },
             },
-            **_wrong_method("/logout"),
         },
         "/session": {
             "get": {
@@ -271,7 +269,7 @@ def _paths() -> dict[str, Any]:
                             }
                         },
                     },
-                    "400": _error("`email` is not a string", "invalid_request"),
+                    "400": _error("The body is not a JSON object, or `email` is not a string", "invalid_request"),
                     "404": _error("Not in demo mode", "not_found"),
                     "503": _error(
                         "The stand-in's state file (in the instance folder) cannot be written",
@@ -315,7 +313,8 @@ def document(server_url: str = "/plurality") -> dict[str, Any]:
             "description": (
                 'Every answer is JSON (`application/json`); errors are `{"error", "message"}` and never '
                 "carry a trace, the token or the client secret. The session is a cookie: send requests "
-                "with credentials. Cross-origin posts are refused unless the origin is trusted."
+                "with credentials. Cross-origin posts are refused unless the origin is trusted. A method "
+                "that a path does not list is answered 405 `method_not_allowed`, with `Allow`."
             ),
         },
         "servers": [{"url": server_url or "/", "description": "where the blueprint is mounted"}],

@@ -36,7 +36,7 @@ _MESSAGES = {
     "login_required": "Sign in with Plurality to continue.",
     "session_store_unavailable": "Sessions are unavailable right now. Try again shortly.",
     "not_found": "Not found.",
-    "method_not_allowed": "Use POST.",
+    "method_not_allowed": "Use another method.",
     "login_refused": "This account may not sign in here.",
     "forbidden": "This account may not open this page.",
     "callback_error": "This site's sign-in check failed. This is not your fault; try again later.",

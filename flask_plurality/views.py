@@ -204,9 +204,11 @@ def fake_token() -> Response:
     fake = get_state().fake
     if fake is None:
         return json_error(404, "not_found")
-    data = request.get_json(silent=True)
-    email = data.get("email") if isinstance(data, dict) else None
-    if email is not None and not isinstance(email, str):
+    data: Any = request.get_json(silent=True) if request.get_data(cache=True) else {}
+    if not isinstance(data, dict):
+        return json_error(400, "invalid_request", message='Send nothing, or a JSON object {"email": ...}.')
+    email = data.get("email", "")
+    if not isinstance(email, str):  # null too: leave the key out for the default
         return json_error(400, "invalid_request", message="'email' must be a string.")
     email = email or "demo@example.com"
     try:
@@ -222,11 +224,53 @@ def fake_token() -> Response:
     return json_response({"status": True, "pluralityToken": token})
 
 
-@blueprint.route("/login", methods=["GET", "PUT", "PATCH", "DELETE"])
-@blueprint.route("/logout", methods=["GET", "PUT", "PATCH", "DELETE"])
-def wrong_method() -> BaseResponse:
-    """Every answer here is JSON (docs/endpoints.rst), even Flask's 405."""
-    return json_error(405, "method_not_allowed", headers={"Allow": "POST, OPTIONS"})
+#: Every path of the blueprint and the methods it takes: :func:`wrong_method` answers
+#: every other one, and an ``OPTIONS`` lists these (:func:`allow`). A new route goes here too.
+METHODS: dict[str, tuple[str, ...]] = {
+    "/login": ("POST",),
+    "/logout": ("POST",),
+    "/session": ("GET",),
+    "/fake/token": ("POST",),
+    "/openapi.json": ("GET",),
+}
+_ANY_METHOD = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allow(path: str) -> str:
+    """The ``Allow`` header of ``path`` (one of :data:`METHODS`): Flask answers HEAD for a
+    GET, and OPTIONS everywhere."""
+    taken = METHODS[path]
+    return ", ".join([*taken, *(["HEAD"] if "GET" in taken else []), "OPTIONS"])
+
+
+def wrong_method(path: str) -> BaseResponse:
+    """A method ``path`` does not take: every answer here is JSON (docs/endpoints.rst),
+    Flask's 405 too, with the ``Allow`` it would send."""
+    return json_error(405, "method_not_allowed", message=f"Use {METHODS[path][0]}.", headers={"Allow": allow(path)})
+
+
+for _path, _taken in METHODS.items():
+    blueprint.add_url_rule(
+        _path,
+        # One endpoint per path: werkzeug redirects between rules of one endpoint that differ in defaults.
+        "wrong_method_" + _path.strip("/").replace("/", "_").replace(".", "_"),
+        wrong_method,
+        methods=[m for m in _ANY_METHOD if m not in _taken],
+        defaults={"path": _path},
+        provide_automatic_options=False,
+    )
+
+
+@blueprint.after_request
+def _allow_what_is_taken(response: BaseResponse) -> BaseResponse:
+    """Flask's own answer to OPTIONS lists every method some rule of the path has, so the
+    ones :func:`wrong_method` refuses too: list only those the path takes."""
+    rule = request.url_rule
+    if request.method == "OPTIONS" and rule is not None and "Allow" in response.headers:
+        path = rule.rule.removeprefix((current_app.config["PLURALITY_URL_PREFIX"] or "").rstrip("/"))
+        if path in METHODS:
+            response.headers["Allow"] = allow(path)
+    return response
 
 
 @blueprint.get("/openapi.json")
