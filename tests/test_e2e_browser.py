@@ -9,12 +9,15 @@ Plurality). It skips where chromium or Playwright is missing, unless
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -30,6 +33,7 @@ if str(ROOT) not in sys.path:  # examples/ is not installed; it is imported from
 from helpers import CHROMIUM_ARGS, SAME_ORIGIN, chromium_or_skip, free_port  # noqa: E402
 
 from examples.app import WIDGET_SCRIPTS, create_app  # noqa: E402
+from flask_plurality import current_profile, plurality_required  # noqa: E402
 from flask_plurality.testing import FakePlurality, live_server, shared_fake  # noqa: E402
 
 ARTIFACTS = ROOT / "artifacts"
@@ -372,3 +376,199 @@ def test_sign_in_and_out_in_chromium(
     request.node.add_report_section("call", "artifacts", f"screenshot of the logged-in page: {screenshot}")
     with capsys.disabled():
         print(f"\n[e2e] screenshot of the logged-in page: {screenshot}")
+
+
+# -- revoked tokens, with Plurality's widget (a stand-in of it) ------------------------------
+
+#: The stand-ins of React, ReactDOM and Plurality's widget (tests/stand_in_widget/), each
+#: served at the CDN address of the build it stands for.
+STAND_IN_WIDGET = Path(__file__).resolve().parent / "stand_in_widget"
+STAND_INS = {
+    src: (STAND_IN_WIDGET / name).read_bytes()
+    for (src, _), name in zip(WIDGET_SCRIPTS, ("react.js", "react-dom.js", "widget.js"), strict=True)
+}
+#: Where the stand-in widget's "Sign in with Plurality" gets a new token (widget.js).
+WIDGET_TOKEN_URL = "https://stand-in-widget.test/token"
+REVOKED = "Your sign-in was revoked. Sign in with Plurality again."
+
+
+def integrity(body: bytes) -> str:
+    return "sha384-" + base64.b64encode(hashlib.sha384(body).digest()).decode()
+
+
+def readme_page(client_id: str) -> str:
+    """README's plain-page snippet, as a user pastes it into a page of theirs."""
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    section = readme[readme.index("A plain page") : readme.index("In a React app")]
+    block = section[section.index(".. code-block:: html") :].split("\n", 2)[2]
+    snippet = textwrap.dedent(block)
+    return "<!doctype html><html><head><meta charset='utf-8'><title>README</title></head><body>" + (
+        snippet.replace("YOUR-CLIENT-ID", client_id) + "</body></html>"
+    )
+
+
+@pytest.fixture
+def widget_site(fake: FakePlurality, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Flask]]:
+    """The sample app in real mode against the stand-in, with README's snippet at
+    ``/readme`` (and the ``/dashboard`` it opens), served on loopback."""
+    import examples.app as sample
+
+    monkeypatch.setattr(sample, "WIDGET_SCRIPTS", tuple((src, integrity(body)) for src, body in STAND_INS.items()))
+    app = real_app(fake, tmp_path)
+    app.add_url_rule("/readme", "readme", lambda: readme_page(app.config["PLURALITY_CLIENT_ID"]))
+
+    @app.get("/dashboard")
+    @plurality_required
+    def dashboard() -> str:
+        return f"<h1>Dashboard of {current_profile.email}</h1>"
+
+    with live_server(app) as url:
+        yield url, app
+
+
+def revoke_user(app: Flask, user_id: str) -> int:
+    """``revoke_user`` as an admin runs it; the second it was done in."""
+    with app.app_context():
+        app.extensions["plurality"].revoke_user(user_id)
+    return int(time.time())
+
+
+def after_second(second: int) -> None:
+    """Wait for the clock to leave ``second``: the person's next sign-in happens later
+    than the revocation, and Plurality's token says so (``iat``)."""
+    while int(time.time()) <= second:
+        time.sleep(0.05)
+
+
+@contextmanager
+def widget_browser(fake: FakePlurality, minted: list[str], user_id: str, email: str) -> Iterator[Any]:
+    """Chromium, with the CDN scripts answered by their stand-ins, the widget's sign-in
+    answered with a new token of the stand-in for ``user_id``, and nothing else off loopback."""
+    executable = chromium_or_skip()
+    from playwright.sync_api import Route, sync_playwright
+
+    def route(route: Route) -> None:
+        url = route.request.url
+        cors = {"Access-Control-Allow-Origin": "*"}
+        if url in STAND_INS:
+            route.fulfill(body=STAND_INS[url], content_type="application/javascript", headers=cors)
+        elif url == WIDGET_TOKEN_URL:
+            minted.append(fake.issue_token(user_id=user_id, email=email, client_id="sample-app-id"))
+            route.fulfill(json={"status": True, "pluralityToken": minted[-1]}, headers=cors)
+        elif urlsplit(url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            route.abort()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context()
+            context.route("**/*", route)
+            yield context
+            context.close()
+        finally:
+            browser.close()
+
+
+def login_posts(page: Any) -> list[Any]:
+    posts: list[Any] = []
+    page.on("request", lambda r: posts.append(r) if urlsplit(r.url).path == "/plurality/login" else None)
+    return posts
+
+
+def unexpected_console(page: Any, expected: set[tuple[str, str]]) -> list[str]:
+    """Console lines and script errors but the failed loads the test provoked: (path, status)."""
+    seen: list[str] = []
+    page.on("pageerror", lambda error: seen.append(f"pageerror: {error}"))
+
+    def line(message: Any) -> None:
+        url = urlsplit(message.location.get("url") or "").path
+        if not any(url == path and f"status of {status}" in message.text for path, status in expected):
+            seen.append(f"{message.type}: {message.text} ({url})")
+
+    page.on("console", line)
+    return seen
+
+
+@pytest.mark.browser
+def test_the_sample_page_signs_out_of_the_widget_when_its_token_was_revoked(
+    widget_site: tuple[str, Flask], fake: FakePlurality
+) -> None:
+    """A user signed out everywhere (revoke_user) comes back: the widget still holds the
+    old token and hands it to the page, /login refuses it with token_revoked, and the page
+    signs out of the widget, so that signing in again gets a new token that works."""
+    from playwright.sync_api import expect
+
+    base, app = widget_site
+    user, email, minted = f"widget-user-{time.time_ns()}", "wanda@example.com", []
+    with widget_browser(fake, minted, user, email) as context:
+        page = context.new_page()
+        console = unexpected_console(page, {("/plurality/login", "401")})
+        posts = login_posts(page)
+        page.goto(base + "/")
+        page.get_by_role("button", name="Sign in with Plurality").click()
+        page.wait_for_url(base + "/profile")
+        expect(page.locator("[data-field=email]")).to_have_text(email)
+        assert [p.post_data_json for p in posts] == [{"token": minted[0]}]
+
+        revoked_at = revoke_user(app, user)
+
+        # The next page: the session is gone, the widget restores its login with the old token.
+        with page.expect_response("**/plurality/login") as refused:
+            page.goto(base + "/profile")
+        assert refused.value.status == 401 and refused.value.json()["error"] == "token_revoked"
+        assert refused.value.request.post_data_json == {"token": minted[0]}
+        assert urlsplit(page.url).path == "/"
+        expect(page.locator("#message")).to_have_text(REVOKED)
+        expect(page.get_by_role("button", name="Sign in with Plurality")).to_be_visible()
+        assert page.evaluate("localStorage.getItem('lit')") is None  # signed out of the widget
+        assert page.evaluate("localStorage.getItem('standInDisconnects')") == "1"
+        assert context.request.get(base + "/plurality/session").status == 401  # no session started
+
+        # The widget has forgotten the old token: another page load posts nothing.
+        posts.clear()
+        page.reload()
+        page.wait_for_load_state("networkidle")
+        assert posts == []
+
+        # Signing in again: Plurality issues a new token, which logs in.
+        after_second(revoked_at)
+        page.get_by_role("button", name="Sign in with Plurality").click()
+        page.wait_for_url(base + "/profile")
+        expect(page.locator("[data-field=email]")).to_have_text(email)
+        assert len(minted) == 2 and [p.post_data_json for p in posts] == [{"token": minted[1]}]
+        assert console == []
+
+
+@pytest.mark.browser
+def test_readmes_snippet_signs_out_of_the_widget_when_its_token_was_revoked(
+    widget_site: tuple[str, Flask], fake: FakePlurality
+) -> None:
+    """README's plain-page snippet, pasted into a page as it stands, does the same."""
+    from playwright.sync_api import expect
+
+    base, app = widget_site
+    user, email, minted = f"readme-user-{time.time_ns()}", "rita@example.com", []
+    with widget_browser(fake, minted, user, email) as context:
+        page = context.new_page()
+        console = unexpected_console(page, {("/plurality/login", "401")})
+        page.goto(base + "/readme")
+        page.get_by_role("button", name="Sign in with Plurality").click()
+        page.wait_for_url(base + "/dashboard")
+        expect(page.get_by_role("heading")).to_have_text(f"Dashboard of {email}")
+
+        revoked_at = revoke_user(app, user)
+        with page.expect_response("**/plurality/login") as refused:
+            page.goto(base + "/readme")
+        assert refused.value.status == 401 and refused.value.json()["error"] == "token_revoked"
+        expect(page.locator("#login-message")).to_have_text(refused.value.json()["message"])
+        expect(page.get_by_role("button", name="Sign in with Plurality")).to_be_visible()
+        assert page.evaluate("localStorage.getItem('lit')") is None
+        assert context.request.get(base + "/plurality/session").status == 401
+
+        after_second(revoked_at)
+        page.get_by_role("button", name="Sign in with Plurality").click()
+        page.wait_for_url(base + "/dashboard")
+        expect(page.get_by_role("heading")).to_have_text(f"Dashboard of {email}")
+        assert console == []

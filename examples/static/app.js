@@ -62,10 +62,37 @@
     ]);
   }
 
+  // Set while our own Log out button (or a revoked token) waits for the widget to confirm its logout.
+  let widgetLoggedOut = null;
+
+  // Sign out of the widget: it forgets its login and its token, and confirms with onProfileLogout.
+  function disconnectWidget() {
+    const widget = window.PluralitySocialConnect;
+    if (!widget || typeof widget.disconnectProfile !== "function") {
+      return Promise.resolve();
+    }
+    const done = new Promise(function (resolve) { widgetLoggedOut = resolve; });
+    try {
+      widget.disconnectProfile();
+    } catch (err) {
+      widgetLoggedOut = null;
+      return Promise.resolve();
+    }
+    return done;
+  }
+
   // The one step both modes share: hand the pluralityToken to the backend, which checks it
   // with Plurality and answers with an HttpOnly session cookie. The token is not kept here.
   async function signIn(token) {
     const result = await call("POST", urls.login, { token });
+    if (result.status === 401 && result.data && result.data.error === "token_revoked") {
+      // The site revoked this user's sign-ins after the widget got its token, and Plurality
+      // will not issue a new one while the widget keeps the old: sign out of the widget,
+      // so that signing in again gets a fresh token.
+      await withTimeout(disconnectWidget(), 3000).catch(function () { /* the message says what to do */ });
+      showMessage("Your sign-in was revoked. Sign in with Plurality again.");
+      return false;
+    }
     if (!result.ok) {
       showMessage("Sign-in failed: " + result.text);
       return false;
@@ -74,21 +101,12 @@
     return true;
   }
 
-  // Set while our own Log out button waits for the widget to confirm its logout.
-  let widgetLoggedOut = null;
-
   async function logOut() {
     clearMessage();
     let widgetDone = Promise.resolve();
-    const widget = window.PluralitySocialConnect;
-    if (widget && window.localStorage.getItem("lit") === "true") {
+    if (window.localStorage.getItem("lit") === "true") {
       // End the widget's own login too, or it would report a login (and sign us in) on the next page.
-      widgetDone = new Promise(function (resolve) { widgetLoggedOut = resolve; });
-      try {
-        widget.disconnectProfile();
-      } catch (err) {
-        widgetDone = Promise.resolve();
-      }
+      widgetDone = disconnectWidget();
     }
     const result = await call("POST", urls.logout);
     if (!result.ok) {
@@ -176,7 +194,7 @@
   // onProfileLogout({logout, message}): the user logged out in the widget; end ours too.
   async function onWidgetLogout() {
     if (widgetLoggedOut) {
-      widgetLoggedOut(); // our Log out button started this and does the rest
+      widgetLoggedOut(); // our Log out button (or signIn, for a revoked token) started this and does the rest
       widgetLoggedOut = null;
       return;
     }
