@@ -63,8 +63,8 @@ def authenticate(
         return upstream_unavailable(exc.retry_after)
     except SessionStoreUnavailable:
         return store_unavailable()
-    if profile is None:
-        return bearer_refused()
+    if profile is None:  # revoked: the code tells a page to sign out of the widget, as /login's does
+        return bearer_refused("token_revoked")
     refusal = login_refusal(extension, profile)  # a gate must not be walked around through the API
     if refusal is not None:
         return refusal

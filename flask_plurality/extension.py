@@ -192,8 +192,8 @@ class Plurality:
     def revoke_user(self, user_id: str) -> None:
         """Make every existing session of ``user_id`` fail on its next request, in every
         worker and machine sharing the session store, and refuse every token of the user
-        issued before this call (by its ``iat``): at ``/login`` with 401
-        ``token_revoked``, as a bearer token with 401 ``invalid_token``. Tokens
+        issued before this call (by its ``iat``), at ``/login`` and as a bearer token,
+        with 401 ``token_revoked``. Tokens
         Plurality issues later (the user signs in again) work.
 
         Plurality cannot do this itself: its logout revokes nothing. Needs an app context.

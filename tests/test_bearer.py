@@ -60,10 +60,15 @@ def no_cookie(response: TestResponse) -> None:
     assert "Set-Cookie" not in response.headers, response.headers
 
 
-def invalid_token(response: TestResponse, *secrets: str) -> None:
-    error_of(response, 401, "invalid_token", *secrets)
+def invalid_token(response: TestResponse, *secrets: str, code: str = "invalid_token") -> None:
+    error_of(response, 401, code, *secrets)
     assert response.headers["WWW-Authenticate"] == INVALID
     no_cookie(response)
+
+
+def revoked_token(response: TestResponse) -> None:
+    """RFC 6750's answer, and in the body the code that tells the page to sign out of the widget."""
+    invalid_token(response, code="token_revoked")
 
 
 def stored_keys(app: Flask) -> set[str]:
@@ -426,8 +431,8 @@ def test_revoke_user_refuses_bearer_tokens_issued_before_it(
     calls = len(fake.calls)
     with app.app_context():
         app.extensions["plurality"].revoke_user(alice)
-    invalid_token(client.get("/api/me", headers=bearer(earlier)))
-    invalid_token(client.get("/api/me", headers=bearer(earlier)))
+    revoked_token(client.get("/api/me", headers=bearer(earlier)))
+    revoked_token(client.get("/api/me", headers=bearer(earlier)))
     assert client.get("/api/me", headers=bearer(bob)).status_code == 200  # somebody else
     assert len(fake.calls) == calls  # refused from the store, without asking Plurality
     # A token Plurality issues after the revocation works.
@@ -436,7 +441,7 @@ def test_revoke_user_refuses_bearer_tokens_issued_before_it(
     # Another instance sharing the store refuses the earlier token too.
     other = api_app(make_app, **extra) if backend == "redis" else None
     if other is not None:
-        invalid_token(other.test_client().get("/api/me", headers=bearer(earlier)))
+        revoked_token(other.test_client().get("/api/me", headers=bearer(earlier)))
 
 
 @pytest.mark.parametrize("stamp", ["garbage", "\u00b2\u00b3-0123abcd", "-", ""])
@@ -453,7 +458,7 @@ def test_a_revocation_stamp_that_cannot_be_read_refuses_the_token(
     with app.app_context():
         app.extensions["plurality"].revoke_user(alice)
         get_store().set(key("revoked", alice), stamp, 60)
-    invalid_token(client.get("/api/me", headers=bearer(token)))
+    revoked_token(client.get("/api/me", headers=bearer(token)))
     assert client.get("/api/me", headers=bearer(fake.issue_token())).status_code == 200  # somebody else
 
 
