@@ -7,6 +7,7 @@ Python with the lowest and the newest Flask-SQLAlchemy and SQLAlchemy the packag
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,5 +69,6 @@ def test_revoke_user_reaches_the_other_worker(sqlite_app: Callable[[], Flask], f
         get_extension(first).revoke_user("revoked-user")
     assert elsewhere.get("/protected").status_code == 401
     again = second.test_client()
-    assert login(again, fake.issue_token(user_id="revoked-user")).status_code == 200  # a new token works
+    later = fake.issue_token(user_id="revoked-user", iat=int(time.time()) + 1)  # issued after the revocation
+    assert login(again, later).status_code == 200  # a new token works
     assert again.get("/protected").status_code == 200
