@@ -84,6 +84,7 @@ def test_wheel_metadata(dist: dict[str, Path]) -> None:
         info = f"flask_plurality-{flask_plurality.__version__}.dist-info"
         metadata = email.message_from_bytes(wheel.read(f"{info}/METADATA"))
         extras = metadata.get_all("Provides-Extra", [])
+        entry_points = wheel.read(f"{info}/entry_points.txt").decode()
     assert {"flask_plurality/py.typed", "flask_plurality/pytest_plugin.py", f"{info}/licenses/LICENSE"} <= names
     assert not any(name.startswith(("tests/", "examples/", "benchmarks/")) for name in names)
     assert metadata["Version"] == flask_plurality.__version__  # one version, read from __version__
@@ -91,8 +92,9 @@ def test_wheel_metadata(dist: dict[str, Path]) -> None:
     urls = dict(url.split(", ", 1) for url in metadata.get_all("Project-URL", []))
     assert {"Homepage", "Documentation", "Source", "Changes"} <= set(urls), urls
     assert all(url.startswith("https://") for url in urls.values())
-    # The pytest plugin is opt-in (no pytest11 entry point); no development tools published.
-    assert f"{info}/entry_points.txt" not in names
+    # The pytest plugin is opt-in (no pytest11 entry point); the `flask plurality` group is
+    # found before the app loads; no development tools published.
+    assert entry_points.split() == ["[flask.commands]", "plurality", "=", "flask_plurality.cli:plurality_cli"]
     assert sorted(extras) == ["flask-login", "memcached", "metrics", "redis", "sqlalchemy", "testing", "tracing"]
     requires = metadata.get_all("Requires-Dist", [])
     assert 'extra == "testing"' in " ".join(requires)
