@@ -364,7 +364,7 @@ _DEMO_MODE_NOTE = (
     "'flask plurality fake-server' or from a running demo app is signed with another key, and "
     "only that process can accept it. To check such a token here, point the app at that "
     "fake-server instead: PLURALITY_API_URL, PLURALITY_CLIENT_ID and PLURALITY_CLIENT_SECRET as "
-    "it printed them, and PLURALITY_FAKE off."
+    "it printed them, and PLURALITY_FAKE off (PLURALITY_FAKE = False, or FLASK_PLURALITY_FAKE=false)."
 )
 
 
