@@ -225,7 +225,7 @@ def redis_url_or_skip() -> str:
     url = os.environ.get("PLURALITY_TEST_REDIS_URL")
     reason = None
     if not url:
-        reason = "PLURALITY_TEST_REDIS_URL is not set (.ci/run sets redis://127.0.0.1:6379/15)"
+        reason = "PLURALITY_TEST_REDIS_URL is not set (.ci/run starts a redis-server of its own)"
     else:
         import redis
 
