@@ -158,7 +158,8 @@ class PluralityTestClient(FlaskClient):
         if fake is None:
             raise RuntimeError(
                 f"No stand-in serves PLURALITY_API_URL={url!r}: use the plurality_fake fixture and "
-                "plurality_config, set PLURALITY_FAKE = True (FLASK_PLURALITY_FAKE=true), or pass app.test_client(fake=...)."
+                "plurality_config, set PLURALITY_FAKE = True (FLASK_PLURALITY_FAKE=true), "
+                "or pass app.test_client(fake=...)."
             )
         return fake
 

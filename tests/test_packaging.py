@@ -101,13 +101,35 @@ def test_wheel_metadata(dist: dict[str, Path]) -> None:
     assert not [r for r in requires if re.match(r"(sphinx|mypy|playwright|gevent|ruff|coverage)\b", r, re.I)]
 
 
-def test_sdist_ships_the_package_and_docs_and_no_tests(dist: dict[str, Path]) -> None:
-    """It shipped tests/test_*.py without the conftest.py and helpers they need: none now."""
+def test_sdist_ships_the_package_docs_and_test_suite(dist: dict[str, Path]) -> None:
+    """A packager runs the tests from the sdist: it holds them with everything they read."""
     with tarfile.open(dist["sdist"]) as sdist:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     assert {"LICENSE", "README.rst", "CHANGES.rst", "pyproject.toml", "flask_plurality/py.typed"} <= names
     assert {"docs/conf.py", "docs/configuration.rst", "docs/_static/tables.css"} <= names
-    assert not any(name.startswith(("tests/", "examples/", "benchmarks/", ".ci/", "docs/_build")) for name in names)
+    tracked = subprocess.run(
+        ["git", "ls-files", "tests", "examples", "benchmarks", "requirements"], cwd=ROOT, capture_output=True, text=True
+    )
+    suite = set(tracked.stdout.split()) if tracked.returncode == 0 else set()
+    suite |= {"tests/conftest.py", "tests/helpers.py", "setup.cfg", "CONTRIBUTING.rst", ".importlinter", "dev.py"}
+    assert suite - names == set()
+    assert not any(name.startswith((".ci/", ".github/", "docs/_build", "examples/instance/")) for name in names)
+    assert not any(name.endswith((".pyc", "/.env")) for name in names)
+
+
+@pytest.mark.timeout(600)
+def test_the_sdists_own_tests_pass_unpacked(dist: dict[str, Path], tmp_path: Path) -> None:
+    """Unpacked anywhere, the sdist's tests run against the sdist's own package (pytest's
+    ``pythonpath = .``, from its setup.cfg): a fast part of them here, the whole suite with
+    ``python3 dev.py test`` in the unpacked directory."""
+    with tarfile.open(dist["sdist"]) as sdist:
+        sdist.extractall(tmp_path, filter="data")
+    [unpacked] = tmp_path.iterdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLURALITY_REQUIRE_", "PYTHONPATH"))}
+    tests = ["tests/test_layout.py", "tests/test_dependencies.py", "tests/test_login.py"]
+    result = run(sys.executable, "-m", "pytest", "-q", *tests, cwd=unpacked, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"\b\d{2,} passed\b", result.stdout) and " failed" not in result.stdout, result.stdout[-500:]
 
 
 @pytest.mark.timeout(900)  # a pip install and four pytest runs: past the suite's 120 s on a busy machine
