@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -36,14 +37,26 @@ def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
 
     Ctrl-C goes to the whole foreground process group, so the command gets it too and
     stops in its own way (the demo server says "Stopped."); dev.py waits for that
-    instead of dying with a traceback of its own.
+    instead of dying with a traceback of its own. SIGTERM (an IDE's stop button, a
+    process manager) and SIGHUP (the terminal closed) reach dev.py alone: it passes them
+    on and waits, so the command never outlives it (an orphaned demo would keep its port).
     """
     process = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})})  # noqa: S603
-    while True:
-        try:
-            return process.wait()
-        except KeyboardInterrupt:
-            continue
+
+    def pass_on(signum: int, frame: object) -> None:
+        process.send_signal(signum)
+
+    passed = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, pass_on) for signum in passed}
+    try:
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:
+                continue
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 #: What each command installs into .venv; dev.txt holds everything demo.txt does.
