@@ -132,6 +132,27 @@ def test_the_sdists_own_tests_pass_unpacked(dist: dict[str, Path], tmp_path: Pat
     assert re.search(r"\b\d{2,} passed\b", result.stdout) and " failed" not in result.stdout, result.stdout[-500:]
 
 
+def test_readmes_install_lines_work_before_the_first_release(tmp_path: Path) -> None:
+    """The quickstart's first command is one that works today: from a clone (this one,
+    where README's ``git clone`` puts it), and the bare name only once released."""
+    [install] = [block for block in readme_blocks("Quickstart", "sh") if "pip install" in block]
+    lines = [line.split("#", 1)[0].strip() for line in install.splitlines()]
+    clone = next(line for line in lines if line.startswith("git clone "))
+    assert clone.rsplit("/", 1)[1] == "flask-plurality"
+    assert "pip install ./flask-plurality" in lines and "pip install flask-plurality" not in lines
+    [from_url] = [line for line in lines if "git+" in line]
+    assert clone.split()[2] in from_url
+    (tmp_path / "flask-plurality").symlink_to(ROOT)  # the clone, as README's git clone names it
+    command = next(line for line in lines if line.startswith("pip install ./")).split()
+    report = tmp_path / "report.json"
+    dry = run(sys.executable, "-m", *command, "--dry-run", "--no-deps", "--report", report, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    [would] = json.loads(report.read_text())["install"]
+    assert (
+        would["metadata"]["name"] == "flask-plurality" and would["metadata"]["version"] == flask_plurality.__version__
+    )
+
+
 @pytest.mark.timeout(900)  # a pip install and four pytest runs: past the suite's 120 s on a busy machine
 def test_readme_quickstart_and_test_file_against_the_installed_wheel(dist: dict[str, Path], tmp_path: Path) -> None:
     venv = tmp_path / "venv"
