@@ -11,8 +11,8 @@
                             # dependencies pyproject.toml allows (.ci/matrix.py; own venvs)
 
 Every command first makes sure .venv exists and holds this checkout's dependencies:
-``demo`` only the package and what the sample app needs (requirements/demo.txt), the
-others every tool of requirements/dev.txt. Extra arguments go to the underlying tool
+``demo`` only the libraries the package and the sample app import (requirements/demo.txt;
+the package runs from the checkout, unbuilt), the others every tool of requirements/dev.txt. Extra arguments go to the underlying tool
 (``python3 dev.py test -k login``).
 """
 
@@ -74,8 +74,9 @@ def _digest() -> str:
 
 def setup(kind: str = "dev") -> None:
     """Create the venv and install ``requirements/<kind>.txt``, once per change of those
-    files. The demo needs only the package and the sample app's few libraries; the test,
-    lint and docs tools come with the first command that needs them."""
+    files. The demo needs only the libraries the package and the sample app import (the
+    package itself runs from the checkout: building it would double the install's time);
+    the test, lint and docs tools come with the first command that needs them."""
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit("flask-plurality needs Python 3.11 or newer")
     if not PY.exists():

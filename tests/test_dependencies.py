@@ -126,3 +126,15 @@ def test_the_classifiers_name_every_python_the_ci_matrix_runs() -> None:
     }
     assert named == tested and tested
     assert PROJECT["requires-python"] == f">={min(tested, key=Version)}"
+
+
+def test_the_demo_installs_what_the_package_and_the_sample_app_need() -> None:
+    """``python3 dev.py demo`` installs requirements/demo.txt, not the package (it runs
+    from the checkout): the package's requirements and the sample app's extra, as
+    pyproject.toml declares them, nothing of the test, lint or docs tools."""
+    lines = (ROOT / "requirements" / "demo.txt").read_text(encoding="utf-8").splitlines()
+    demo = {str(Requirement(line)) for line in lines if line.strip() and not line.startswith("#")}
+    wanted = {
+        str(Requirement(line)) for line in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["sqlalchemy"]
+    }
+    assert demo == wanted
