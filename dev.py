@@ -12,8 +12,8 @@
 
 Every command first makes sure .venv exists and holds this checkout's dependencies:
 ``demo`` only the libraries the package and the sample app import (requirements/demo.txt;
-the package runs from the checkout, unbuilt), the others every tool of requirements/dev.txt. Extra arguments go to the underlying tool
-(``python3 dev.py test -k login``).
+the package runs from the checkout, unbuilt), the others every tool of requirements/dev.txt.
+Extra arguments go to the underlying tool (``python3 dev.py test -k login``).
 """
 
 from __future__ import annotations

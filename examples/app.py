@@ -248,16 +248,23 @@ def main(argv: list[str] | None = None) -> None:
     log.info("Open http://%s:%d/ (%s mode)", args.host, args.port, "demo" if app.config["DEMO_MODE"] else "real")
     # A process manager's or an IDE's stop (SIGTERM), or the terminal closing (SIGHUP),
     # stops the server as Ctrl-C does.
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _interrupt)
+    _on_stop_signals(_interrupt)
     # Werkzeug's server is fine for trying this out; deploy with gunicorn "examples.app:create_app()".
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops the server: no traceback
         app.run(host=args.host, port=args.port, debug=False, load_dotenv=False)
     log.info("Stopped.")
 
 
+def _on_stop_signals(handler: Any) -> None:
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    """Stop once: the same signal again (to the process group, and passed on by dev.py
+    too) must not interrupt the shutdown itself."""
+    _on_stop_signals(signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

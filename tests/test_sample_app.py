@@ -312,8 +312,10 @@ def test_a_bad_setting_is_one_line_not_a_traceback(env: dict[str, str], says: st
         # SIGHUP) to dev.py alone, which must not leave the app serving on its port.
         (signal.SIGTERM, False),
         (signal.SIGHUP, False),
+        # A process manager that signals the whole group: the app gets it twice (passed on too).
+        (signal.SIGTERM, True),
     ],
-    ids=["ctrl-c", "sigterm-to-dev-py", "sighup-to-dev-py"],
+    ids=["ctrl-c", "sigterm-to-dev-py", "sighup-to-dev-py", "sigterm-to-the-group"],
 )
 def test_stopping_dev_py_demo_stops_the_app(tmp_path: Path, how: signal.Signals, to_group: bool) -> None:
     if not (ROOT / ".venv" / "bin" / "python").exists():
