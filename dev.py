@@ -11,15 +11,16 @@
                             # dependencies pyproject.toml allows (.ci/matrix.py; own venvs)
 
 Every command first makes sure .venv exists and holds this checkout's dependencies:
-``demo`` only the package and what the sample app needs (requirements/demo.txt), the
-others every tool of requirements/dev.txt. Extra arguments go to the underlying tool
-(``python3 dev.py test -k login``).
+``demo`` only the libraries the package and the sample app import (requirements/demo.txt;
+the package runs from the checkout, unbuilt), the others every tool of requirements/dev.txt.
+Extra arguments go to the underlying tool (``python3 dev.py test -k login``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -36,14 +37,26 @@ def _run(*cmd: str | Path, env: dict[str, str] | None = None) -> int:
 
     Ctrl-C goes to the whole foreground process group, so the command gets it too and
     stops in its own way (the demo server says "Stopped."); dev.py waits for that
-    instead of dying with a traceback of its own.
+    instead of dying with a traceback of its own. SIGTERM (an IDE's stop button, a
+    process manager) and SIGHUP (the terminal closed) reach dev.py alone: it passes them
+    on and waits, so the command never outlives it (an orphaned demo would keep its port).
     """
     process = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})})  # noqa: S603
-    while True:
-        try:
-            return process.wait()
-        except KeyboardInterrupt:
-            continue
+
+    def pass_on(signum: int, frame: object) -> None:
+        process.send_signal(signum)
+
+    passed = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, pass_on) for signum in passed}
+    try:
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:
+                continue
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 #: What each command installs into .venv; dev.txt holds everything demo.txt does.
@@ -61,8 +74,9 @@ def _digest() -> str:
 
 def setup(kind: str = "dev") -> None:
     """Create the venv and install ``requirements/<kind>.txt``, once per change of those
-    files. The demo needs only the package and the sample app's few libraries; the test,
-    lint and docs tools come with the first command that needs them."""
+    files. The demo needs only the libraries the package and the sample app import (the
+    package itself runs from the checkout: building it would double the install's time);
+    the test, lint and docs tools come with the first command that needs them."""
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit("flask-plurality needs Python 3.11 or newer")
     if not PY.exists():

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
+import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -239,11 +242,48 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app(instance_path=args.instance_path)
     except ConfigurationError as exc:
         sys.exit(f"error: {exc}")  # one line, not a traceback
+    busy = _port_in_use(args.host, args.port)
+    if busy:
+        sys.exit(f"error: {busy}")
     log.info("Open http://%s:%d/ (%s mode)", args.host, args.port, "demo" if app.config["DEMO_MODE"] else "real")
+    # A process manager's or an IDE's stop (SIGTERM), or the terminal closing (SIGHUP),
+    # stops the server as Ctrl-C does.
+    _on_stop_signals(_interrupt)
     # Werkzeug's server is fine for trying this out; deploy with gunicorn "examples.app:create_app()".
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C stops the server: no traceback
         app.run(host=args.host, port=args.port, debug=False, load_dotenv=False)
     log.info("Stopped.")
+
+
+def _on_stop_signals(handler: Any) -> None:
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Stop once: the same signal again (to the process group, and passed on by dev.py
+    too) must not interrupt the shutdown itself."""
+    _on_stop_signals(signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _port_in_use(host: str, port: int) -> str | None:
+    """What to do when something already listens on ``port`` (often an earlier demo
+    still running); ``None`` when the server can have it."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Werkzeug's server binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return None  # Werkzeug's own error says it better
+            return (
+                f"port {port} is in use, often by an earlier `python3 dev.py demo` still running: stop it "
+                f"(Ctrl-C in its terminal; `lsof -i :{port}` names its PID), or start this one on another port: "
+                f"python3 dev.py demo --port {port + 1}"
+            )
+    return None
 
 
 if __name__ == "__main__":

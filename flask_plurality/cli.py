@@ -364,7 +364,7 @@ _DEMO_MODE_NOTE = (
     "'flask plurality fake-server' or from a running demo app is signed with another key, and "
     "only that process can accept it. To check such a token here, point the app at that "
     "fake-server instead: PLURALITY_API_URL, PLURALITY_CLIENT_ID and PLURALITY_CLIENT_SECRET as "
-    "it printed them, and PLURALITY_FAKE off."
+    "it printed them, and PLURALITY_FAKE off (PLURALITY_FAKE = False, or FLASK_PLURALITY_FAKE=false)."
 )
 
 
@@ -424,7 +424,22 @@ def revoke_user_command(user_id: str) -> None:
     except SessionStoreUnavailable:
         click.echo(f"not revoked: the session store is unavailable ({describe_store(app)[0]})", err=True)
         _exit(ExitCode.STORE_UNAVAILABLE)
+    if not _looks_like_a_user_id(user_id):
+        # Any string can be revoked (nothing lists a user's sessions), so a typo would pass unnoticed.
+        click.echo(
+            f"warning: {user_id!r} is not a Plurality user id, which is a UUID (current_profile.id, the "
+            "token's 'id' claim): if no user has this id, nobody was logged out",
+            err=True,
+        )
     click.echo(f"revoked: every session of user {user_id} that exists now is refused from its next request")
+
+
+def _looks_like_a_user_id(user_id: str) -> bool:
+    try:
+        uuid.UUID(user_id)
+    except ValueError:
+        return False
+    return True
 
 
 @plurality_cli.command("fake-server", with_appcontext=False)

@@ -5,7 +5,10 @@ Messages never contain a token or the client secret: they may end up in logs.
 
 from __future__ import annotations
 
+from typing import IO, Any
+
 import click
+from flask.cli import NoAppException
 
 
 class PluralityError(Exception):
@@ -20,15 +23,22 @@ class PluralityError(Exception):
             self.reason = reason
 
 
-class ConfigurationError(PluralityError, click.ClickException):
+class ConfigurationError(PluralityError, NoAppException):
     """The app's configuration cannot work (a missing key, an impossible value).
 
     Also a :class:`click.ClickException`: raised while ``flask run``, ``flask plurality
     ...`` or any other Flask command loads the app, it prints one line, ``Error:
-    <message>``, and exits 1, instead of a traceback.
+    <message>``, and exits 1, instead of a traceback. It is Flask's own "could not load
+    the app" error, so ``flask --help`` says it in one line too, then lists the commands.
     """
 
     reason = "configuration"
+    #: 1, as for any :class:`click.ClickException`; not the usage error's 2.
+    exit_code = 1
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """``Error: <message>``, one line, without the usage text of a usage error."""
+        click.ClickException.show(self, file)
 
 
 class NotConfigured(ConfigurationError):

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import click
 from flask import Flask, Response, current_app, has_request_context, request, session
+from flask.cli import FlaskGroup
 from flask.typing import ResponseReturnValue
 
 from . import other_logins, signals
@@ -235,5 +238,22 @@ def _start_fake(app: Flask) -> FakePlurality:
     app.config["PLURALITY_API_URL"] = fake.url
     app.config["PLURALITY_CLIENT_ID"] = fake.client_id
     app.config["PLURALITY_CLIENT_SECRET"] = fake.client_secret
-    log.warning("PLURALITY_FAKE is on: logins are checked by a local stand-in at %s, not by Plurality.", fake.url)
+    # Said once: under `flask run --debug` the app is loaded by the reloader's watcher too.
+    log.log(
+        logging.DEBUG if _in_reloader_watcher(app) else logging.WARNING,
+        "PLURALITY_FAKE is on: logins are checked by a local stand-in at %s, not by Plurality.",
+        fake.url,
+    )
     return fake
+
+
+def _in_reloader_watcher(app: Flask) -> bool:
+    """Is this ``flask run``'s reloader process, which loads the app but never serves it
+    (it starts the process that does, again on each change)?"""
+    if os.environ.get("WERKZEUG_RUN_MAIN") == "true":  # the serving process the reloader started
+        return False
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.command.name != "run" or not isinstance(ctx.find_root().command, FlaskGroup):
+        return False
+    reload = ctx.params.get("reload")
+    return bool(app.debug if reload is None else reload)

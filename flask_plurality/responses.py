@@ -30,7 +30,10 @@ _MESSAGES = {
         "This sign-in was revoked, and the token was issued before that. Sign out of Plurality, then sign in again."
     ),
     "payload_too_large": "The request body is larger than 16 KiB.",
-    "forbidden_origin": "This request did not come from a page this site trusts.",
+    "forbidden_origin": (
+        "This request did not come from a page this site trusts. Post the login from this site's own "
+        "page, or as JSON (Content-Type: application/json) from a script or an API client."
+    ),
     "too_many_attempts": "Too many failed sign-ins. Wait before trying again.",
     "upstream_unavailable": "Plurality cannot confirm the sign-in right now. Try again shortly.",
     "login_required": "Sign in with Plurality to continue.",

@@ -82,9 +82,14 @@ def _track(fake: FakePlurality) -> Iterator[FakePlurality]:
                 del _tracked[url]
 
 
-def config_for(fake: FakePlurality) -> dict[str, str]:
-    """The config keys that point an app at ``fake``: set them before ``init_app``."""
+def config_for(fake: FakePlurality) -> dict[str, Any]:
+    """The config keys that point an app at ``fake``: set them before ``init_app``.
+
+    ``PLURALITY_FAKE`` is off in them: an app that reads ``FLASK_PLURALITY_FAKE=true``
+    from the environment (left exported after trying the quickstart) would otherwise
+    start a stand-in of its own and leave ``fake`` unasked."""
     return {
+        "PLURALITY_FAKE": False,
         "PLURALITY_API_URL": fake.url,
         "PLURALITY_CLIENT_ID": fake.client_id,
         "PLURALITY_CLIENT_SECRET": fake.client_secret,
@@ -153,7 +158,8 @@ class PluralityTestClient(FlaskClient):
         if fake is None:
             raise RuntimeError(
                 f"No stand-in serves PLURALITY_API_URL={url!r}: use the plurality_fake fixture and "
-                "plurality_config, set PLURALITY_FAKE = True, or pass app.test_client(fake=...)."
+                "plurality_config, set PLURALITY_FAKE = True (FLASK_PLURALITY_FAKE=true), "
+                "or pass app.test_client(fake=...)."
             )
         return fake
 

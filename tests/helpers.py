@@ -225,7 +225,7 @@ def redis_url_or_skip() -> str:
     url = os.environ.get("PLURALITY_TEST_REDIS_URL")
     reason = None
     if not url:
-        reason = "PLURALITY_TEST_REDIS_URL is not set (.ci/run sets redis://127.0.0.1:6379/15)"
+        reason = "PLURALITY_TEST_REDIS_URL is not set (.ci/run starts a redis-server of its own)"
     else:
         import redis
 
@@ -399,16 +399,21 @@ def login_over_http(http: requests.Session, base: str, token: str) -> str:
     return str(cookie)
 
 
-def flask_command(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """The real ``flask`` command in ``cwd``, with none of our PLURALITY_/FLASK_ variables
+def flask_env(**env: str) -> dict[str, str]:
+    """The environment of a ``flask`` command: none of our PLURALITY_/FLASK_ variables
     (``env`` adds some, ``FLASK_APP`` included) and this checkout's package first."""
     root = Path(__file__).resolve().parents[1]
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PLURALITY_", "FLASK_"))}
     clean["PYTHONPATH"] = os.pathsep.join([str(root), clean.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return {**clean, **env}
+
+
+def flask_command(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The real ``flask`` command in ``cwd``, run to its end, in :func:`flask_env`."""
     return subprocess.run(
         [sys.executable, "-m", "flask", *args],
         cwd=cwd,
-        env={**clean, **env},
+        env=flask_env(**env),
         capture_output=True,
         text=True,
         timeout=120,

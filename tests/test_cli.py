@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -396,11 +397,21 @@ def test_revoke_user_logs_out_existing_sessions(app: Flask, fake: FakePlurality)
     assert login(other, fake.issue_token(user_id="someone-else")).status_code == 200
     result = run(app, "revoke-user", "user-9")
     assert result.exit_code == 0
-    assert result.output == "revoked: every session of user user-9 that exists now is refused from its next request\n"
+    assert result.stdout == "revoked: every session of user user-9 that exists now is refused from its next request\n"
+    assert result.stderr.startswith("warning: 'user-9' is not a Plurality user id, which is a UUID")
     assert client.get("/protected").status_code == 401
     assert other.get("/protected").status_code == 200
     assert login(client, fake.issue_token(user_id="user-9", iat=int(time.time()) + 1)).status_code == 200  # a new login
     assert client.get("/protected").status_code == 200
+
+
+def test_revoke_user_of_a_plurality_id_has_no_warning(app: Flask, fake: FakePlurality) -> None:
+    client = app.test_client()
+    user_id = str(uuid.uuid4())
+    assert login(client, fake.issue_token(user_id=user_id)).status_code == 200
+    result = run(app, "revoke-user", user_id)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert client.get("/protected").status_code == 401
 
 
 def test_revoke_user_on_redis(make_app: AppFactory, fake: FakePlurality, redis_client: Any) -> None:

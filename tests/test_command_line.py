@@ -5,12 +5,17 @@ in demo mode says why a token from another process is refused.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 import pytest
+import requests
 from flask import Flask
-from helpers import flask_command, stand_in_of
+from helpers import flask_command, flask_env, free_port, stand_in_of, wait_for
 
 from flask_plurality import ConfigurationError, Plurality
 from flask_plurality.testing import FakePlurality
@@ -73,6 +78,91 @@ def test_fake_without_debug_says_which_variable_to_set(project: Path) -> None:
     assert "flask run --debug" in refused.stderr and "FLASK_PLURALITY_FAKE=force" in refused.stderr
     forced = flask_command(project, "--app", "app", "plurality", "check", FLASK_PLURALITY_FAKE="force")
     assert forced.returncode == 3, forced.stdout + forced.stderr  # the stand-in answers: reachable
+
+
+# -- exploring the commands before the app can serve -------------------------------------
+
+#: The app cannot load: fake mode outside debug mode (and, in the quickstart, no credentials).
+CANNOT_LOAD = {"FLASK_PLURALITY_FAKE": "true"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", [{}, CANNOT_LOAD], ids=["no-credentials", "app-cannot-load"])
+def test_plurality_help_lists_the_commands_without_loading_the_app(project: Path, env: dict[str, str]) -> None:
+    listed = flask_command(project, "--app", "app", "plurality", "--help", **env)
+    assert listed.returncode == 0, listed.stderr
+    assert {"check", "validate", "fake-server", "revoke-user"} <= set(listed.stdout.split())
+    assert listed.stderr == ""  # not even init_app's warning about the missing credentials
+    one = flask_command(project, "--app", "app", "plurality", "check", "--help", **env)
+    assert one.returncode == 0 and "--token" in one.stdout and one.stderr == "", one.stderr
+
+
+@pytest.mark.slow
+def test_flask_help_says_why_the_app_cannot_load_in_one_line(project: Path) -> None:
+    """Flask's own help still lists every command, ours included, after one line."""
+    result = flask_command(project, "--app", "app", "--help", **CANNOT_LOAD)
+    assert result.returncode == 0, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: PLURALITY_FAKE is on but the app is neither in debug nor in testing mode")
+    assert "plurality" in result.stdout.split() and "routes" in result.stdout.split()
+
+
+def serve(project: Path, log: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    """``flask --app app ARGS`` in the background, its output in ``log``, in a process
+    group of its own (so that a signal reaches the reloader's child too)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "app", *args],
+            cwd=project,
+            env=flask_env(**env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C, to the whole group, and wait for it."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:  # pragma: no cover - only when the server hangs
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("debug", [[], ["--debug"]], ids=["app-cannot-load", "debug"])
+def test_fake_server_runs_without_credentials_and_without_the_apps_stand_in(
+    project: Path, tmp_path: Path, debug: list[str]
+) -> None:
+    """The command that gives out the demo credentials needs none, nor debug mode, and
+    starts one stand-in: its own (the app's, in fake mode, is never started)."""
+    port, log = free_port(), tmp_path / "fake-server.log"
+    server = serve(project, log, *debug, "plurality", "fake-server", "--port", str(port), **CANNOT_LOAD)
+    try:
+        url = f"http://127.0.0.1:{port}/api/user/validate"
+        wait_for(url, server, log)
+        answer = requests.post(url, json={"token": "a.b.c"}, timeout=10)
+        assert (answer.status_code, answer.text) == (403, "Invalid token")
+    finally:
+        stop(server)
+    output = log.read_text()
+    assert output.startswith(f"Plurality stand-in running at http://127.0.0.1:{port}/api"), output
+    assert "PLURALITY_FAKE is on" not in output and "Error" not in output, output
+
+
+@pytest.mark.slow
+def test_fake_mode_warns_once_under_the_reloader(project: Path, tmp_path: Path) -> None:
+    """``flask run --debug`` loads the app twice (the reloader's watcher, then the
+    server): one warning that logins are fake, from the one that serves."""
+    port, log = free_port(), tmp_path / "run.log"
+    server = serve(project, log, "run", "--debug", "--port", str(port), FLASK_PLURALITY_FAKE="true")
+    try:
+        assert wait_for(f"http://127.0.0.1:{port}/plurality/session", server, log).status_code == 401
+    finally:
+        stop(server)
+    assert log.read_text().count("PLURALITY_FAKE is on: logins are checked by a local stand-in") == 1, log.read_text()
 
 
 # -- validate in demo mode ---------------------------------------------------------------------

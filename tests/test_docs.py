@@ -5,12 +5,15 @@ Chromium at 1280 px: nothing wider than the window, no table wider than its colu
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -89,3 +92,21 @@ def test_readme_widget_snippet_loads_the_builds_the_sample_pins() -> None:
     assert version is not None
     assert f"npm install @plurality-network/smart-profile-wallet@{version.group(1)}" in section
     assert "https://developer.plurality.network" in readme and "Invalid domain" in section
+
+
+def test_read_the_docs_builds_the_docs_as_lint_does() -> None:
+    """The Documentation URL of the package's metadata is built by Read the Docs: with
+    every warning an error, from docs/conf.py, with the docs tools and the package's
+    extras that ``python3 dev.py lint`` builds with, on a Python the CI matrix tests."""
+    rtd = yaml.safe_load((ROOT / ".readthedocs.yaml").read_text(encoding="utf-8"))
+    assert rtd["version"] == 2
+    assert rtd["sphinx"] == {"builder": "html", "configuration": "docs/conf.py", "fail_on_warning": True}
+    installs = rtd["python"]["install"]
+    assert {"requirements": "requirements/docs.txt"} in installs
+    [package] = [step for step in installs if step.get("method") == "pip"]
+    assert package["path"] == "."
+    dev = (ROOT / "requirements" / "dev.txt").read_text(encoding="utf-8")
+    [extras] = re.findall(r"^-e \.\[([^\]]+)\]$", dev, re.M)
+    assert sorted(package["extra_requirements"]) == sorted(extras.split(","))
+    classifiers = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["classifiers"]
+    assert f"Programming Language :: Python :: {rtd['build']['tools']['python']}" in classifiers

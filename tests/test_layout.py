@@ -199,3 +199,37 @@ def test_the_sample_app_and_the_docs_import_only_the_public_api() -> None:
     }
     assert {(where, name) for where, name in found if name not in PUBLIC_MODULES} == set()
     assert ("examples/app.py", "flask_plurality") in found  # the search sees what it is for
+
+
+# -- the checkout -------------------------------------------------------------------------
+
+#: What a run of .ci/run (or of dev.py) writes inside the checkout.
+WRITTEN_BY_A_RUN = [
+    ".venv/pyvenv.cfg",
+    "dist/flask_plurality-0.1.0.tar.gz",
+    "docs/_build/html/index.html",
+    "artifacts/matrix/log.txt",
+    ".schemathesis/default/cache/crashes/manifest.json",
+    "examples/instance/plurality-stand-in.sqlite3",
+    ".coverage",
+    ".hypothesis/examples/x",
+    "flask_plurality.egg-info/PKG-INFO",
+]
+
+
+def test_what_a_run_writes_is_ignored_and_not_tracked() -> None:
+    """``git status`` is as clean after ``bash .ci/run`` as before: nothing a run writes
+    is tracked (a tracked file it rewrites would show as modified), and all of it is ignored."""
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout (an unpacked sdist)")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    areas = tuple(path.rsplit("/", 1)[0] + "/" if "/" in path else path for path in WRITTEN_BY_A_RUN)
+    assert [path for path in tracked.stdout.split("\0") if path.startswith(areas)] == []
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=ROOT,
+        input="\n".join(WRITTEN_BY_A_RUN),
+        capture_output=True,
+        text=True,
+    )
+    assert sorted(ignored.stdout.split()) == sorted(WRITTEN_BY_A_RUN)

@@ -84,6 +84,7 @@ def test_wheel_metadata(dist: dict[str, Path]) -> None:
         info = f"flask_plurality-{flask_plurality.__version__}.dist-info"
         metadata = email.message_from_bytes(wheel.read(f"{info}/METADATA"))
         extras = metadata.get_all("Provides-Extra", [])
+        entry_points = wheel.read(f"{info}/entry_points.txt").decode()
     assert {"flask_plurality/py.typed", "flask_plurality/pytest_plugin.py", f"{info}/licenses/LICENSE"} <= names
     assert not any(name.startswith(("tests/", "examples/", "benchmarks/")) for name in names)
     assert metadata["Version"] == flask_plurality.__version__  # one version, read from __version__
@@ -91,21 +92,65 @@ def test_wheel_metadata(dist: dict[str, Path]) -> None:
     urls = dict(url.split(", ", 1) for url in metadata.get_all("Project-URL", []))
     assert {"Homepage", "Documentation", "Source", "Changes"} <= set(urls), urls
     assert all(url.startswith("https://") for url in urls.values())
-    # The pytest plugin is opt-in (no pytest11 entry point); no development tools published.
-    assert f"{info}/entry_points.txt" not in names
+    # The pytest plugin is opt-in (no pytest11 entry point); the `flask plurality` group is
+    # found before the app loads; no development tools published.
+    assert entry_points.split() == ["[flask.commands]", "plurality", "=", "flask_plurality.cli:plurality_cli"]
     assert sorted(extras) == ["flask-login", "memcached", "metrics", "redis", "sqlalchemy", "testing", "tracing"]
     requires = metadata.get_all("Requires-Dist", [])
     assert 'extra == "testing"' in " ".join(requires)
     assert not [r for r in requires if re.match(r"(sphinx|mypy|playwright|gevent|ruff|coverage)\b", r, re.I)]
 
 
-def test_sdist_ships_the_package_and_docs_and_no_tests(dist: dict[str, Path]) -> None:
-    """It shipped tests/test_*.py without the conftest.py and helpers they need: none now."""
+def test_sdist_ships_the_package_docs_and_test_suite(dist: dict[str, Path]) -> None:
+    """A packager runs the tests from the sdist: it holds them with everything they read."""
     with tarfile.open(dist["sdist"]) as sdist:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     assert {"LICENSE", "README.rst", "CHANGES.rst", "pyproject.toml", "flask_plurality/py.typed"} <= names
     assert {"docs/conf.py", "docs/configuration.rst", "docs/_static/tables.css"} <= names
-    assert not any(name.startswith(("tests/", "examples/", "benchmarks/", ".ci/", "docs/_build")) for name in names)
+    tracked = subprocess.run(
+        ["git", "ls-files", "tests", "examples", "benchmarks", "requirements"], cwd=ROOT, capture_output=True, text=True
+    )
+    suite = set(tracked.stdout.split()) if tracked.returncode == 0 else set()
+    suite |= {"tests/conftest.py", "tests/helpers.py", "setup.cfg", "CONTRIBUTING.rst", ".importlinter", "dev.py"}
+    assert suite - names == set()
+    assert not any(name.startswith((".ci/", ".github/", "docs/_build", "examples/instance/")) for name in names)
+    assert not any(name.endswith((".pyc", "/.env")) for name in names)
+
+
+@pytest.mark.timeout(600)
+def test_the_sdists_own_tests_pass_unpacked(dist: dict[str, Path], tmp_path: Path) -> None:
+    """Unpacked anywhere, the sdist's tests run against the sdist's own package (pytest's
+    ``pythonpath = .``, from its setup.cfg): a fast part of them here, the whole suite with
+    ``python3 dev.py test`` in the unpacked directory."""
+    with tarfile.open(dist["sdist"]) as sdist:
+        sdist.extractall(tmp_path, filter="data")
+    [unpacked] = tmp_path.iterdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLURALITY_REQUIRE_", "PYTHONPATH"))}
+    tests = ["tests/test_layout.py", "tests/test_dependencies.py", "tests/test_login.py"]
+    result = run(sys.executable, "-m", "pytest", "-q", *tests, cwd=unpacked, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"\b\d{2,} passed\b", result.stdout) and " failed" not in result.stdout, result.stdout[-500:]
+
+
+def test_readmes_install_lines_work_before_the_first_release(tmp_path: Path) -> None:
+    """The quickstart's first command is one that works today: from a clone (this one,
+    where README's ``git clone`` puts it), and the bare name only once released."""
+    [install] = [block for block in readme_blocks("Quickstart", "sh") if "pip install" in block]
+    lines = [line.split("#", 1)[0].strip() for line in install.splitlines()]
+    clone = next(line for line in lines if line.startswith("git clone "))
+    assert clone.rsplit("/", 1)[1] == "flask-plurality"
+    assert "pip install ./flask-plurality" in lines and "pip install flask-plurality" not in lines
+    [from_url] = [line for line in lines if "git+" in line]
+    assert clone.split()[2] in from_url
+    (tmp_path / "flask-plurality").symlink_to(ROOT)  # the clone, as README's git clone names it
+    command = next(line for line in lines if line.startswith("pip install ./")).split()
+    report = tmp_path / "report.json"
+    dry = run(sys.executable, "-m", *command, "--dry-run", "--no-deps", "--report", report, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    [would] = json.loads(report.read_text())["install"]
+    assert (
+        would["metadata"]["name"] == "flask-plurality" and would["metadata"]["version"] == flask_plurality.__version__
+    )
 
 
 @pytest.mark.timeout(900)  # a pip install and four pytest runs: past the suite's 120 s on a busy machine

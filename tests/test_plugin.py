@@ -90,6 +90,20 @@ def test_readme_example_really_tests_the_app(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*FAILED*test_dashboard_needs_a_login*", "*FAILED*test_logout_ends_the_session*"])
 
 
+@pytest.mark.parametrize("fake", ["true", "force"])
+def test_readme_example_passes_with_the_quickstarts_fake_mode_still_exported(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, fake: str
+) -> None:
+    """``FLASK_PLURALITY_FAKE=true`` left in the shell by the quickstart: the app reads it
+    with ``from_prefixed_env()``, and the fixture's settings still win (no stand-in of
+    the app's own takes the calls that ``plurality_fake`` should see)."""
+    monkeypatch.setenv("FLASK_PLURALITY_FAKE", fake)
+    example = readme_conftest_and_tests()[1]
+    user_project(pytester, test_readme_example=example)
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=example.count("\ndef test_"))
+
+
 NOTHING_LOADED = """
 import sys
 
@@ -148,6 +162,7 @@ def test_fixture_is_a_running_stand_in(plurality_fake, plurality_config):
     assert isinstance(plurality_fake, FakePlurality)
     store = plurality_config.pop("SESSION_CACHELIB")
     assert plurality_config == {
+        "PLURALITY_FAKE": False,  # the fixture's stand-in, even with FLASK_PLURALITY_FAKE=true exported
         "PLURALITY_API_URL": plurality_fake.url,
         "PLURALITY_CLIENT_ID": plurality_fake.client_id,
         "PLURALITY_CLIENT_SECRET": plurality_fake.client_secret,

@@ -7,8 +7,10 @@ on next to real credentials, however ``PLURALITY_FAKE`` is spelled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -301,9 +303,21 @@ def test_a_bad_setting_is_one_line_not_a_traceback(env: dict[str, str], says: st
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_dev_py_demo_prints_no_traceback(tmp_path: Path) -> None:
-    """``python3 dev.py demo``, then Ctrl-C: the terminal sends SIGINT to the whole
-    foreground process group, dev.py and the app alike."""
+@pytest.mark.parametrize(
+    ("how", "to_group"),
+    [
+        # Ctrl-C: the terminal sends SIGINT to the whole foreground process group.
+        (signal.SIGINT, True),
+        # An IDE's stop button or a process manager: SIGTERM (or the terminal closing:
+        # SIGHUP) to dev.py alone, which must not leave the app serving on its port.
+        (signal.SIGTERM, False),
+        (signal.SIGHUP, False),
+        # A process manager that signals the whole group: the app gets it twice (passed on too).
+        (signal.SIGTERM, True),
+    ],
+    ids=["ctrl-c", "sigterm-to-dev-py", "sighup-to-dev-py", "sigterm-to-the-group"],
+)
+def test_stopping_dev_py_demo_stops_the_app(tmp_path: Path, how: signal.Signals, to_group: bool) -> None:
     if not (ROOT / ".venv" / "bin" / "python").exists():
         pytest.skip("dev.py runs the app from .venv, which `python3 dev.py test` creates")
     port = free_port()
@@ -319,16 +333,41 @@ def test_ctrl_c_on_dev_py_demo_prints_no_traceback(tmp_path: Path) -> None:
         )
         try:
             assert wait_for(f"http://127.0.0.1:{port}/", process, log).status_code == 200
-            os.killpg(process.pid, signal.SIGINT)
+            if to_group:
+                os.killpg(process.pid, how)
+            else:
+                process.send_signal(how)
             code = process.wait(timeout=30)
+            with pytest.raises(requests.ConnectionError):  # nothing left serving the port
+                requests.get(f"http://127.0.0.1:{port}/", timeout=5)
         finally:
-            if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # the group: dev.py and an orphaned app alike
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            process.wait()
     output = log.read_text()
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
     assert code == 0, output
     assert output.rstrip().endswith("Stopped."), output
+
+
+@pytest.mark.slow
+def test_a_second_demo_on_a_busy_port_says_what_to_do(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "examples.app", "--port", str(port), "--instance-path", str(tmp_path / "i")],
+            cwd=ROOT,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode != 0
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert f"port {port} is in use" in line and f"--port {port + 1}" in line and "python3 dev.py demo" in line, line
+    assert "Traceback" not in result.stderr
 
 
 def demo_session(base: str) -> str:

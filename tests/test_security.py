@@ -140,6 +140,8 @@ def test_a_form_post_without_origin_or_referer_is_refused(client: FlaskClient, f
     text = client.post("/plurality/login", data=json.dumps({"token": token}), content_type="text/plain")
     for response in (form, multipart, text):
         error_of(response, 403, "forbidden_origin", token)
+        # What to do instead, for someone trying the endpoint with curl -d token=...
+        assert "as JSON (Content-Type: application/json)" in response.json["message"]
     assert fake.calls == []
 
 
