@@ -11,7 +11,8 @@ behind the app's sessions:
 Flask-Session backend                      store
 ========================================  ===========================================
 ``cachelib`` ``FileSystemCache``           :class:`~.files.FileStore` (flock per key)
-``cachelib`` ``RedisCache``, ``redis``     :class:`~.redis.RedisStore`
+``cachelib`` ``RedisCache``, ``redis``     :class:`~.redis.RedisStore` (one Redis,
+(also Sentinel and ``RedisCluster``)        Sentinel, Redis Cluster)
 ``cachelib`` ``MemcachedCache``,           :class:`~.memcached.MemcachedStore`
 ``memcached`` (pymemcache clients)
 ``sqlalchemy``                             :class:`~.sql.SQLStore`
@@ -33,7 +34,7 @@ from cachelib.file import FileSystemCache
 from flask import Flask, current_app
 from flask.sessions import SessionInterface
 
-from ..config import config
+from ..config import DEFAULTS, config
 from ..exceptions import ConfigurationError
 from ..flask_session_shim import shim
 from ..state import get_state
@@ -42,10 +43,11 @@ from .files import FileStore
 from .local import CacheLibStore, ForeignStore, per_process_warning
 from .memcached import MemcachedStore, is_pymemcache
 from .protocol import UNREAD, Store
-from .redis import RedisStore, refuse_cluster
+from .redis import RedisStore, refuse_client, replica_acks
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.cluster import RedisCluster
 
 log = logging.getLogger("flask_plurality")
 
@@ -105,22 +107,24 @@ def store_for(interface: SessionInterface, app: Flask | None = None) -> Store:
 
 def check_session_client(app: Flask) -> None:
     """Refuse, at ``init_app``, a session client Flask-Session would silently replace
-    with a default one on localhost (``redis.cluster.RedisCluster``, say)."""
+    with a default one on localhost (a ``StrictRedis`` of another library, say)."""
     problem = unusable_client(app.config)
     if problem is not None:
         raise ConfigurationError(problem)
 
 
-def redis_client(inner: SessionInterface) -> Redis | None:
-    """The ``redis.Redis`` (or subclass: any server speaking its protocol) behind ``inner``."""
+def redis_client(inner: SessionInterface) -> Redis | RedisCluster | None:
+    """The ``redis.Redis`` (or subclass: any server speaking its protocol) or
+    ``redis.cluster.RedisCluster`` behind ``inner``."""
     client = getattr(inner, "client", None)
     if client is None:
         return None
     try:
         from redis import Redis
+        from redis.cluster import RedisCluster
     except ImportError:  # pragma: no cover - Flask-Session's redis backend needs it anyway
         return None
-    return client if isinstance(client, Redis) else None
+    return client if isinstance(client, Redis | RedisCluster) else None
 
 
 Encode = Callable[[Any], bytes]
@@ -133,12 +137,12 @@ def build_store(inner: SessionInterface, app: Flask, encode: Encode, decode: Dec
     :mod:`flask_plurality.flask_session_shim`)."""
     client = redis_client(inner)
     if client is not None:
-        return RedisStore(client, encode=encode, decode=decode)
+        return RedisStore(client, encode=encode, decode=decode, **_replicas(app, client))
     cache = getattr(inner, "cache", None)
     if isinstance(cache, FileSystemCache):
         return FileStore(cache)
     if isinstance(cache, BaseCache):
-        found = _cachelib_store(cache)
+        found = _cachelib_store(cache, app)
         if found is not None:
             return found
     if type(inner).__name__ == "SqlAlchemySessionInterface":
@@ -155,7 +159,13 @@ def build_store(inner: SessionInterface, app: Flask, encode: Encode, decode: Dec
     return ForeignStore(inner)
 
 
-def _cachelib_store(cache: BaseCache) -> Store | None:
+def _replicas(app: Flask, client: Any) -> dict[str, Any]:
+    """How a Redis store waits for replicas: ``PLURALITY_REPLICA_ACKS``, ``..._TIMEOUT``."""
+    acks, timeout = (app.config.get(name, DEFAULTS[name]) for name in ("PLURALITY_REPLICA_ACKS", "PLURALITY_REPLICA_TIMEOUT"))
+    return {"acks": replica_acks(acks, client), "acks_timeout": float(timeout)}
+
+
+def _cachelib_store(cache: BaseCache, app: Flask) -> Store | None:
     """The shared store for cachelib's Redis and memcached caches, ``None`` for others."""
     from cachelib.memcached import MemcachedCache
     from cachelib.redis import RedisCache
@@ -164,6 +174,7 @@ def _cachelib_store(cache: BaseCache) -> Store | None:
         serializer = cache.serializer
         return RedisStore(
             cache._write_client,
+            **_replicas(app, cache._write_client),
             key_prefix=cache.key_prefix,
             encode=lambda s: serializer.dumps(dict(s)),
             decode=serializer.loads,
@@ -178,7 +189,7 @@ def unusable_client(config: Any) -> str | None:
     would silently replace it with a default client on localhost), or ``None``."""
     kind = config.get("SESSION_TYPE")
     if kind == "redis":
-        return refuse_cluster(config.get("SESSION_REDIS"))
+        return refuse_client(config.get("SESSION_REDIS"))
     if kind == "memcached":
         client = config.get("SESSION_MEMCACHED")
         if client is not None and not all(hasattr(client, name) for name in ("get", "set", "delete")):

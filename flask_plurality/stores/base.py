@@ -52,6 +52,9 @@ class PlainRarelyWritten(abc.ABC):
     def set_rarely_written(self, key: str, value: Any, ttl: float) -> None:
         self.set(key, value, ttl)
 
+    def set_lasting(self, key: str, value: Any, ttl: float) -> None:
+        self.set(key, value, ttl)  # no replica to wait for: a write that returned is kept
+
 
 class LockedKeys(abc.ABC):
     """The extension's keys in a cachelib cache, each read-modify-write (``add``, counters
@@ -78,6 +81,9 @@ class LockedKeys(abc.ABC):
 
     def set(self, key: str, value: Any, ttl: float) -> None:
         self._put(key, value, bounded(ttl))
+
+    def set_lasting(self, key: str, value: Any, ttl: float) -> None:
+        self._put(key, value, bounded(ttl))  # files and per-process caches have no replicas
 
     def delete(self, key: str) -> None:
         with self._locked(key):
