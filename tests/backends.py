@@ -348,6 +348,38 @@ class RedisClusterGroup:
             return False
         return all(any(r["primary_id"] == p["id"] and not r["failed"] for r in nodes) for p in primaries)
 
+    def replicated(self) -> bool:
+        """Has every replica caught up with its primary's replication offset?"""
+        import redis
+
+        for port in self.primary_ports():
+            try:
+                with contextlib.closing(redis.Redis(host=HOST, port=port, socket_timeout=0.5)) as client:
+                    info = client.info("replication")
+            except (redis.RedisError, OSError):
+                return False
+            offsets = [v["offset"] for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+            if not offsets or min(offsets) < info["master_repl_offset"]:
+                return False
+        return True
+
+    def wait_replicated(self) -> None:
+        wait_until(self.replicated, 15, "every replica to catch up with its primary")
+
+    def redirections(self) -> dict[str, int]:
+        """How many MOVED and ASK answers the nodes gave so far (INFO errorstats)."""
+        import redis
+
+        counted = {"MOVED": 0, "ASK": 0}
+        for port, server in self.servers.items():
+            if server.process is None:
+                continue
+            with contextlib.closing(redis.Redis(host=HOST, port=port, socket_timeout=0.5)) as client:
+                stats = client.info("errorstats")
+            for kind in counted:
+                counted[kind] += int(stats.get(f"errorstat_{kind}", {}).get("count", 0))
+        return counted
+
     def wait_healthy(self, timeout: float = 30) -> None:
         wait_until(self.healthy, timeout, "the Redis Cluster to be whole (every slot served, every primary replicated)")
 

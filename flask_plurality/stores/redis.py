@@ -64,13 +64,13 @@ def is_sentinel(client: Any) -> bool:
 
 def replica_acks(setting: Any, client: Any) -> int:
     """How many replicas must acknowledge a logout or a revocation: the setting's number,
-    or for ``"auto"`` one where the deployment is made for failover (a Sentinel client,
-    a cluster with replicas), none on a single Redis."""
+    or for ``"auto"`` one where the deployment is made for failover (a Sentinel client, a
+    cluster client), none on a single Redis. Not guessed from the replicas a cluster
+    lists: Redis leaves a replica out of ``CLUSTER SLOTS`` until it has replicated a
+    first write, so a cluster just started would look like one without replicas."""
     if setting != "auto":
         return int(setting)
-    if is_cluster(client):
-        return 1 if client.get_replicas() else 0
-    return 1 if is_sentinel(client) else 0
+    return 1 if is_cluster(client) or is_sentinel(client) else 0
 
 
 class RedisStore(ClientStore, PlainRarelyWritten):
