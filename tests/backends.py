@@ -245,6 +245,19 @@ def start_sentinel_group(group: str, directory: Path) -> SentinelGroup:
     return result
 
 
+def caught_up(primary_port: int) -> bool:
+    """Has every replica of the primary on ``primary_port`` caught up with its offset?"""
+    import redis
+
+    try:
+        with contextlib.closing(redis.Redis(host=HOST, port=primary_port, socket_timeout=0.5)) as client:
+            info = client.info("replication")
+    except (redis.RedisError, OSError):
+        return False
+    offsets = [v["offset"] for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+    return bool(offsets) and min(offsets) >= info["master_repl_offset"]
+
+
 def free_cluster_port() -> int:
     """A free port of the suite's range whose cluster bus port (the port + 10000) is free too."""
     for _ in range(_LAST - _FIRST + 1):
@@ -348,23 +361,8 @@ class RedisClusterGroup:
             return False
         return all(any(r["primary_id"] == p["id"] and not r["failed"] for r in nodes) for p in primaries)
 
-    def replicated(self) -> bool:
-        """Has every replica caught up with its primary's replication offset?"""
-        import redis
-
-        for port in self.primary_ports():
-            try:
-                with contextlib.closing(redis.Redis(host=HOST, port=port, socket_timeout=0.5)) as client:
-                    info = client.info("replication")
-            except (redis.RedisError, OSError):
-                return False
-            offsets = [v["offset"] for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-            if not offsets or min(offsets) < info["master_repl_offset"]:
-                return False
-        return True
-
     def wait_replicated(self) -> None:
-        wait_until(self.replicated, 15, "every replica to catch up with its primary")
+        wait_until(lambda: all(caught_up(p) for p in self.primary_ports()), 15, "every replica to catch up")
 
     def redirections(self) -> dict[str, int]:
         """How many MOVED and ASK answers the nodes gave so far (INFO errorstats)."""

@@ -80,6 +80,7 @@ def test_the_protocol_lists_every_capability() -> None:
         "retrieve_session",
         "save_session",
         "set",
+        "set_lasting",
         "set_rarely_written",
         "shared",
         "still_current",

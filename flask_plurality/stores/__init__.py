@@ -38,7 +38,7 @@ from ..config import DEFAULTS, config
 from ..exceptions import ConfigurationError
 from ..flask_session_shim import shim
 from ..state import get_state
-from .base import MAX_TTL, log_store_failure, store_errors_as_unavailable, store_use, unavailable_error
+from .base import MAX_TTL, lasting_deletes, log_store_failure, store_errors_as_unavailable, store_use, unavailable_error
 from .files import FileStore
 from .local import CacheLibStore, ForeignStore, per_process_warning
 from .memcached import MemcachedStore, is_pymemcache
@@ -64,6 +64,7 @@ __all__ = [
     "check_session_client",
     "get_store",
     "key",
+    "lasting_deletes",
     "log_store_failure",
     "per_process_warning",
     "redis_client",
@@ -161,7 +162,11 @@ def build_store(inner: SessionInterface, app: Flask, encode: Encode, decode: Dec
 
 def _replicas(app: Flask, client: Any) -> dict[str, Any]:
     """How a Redis store waits for replicas: ``PLURALITY_REPLICA_ACKS``, ``..._TIMEOUT``."""
-    acks, timeout = (app.config.get(name, DEFAULTS[name]) for name in ("PLURALITY_REPLICA_ACKS", "PLURALITY_REPLICA_TIMEOUT"))
+    try:
+        settings = app.config
+    except RuntimeError:  # built outside an app context (store_for without an app)
+        settings = DEFAULTS
+    acks, timeout = (settings.get(name, DEFAULTS[name]) for name in ("PLURALITY_REPLICA_ACKS", "PLURALITY_REPLICA_TIMEOUT"))
     return {"acks": replica_acks(acks, client), "acks_timeout": float(timeout)}
 
 

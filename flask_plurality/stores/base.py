@@ -142,6 +142,13 @@ def _seconds_left(until: float, now: float) -> int:
 store_use: ContextVar[str] = ContextVar("plurality_store_use", default="extension")
 
 
+#: Whether a session delete must survive a failover (:meth:`.protocol.Store.delete_session`
+#: on Redis with replicas: ``WAIT``). ``False`` only while a login replaces the id of a
+#: session that held no login: a failover bringing that entry back brings back nobody,
+#: so a login never waits for a replica (nor fails, after a failover, until one is back).
+lasting_deletes: ContextVar[bool] = ContextVar("plurality_lasting_deletes", default=True)
+
+
 def log_store_failure(exc: BaseException | str) -> None:
     """Log a store failure: its type and message (or what failed), never a value; and
     send ``store_failed`` (``where``: :data:`store_use`)."""

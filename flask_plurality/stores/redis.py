@@ -20,7 +20,16 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from .base import ClientStore, PlainRarelyWritten, bounded, dumps, loads, store_errors_as_unavailable, unavailable_error
+from .base import (
+    ClientStore,
+    PlainRarelyWritten,
+    bounded,
+    dumps,
+    lasting_deletes,
+    loads,
+    store_errors_as_unavailable,
+    unavailable_error,
+)
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -225,9 +234,14 @@ class RedisStore(ClientStore, PlainRarelyWritten):
             raise unavailable_error("Redis did not confirm a session write")
 
     def delete_session(self, store_id: str) -> None:
-        """A logout (or a session ended, or an id replaced): a lasting delete."""
+        """A logout, an ended session, an id replaced: a lasting delete (but for the
+        anonymous session a login replaces: :data:`.base.lasting_deletes`)."""
         name = self.key_prefix + store_id
-        self._lasting(name, "DEL", name)
+        if lasting_deletes.get():
+            self._lasting(name, "DEL", name)
+            return
+        with store_errors_as_unavailable():
+            self.client.delete(name)
 
     def sweep(self) -> None:
         """Nothing to do: every key was written with an expiry, and Redis drops it."""
