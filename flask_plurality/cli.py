@@ -213,10 +213,10 @@ def _describe_redis(client: Redis | RedisCluster, store: Any) -> tuple[str, list
 
     warnings: list[str] = []
     if isinstance(client, RedisCluster):
-        kwargs, connection_class = client.nodes_manager.connection_kwargs, Connection
-        primaries, replicas = len(client.get_primaries()), len(client.get_replicas())
-        where = ", ".join(node.name for node in client.get_primaries())
-        name = f"redis cluster (RedisCluster: {primaries} primaries at {where}, {replicas} replicas)"
+        cluster: Any = client  # redis-py's cluster client is untyped
+        kwargs, connection_class = cluster.nodes_manager.connection_kwargs, Connection
+        primaries = cluster.get_primaries()
+        name = f"redis cluster (RedisCluster: {len(primaries)} primaries at {', '.join(n.name for n in primaries)})"
         retry = kwargs.get("retry")
     else:
         kwargs, connection_class = client.connection_pool.connection_kwargs, client.connection_pool.connection_class

@@ -248,7 +248,9 @@ def check_values(app_config: dict[str, Any]) -> None:
     _number(app_config, "PLURALITY_REPLICA_TIMEOUT", minimum=0.001)
     acks = app_config["PLURALITY_REPLICA_ACKS"]
     if acks != "auto" and (isinstance(acks, bool) or not str(acks).strip().isdigit()):
-        raise ConfigurationError(f"PLURALITY_REPLICA_ACKS must be 'auto' or a number of replicas (0: none), not {acks!r}")
+        raise ConfigurationError(
+            f"PLURALITY_REPLICA_ACKS must be 'auto' or a number of replicas (0: none), not {acks!r}"
+        )
     for key in (
         "PLURALITY_MAX_TOKEN_LENGTH",
         "PLURALITY_LOGIN_MAX_FAILURES",

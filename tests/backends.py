@@ -431,7 +431,15 @@ def start_redis_cluster(directory: Path) -> RedisClusterGroup:
             port = free_cluster_port()
             group.servers[port] = cluster_node(port, directory).start()
         created = subprocess.run(
-            [cli, "--cluster", "create", *(f"{HOST}:{p}" for p in group.servers), "--cluster-replicas", "1", "--cluster-yes"],
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"{HOST}:{p}" for p in group.servers),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
             capture_output=True,
             text=True,
             timeout=60,

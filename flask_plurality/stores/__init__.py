@@ -25,8 +25,9 @@ anything else                              :class:`~.local.ForeignStore`: the se
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from cachelib import BaseCache, SimpleCache
@@ -68,6 +69,7 @@ __all__ = [
     "log_store_failure",
     "per_process_warning",
     "redis_client",
+    "slot_tag",
     "store_errors_as_unavailable",
     "store_for",
     "store_use",
@@ -89,6 +91,14 @@ def get_store(app: Flask | None = None) -> Store:
 def key(kind: str, name: str) -> str:
     """The store key of one of the extension's entries (``PLURALITY_KEY_PREFIX`` first)."""
     return f"{config.key_prefix}{kind}:{name}"
+
+
+def slot_tag(owner: str) -> str:
+    """A Redis Cluster hash tag for ``owner`` (a user id, say): keys that contain it live in
+    one hash slot, so one script or transaction may touch them all (without it, a
+    cluster answers ``CROSSSLOT``). A digest, not the id itself: a ``}`` in an id would
+    end the tag early, and an empty tag is no tag at all."""
+    return "{" + hashlib.blake2b(owner.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest() + "}"
 
 
 def unwrap(interface: SessionInterface) -> SessionInterface:
@@ -162,11 +172,14 @@ def build_store(inner: SessionInterface, app: Flask, encode: Encode, decode: Dec
 
 def _replicas(app: Flask, client: Any) -> dict[str, Any]:
     """How a Redis store waits for replicas: ``PLURALITY_REPLICA_ACKS``, ``..._TIMEOUT``."""
+    settings: Mapping[str, Any]
     try:
         settings = app.config
     except RuntimeError:  # built outside an app context (store_for without an app)
         settings = DEFAULTS
-    acks, timeout = (settings.get(name, DEFAULTS[name]) for name in ("PLURALITY_REPLICA_ACKS", "PLURALITY_REPLICA_TIMEOUT"))
+    acks, timeout = (
+        settings.get(name, DEFAULTS[name]) for name in ("PLURALITY_REPLICA_ACKS", "PLURALITY_REPLICA_TIMEOUT")
+    )
     return {"acks": replica_acks(acks, client), "acks_timeout": float(timeout)}
 
 

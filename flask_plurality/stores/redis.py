@@ -121,7 +121,7 @@ class RedisStore(ClientStore, PlainRarelyWritten):
 
     def incr(self, key: str, ttl: float) -> tuple[int, int]:
         with store_errors_as_unavailable():
-            count, left = self.client.eval(_INCR, 1, self.key_prefix + key, bounded(ttl))  # type: ignore[misc]
+            count, left = self.client.eval(_INCR, 1, self.key_prefix + key, bounded(ttl))
         return int(count), max(1, int(left))
 
     def decr(self, key: str) -> None:
@@ -149,9 +149,10 @@ class RedisStore(ClientStore, PlainRarelyWritten):
         :attr:`acks`, then ``WAIT`` on the same connection (``WAIT`` counts the writes
         of its own connection). The command's answer; raises when too few replicas
         acknowledged in time."""
+        client: Any = self.client  # redis-py's cluster client is untyped
         with store_errors_as_unavailable():
             if self.acks <= 0:
-                return self.client.execute_command(*command)
+                return client.execute_command(*command)
             if self.cluster:
                 result, acked = self._on_cluster_primary(name, command)
             else:
