@@ -305,19 +305,20 @@ class RedisClusterGroup:
 
     def nodes(self) -> list[dict[str, Any]]:
         """CLUSTER NODES as one node sees it: ``port``, ``id``, ``primary`` (bool),
-        ``primary_id`` (of a replica), ``failed`` (bool), ``slots`` (count)."""
+        ``primary_id`` (of a replica), ``failed`` (bool), ``slots`` (count), ``first_slot``."""
         text = self._ask("CLUSTER", "NODES") or ""
         found = []
         for line in text.splitlines():
             fields = line.split()
             if len(fields) < 8:
                 continue
-            slots = 0
+            slots, first = 0, 16384
             for part in fields[8:]:
                 if part.startswith("["):
                     continue  # a slot being migrated
                 low, _, high = part.partition("-")
                 slots += int(high or low) - int(low) + 1
+                first = min(first, int(low))
             found.append(
                 {
                     "port": int(fields[1].split("@")[0].rsplit(":", 1)[1]),
@@ -326,6 +327,7 @@ class RedisClusterGroup:
                     "primary_id": fields[3],
                     "failed": "fail" in fields[2] or fields[7] != "connected",
                     "slots": slots,
+                    "first_slot": first,
                 }
             )
         return found

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["backends"]
 
-_prefixes = iter(range(1, 10_000))
+_prefixes = iter(range(1, 1_000_000))
+#: Slots the reshard test moves (redis-cli takes the source's lowest first).
+SLOTS_MOVED = 1000
 
 
 def _spec(cluster: RedisClusterGroup) -> dict[str, Any]:
@@ -238,12 +240,17 @@ def test_a_slot_migration_under_load_loses_no_login_and_answers_no_500(
     redis_cluster: RedisClusterGroup, fake: FakePlurality, tmp_path: Path, http: requests.Session
 ) -> None:
     from backends import app_servers, reshard
+    from redis.crc import key_slot
 
-    spec = _spec(redis_cluster)
     source, target = redis_cluster.primary_ports()[:2]
+    first = next(n["first_slot"] for n in redis_cluster.nodes() if n["port"] == source)
+    while True:  # a prefix whose revocation epoch (read by every request) is in a moving slot
+        spec = _spec(redis_cluster)
+        if first <= key_slot(f"{spec['prefix']}plurality:revocations:epoch".encode()) < first + SLOTS_MOVED:
+            break
     before = redis_cluster.redirections()
     with app_servers(_server_options(spec, fake, tmp_path)) as servers:
-        cookies, users = _logged_in(http, servers, fake, 150)
+        cookies, users = _logged_in(http, servers, fake, 80)
         during: list[tuple[str, str]] = []
         login_statuses: list[int] = []
         stop = threading.Event()
@@ -267,7 +274,7 @@ def test_a_slot_migration_under_load_loses_no_login_and_answers_no_500(
         with steady_traffic(http, servers, cookies, users) as traffic:
             logins.start()
             started = time.monotonic()
-            moved = reshard(redis_cluster, source, target, 2000)
+            moved = reshard(redis_cluster, source, target, SLOTS_MOVED)
             took = time.monotonic() - started
             stop.set()
             logins.join(30)
@@ -279,7 +286,7 @@ def test_a_slot_migration_under_load_loses_no_login_and_answers_no_500(
     counts = traffic.counts()
     logins_counted = {s: login_statuses.count(s) for s in sorted(set(login_statuses))}
     print(
-        f"\nRedis Cluster reshard of 2000 slots in {took:.1f} s: protected {counts}, logins {logins_counted}, "
+        f"\nRedis Cluster reshard of {SLOTS_MOVED} slots in {took:.1f} s: protected {counts}, logins {logins_counted}, "
         f"redirections answered {redirected}, wrong users {traffic.wrong_users()}"
     )
     assert set(counts) == {200} and set(login_statuses) == {200}  # no 500, and nothing else either
@@ -305,4 +312,38 @@ def test_a_503_for_a_logout_no_replica_acknowledged_names_no_secret(
     finally:
         for port in replicas:
             redis_cluster.servers[port].resume()
+    redis_cluster.wait_healthy()
+
+
+def test_a_session_in_a_slot_being_migrated_is_read_and_logged_out_through_ask(
+    redis_cluster: RedisClusterGroup, cluster_app: Flask, fake: FakePlurality
+) -> None:
+    """A slot held half-way through a migration (its keys already on the importing node):
+    the source answers ASK, for the session read and for the logout's delete and WAIT."""
+    import redis
+
+    cluster = cluster_app.config["SESSION_REDIS"]
+    browser = cluster_app.test_client()
+    assert login(browser, fake.issue_token(user_id="moving")).status_code == 200
+    cookie = browser.get_cookie("session")
+    assert cookie is not None
+    name = _session_key(cluster_app, cookie.value)
+    slot, source = cluster.keyslot(name), int(cluster.get_node_from_key(name).port)
+    target = next(p for p in redis_cluster.primary_ports() if p != source)
+    ids = {n["port"]: n["id"] for n in redis_cluster.nodes()}
+    before = redis_cluster.redirections()
+    with redis.Redis(port=source) as src, redis.Redis(port=target) as dst:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+        try:
+            src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", name)
+            assert browser.get("/protected").get_json() == {"id": "moving"}
+            assert browser.post("/plurality/logout", json={}, headers=SAME_ORIGIN).status_code == 200
+            assert browser.get("/protected").status_code == 401
+        finally:
+            for port in redis_cluster.primary_ports():
+                with redis.Redis(port=port) as node:
+                    node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+        assert dst.exists(name) == 0  # the delete reached the node that holds the slot now
+    assert redis_cluster.redirections()["ASK"] - before["ASK"] >= 2  # the read and the delete
     redis_cluster.wait_healthy()
