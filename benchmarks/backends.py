@@ -202,6 +202,7 @@ def _specs(families: list[str]) -> Iterator[dict[str, dict[str, Any]]]:
         if "redis-socket" in needs:
             servers.append(b.redis_server(0, "--unixsocket", str(work / "redis.sock")).start())
         group = b.start_sentinel_group("bench", work / "sentinel") if "redis-sentinel" in needs else None
+        cluster = b.start_redis_cluster(work / "cluster") if "redis-cluster" in needs else None
         urls = {}
         if "sqlalchemy-postgresql" in needs:
             generator = b._sql_database(
@@ -230,6 +231,9 @@ def _specs(families: list[str]) -> Iterator[dict[str, dict[str, Any]]]:
             elif family == "redis-sentinel":
                 assert group is not None
                 spec.update(sentinels=group.addresses, service=group.service)
+            elif family == "redis-cluster":
+                assert cluster is not None
+                spec["startup"] = cluster.startup
             elif family in ("cachelib-memcached", "memcached"):
                 spec["server"] = f"127.0.0.1:{memcached_port}"
             elif family == "sqlalchemy-postgresql":
@@ -242,6 +246,8 @@ def _specs(families: list[str]) -> Iterator[dict[str, dict[str, Any]]]:
         finally:
             if group is not None:
                 group.stop()
+            if cluster is not None:
+                cluster.stop()
             for server in servers:
                 server.stop()
 

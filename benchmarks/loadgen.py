@@ -23,10 +23,14 @@ def request(
     cookie: str | None = None,
     body: Any = None,
     timeout: float = 10,
+    origin: bool = False,
 ) -> tuple[int, dict[str, str], bytes]:
-    """One request on a fresh connection: (status, headers (last of each, lower-case), body)."""
+    """One request on a fresh connection: (status, headers (last of each, lower-case), body).
+    ``origin``: with the server's own ``Origin`` (what a page of the app sends)."""
     payload = b"" if body is None else json.dumps(body).encode()
     lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+    if origin:
+        lines.append(f"Origin: http://127.0.0.1:{port}")
     if cookie:
         lines.append(f"Cookie: {cookie}")
     if body is not None:

@@ -37,6 +37,7 @@ from .tokens import read_claims
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.cluster import RedisCluster
 
     from .extension import Plurality
 
@@ -188,12 +189,11 @@ def probe(extension: Plurality, token: str | None) -> tuple[ExitCode, str]:
 SLOW_STORE_WARNING: Final = 3.0
 
 
-def _connection_setting(client: Redis, name: str) -> Any:
-    """A connection setting of ``client``: as given, else the connection class's default."""
-    pool = client.connection_pool
-    if name in pool.connection_kwargs:
-        return pool.connection_kwargs[name]
-    for cls in pool.connection_class.__mro__:
+def _connection_setting(kwargs: dict[str, Any], connection_class: type, name: str) -> Any:
+    """A connection setting: as given (``kwargs``), else the connection class's default."""
+    if name in kwargs:
+        return kwargs[name]
+    for cls in connection_class.__mro__:
         init = vars(cls).get("__init__")
         if init is None:
             continue
@@ -206,15 +206,25 @@ def _connection_setting(client: Redis, name: str) -> Any:
     return None
 
 
-def _describe_redis(client: Redis) -> tuple[str, list[str]]:
+def _describe_redis(client: Redis | RedisCluster, store: Any) -> tuple[str, list[str]]:
     """What :func:`describe_store` says about a Redis client: where, and its timeouts."""
+    from redis.cluster import RedisCluster
+    from redis.connection import Connection
+
     warnings: list[str] = []
-    kwargs = client.connection_pool.connection_kwargs
-    where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-    name = f"redis ({type(client).__name__} at {where}, db {kwargs.get('db', 0)})"
-    timeout = _connection_setting(client, "socket_timeout")
-    connect = _connection_setting(client, "socket_connect_timeout")
-    retry = client.get_retry() or kwargs.get("retry")
+    if isinstance(client, RedisCluster):
+        cluster: Any = client  # redis-py's cluster client is untyped
+        kwargs, connection_class = cluster.nodes_manager.connection_kwargs, Connection
+        primaries = cluster.get_primaries()
+        name = f"redis cluster (RedisCluster: {len(primaries)} primaries at {', '.join(n.name for n in primaries)})"
+        retry = kwargs.get("retry")
+    else:
+        kwargs, connection_class = client.connection_pool.connection_kwargs, client.connection_pool.connection_class
+        where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        name = f"redis ({type(client).__name__} at {where}, db {kwargs.get('db', 0)})"
+        retry = client.get_retry() or kwargs.get("retry")
+    timeout = _connection_setting(kwargs, connection_class, "socket_timeout")
+    connect = _connection_setting(kwargs, connection_class, "socket_connect_timeout")
     tries = 1 + int(getattr(retry, "_retries", 0)) if retry is not None else 1
     worst = tries * max(float(timeout), float(connect or 0)) if timeout is not None else math.inf
     if timeout is None:
@@ -229,7 +239,13 @@ def _describe_redis(client: Redis) -> tuple[str, list[str]]:
             "before it answers 503; prefer socket_timeout=0.5, socket_connect_timeout=0.5 and at most "
             "one retry."
         )
-    if client.get_encoder().decode_responses:
+    if store.acks and timeout is not None and float(timeout) <= store.acks_timeout:
+        warnings.append(
+            f"The Redis client's socket_timeout ({float(timeout):g} s) is not above PLURALITY_REPLICA_TIMEOUT "
+            f"({store.acks_timeout:g} s): a logout waiting for a replica gives up on the socket first. "
+            "Raise socket_timeout or lower PLURALITY_REPLICA_TIMEOUT."
+        )
+    if kwargs.get("decode_responses"):
         warnings.append(
             "The Redis client has decode_responses=True: Flask-Session stores msgpack bytes, "
             "which cannot be read back as text. Create SESSION_REDIS without it."
@@ -245,7 +261,7 @@ def describe_store(app: Flask) -> tuple[str, list[str]]:
     inner = unwrap(app.session_interface)
     client = redis_client(inner)
     if client is not None:
-        return _describe_redis(client)
+        return _describe_redis(client, get_store(app))
     store = get_store(app)
     warnings = [per_process_warning(store)] if isinstance(store, CacheLibStore) else []
     cache = getattr(inner, "cache", None)

@@ -49,6 +49,8 @@ DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_BEARER_REVALIDATE": 60,
     "PLURALITY_METRICS": False,
     "PLURALITY_METRICS_PATH": None,
+    "PLURALITY_REPLICA_ACKS": "auto",
+    "PLURALITY_REPLICA_TIMEOUT": 0.5,
 }
 
 _METHODS: Final = ("AUTO", "POST", "GET")
@@ -243,6 +245,12 @@ def check_values(app_config: dict[str, Any]) -> None:
     _number(app_config, "PLURALITY_GRACE_PERIOD")
     _number(app_config, "PLURALITY_BREAKER_COOLDOWN", minimum=0.001)
     _number(app_config, "PLURALITY_BEARER_REVALIDATE", integer=True)
+    _number(app_config, "PLURALITY_REPLICA_TIMEOUT", minimum=0.001)
+    acks = app_config["PLURALITY_REPLICA_ACKS"]
+    if acks != "auto" and (isinstance(acks, bool) or not str(acks).strip().isdigit()):
+        raise ConfigurationError(
+            f"PLURALITY_REPLICA_ACKS must be 'auto' or a number of replicas (0: none), not {acks!r}"
+        )
     for key in (
         "PLURALITY_MAX_TOKEN_LENGTH",
         "PLURALITY_LOGIN_MAX_FAILURES",

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Final, cast
 
+from flask import Flask
 from flask.sessions import SessionInterface
+from flask_session import Session
 from flask_session.base import ServerSideSession
 
 #: Flask-Session's own upsert: (lifetime, session, store id).
@@ -91,9 +93,44 @@ class _FlaskSessionShim:
     def retrieve_of(inner: SessionInterface) -> Callable[[str], dict[str, Any] | None]:
         return cast(Callable[[str], dict[str, Any] | None], inner._retrieve_session_data)  # type: ignore[attr-defined]
 
+    # Flask-Session 0.8's redis backend takes only a ``redis.Redis``: anything else (a
+    # ``redis.cluster.RedisCluster``) it replaces with ``Redis()`` on localhost, silently.
+
+    @staticmethod
+    def setup(app: Flask) -> None:
+        """``Session(app)``, keeping a ``SESSION_REDIS`` cluster client as given."""
+        client = app.config.get("SESSION_REDIS")
+        replaced = app.config.get("SESSION_TYPE") == "redis" and _is_cluster(client)
+        if replaced:
+            from redis import Redis
+
+            app.config["SESSION_REDIS"] = Redis()  # never connects: Flask-Session checks its type only
+        try:
+            Session(app)
+        finally:
+            if replaced:
+                app.config["SESSION_REDIS"] = client
+        _FlaskSessionShim.keep_client(app.session_interface, app.config)
+
+    @staticmethod
+    def keep_client(inner: SessionInterface, config: Any) -> None:
+        """Put back the cluster client Flask-Session replaced (when the app called
+        ``Session(app)`` itself, after Flask-Session's RuntimeWarning about it)."""
+        client = config.get("SESSION_REDIS")
+        if type(inner).__name__ == "RedisSessionInterface" and _is_cluster(client) and inner.client is not client:  # type: ignore[attr-defined]
+            inner.client = client  # type: ignore[attr-defined]
+
     @staticmethod
     def set_retrieve(inner: SessionInterface, retrieve: Callable[[str], dict[str, Any] | None]) -> None:
         inner._retrieve_session_data = retrieve  # type: ignore[attr-defined]
+
+
+def _is_cluster(client: Any) -> bool:
+    try:
+        from redis.cluster import RedisCluster
+    except ImportError:  # no redis: no cluster client either
+        return False
+    return isinstance(client, RedisCluster)
 
 
 def _own(inner: SessionInterface, name: str) -> Any:

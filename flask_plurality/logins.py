@@ -38,7 +38,7 @@ from .profile import ANONYMOUS, AnonymousProfile, Profile
 from .responses import login_refused
 from .revocation import current_epoch, is_revoked, stamp_of
 from .state import EXTENSION_KEY
-from .stores import store_errors_as_unavailable
+from .stores import lasting_deletes, store_errors_as_unavailable
 
 if TYPE_CHECKING:
     from .extension import Plurality
@@ -200,8 +200,13 @@ def start_login(profile: Profile, token: str, exp: int) -> None:
     forget_parsed(sess)  # the old id's, if any: regenerate() below drops that id
     sess[SESSION_KEY] = login.dump()
     sess.permanent = True
-    with store_errors_as_unavailable():
-        inner.regenerate(sess)  # deletes the old id's entry
+    # Deleting the old id's entry waits for a replica only if it held a login.
+    lasting = lasting_deletes.set(previous is not None)
+    try:
+        with store_errors_as_unavailable():
+            inner.regenerate(sess)  # deletes the old id's entry
+    finally:
+        lasting_deletes.reset(lasting)
     scope = request_scope()
     if scope is not None:
         scope[PROFILE] = profile

@@ -61,7 +61,9 @@ def revoke(user_id: str) -> None:
             "SESSION_TYPE 'redis', 'sqlalchemy', 'memcached' or cachelib's FileSystemCache/RedisCache."
         )
     value = _new_stamp()
-    store.set(key("revoked", user_id), value, REVOCATION_TTL)
+    # Both writes are lasting: a replica holds them before revoke_user returns (on Redis
+    # with replicas), so a failover cannot bring the revoked sessions back.
+    store.set_lasting(key("revoked", user_id), value, REVOCATION_TTL)
     # Then, never before, the epoch every session compares with (see is_revoked).
     store.set_rarely_written(config.key_prefix + REVOCATION_EPOCH, value, REVOCATION_TTL)
     log.info("Revoked every session of Plurality user %s", user_id)

@@ -24,7 +24,6 @@ from cachelib.file import FileSystemCache
 from cachelib.serializers import BaseSerializer
 from flask import Flask, Request, Response, has_request_context, request, session
 from flask.sessions import SessionInterface, SessionMixin
-from flask_session import Session
 from flask_session.base import ServerSideSession, ServerSideSessionInterface
 
 from .exceptions import ConfigurationError, SessionStoreUnavailable
@@ -295,8 +294,9 @@ def setup_sessions(app: Flask) -> Store:
         # session without a login keeps a browser-session cookie here, and a login's
         # cookie lasts to its token's expiry (start_login makes it permanent).
         app.config.setdefault("SESSION_PERMANENT", False)
-        Session(app)
+        shim.setup(app)
         interface = app.session_interface
+    shim.keep_client(interface, app.config)
     missing = shim.missing(interface)
     if missing:
         raise ConfigurationError(

@@ -29,6 +29,7 @@ FAMILIES = (
     "redis-password",
     "redis-socket",
     "redis-sentinel",
+    "redis-cluster",
     "sqlalchemy-postgresql",
     "sqlalchemy-mariadb",
     "memcached",
@@ -65,6 +66,15 @@ def _redis_client(spec: dict[str, Any]) -> Any:
 
         sentinel = Sentinel([tuple(s) for s in spec["sentinels"]], sentinel_kwargs=timeouts, **timeouts)
         return sentinel.master_for(spec["service"], **timeouts)
+    if spec["family"] == "redis-cluster":
+        from redis.backoff import NoBackoff
+        from redis.cluster import ClusterNode, RedisCluster
+        from redis.retry import Retry
+
+        nodes = [ClusterNode(host, port) for host, port in spec["startup"]]
+        # One retry (after reading the slot map again), as docs/deployment.rst advises:
+        # a node that died is a 503 within seconds, not after four rounds of timeouts.
+        return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 1), **timeouts)
     if spec["family"] == "redis-socket":
         return redis.Redis(unix_socket_path=spec["path"], db=0, **timeouts)
     return redis.Redis.from_url(spec["url"], **timeouts)

@@ -2,7 +2,8 @@
 
 Started here, on ports of the suite's own (27100-27199) or on a unix socket in a
 directory of its own: memcached, a Redis with a password, a Redis on a unix socket, a
-Sentinel group (primary, replica, three sentinels). The machine's PostgreSQL and MariaDB
+Sentinel group (primary, replica, three sentinels), a Redis Cluster (three primaries,
+three replicas; their bus ports are the ports + 10000). The machine's PostgreSQL and MariaDB
 get a database of the suite's own (``plurality_test_...``), created and dropped here; the machine's
 Redis is used only on the database of ``PLURALITY_TEST_REDIS_URL``. A missing service
 skips its tests with the reason, or fails them when ``PLURALITY_REQUIRE_BACKENDS`` is
@@ -244,6 +245,244 @@ def start_sentinel_group(group: str, directory: Path) -> SentinelGroup:
     return result
 
 
+def caught_up(primary_port: int) -> bool:
+    """Has every replica of the primary on ``primary_port`` caught up with its offset?"""
+    import redis
+
+    try:
+        with contextlib.closing(redis.Redis(host=HOST, port=primary_port, socket_timeout=0.5)) as client:
+            info = client.info("replication")
+    except (redis.RedisError, OSError):
+        return False
+    offsets = [v["offset"] for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+    return bool(offsets) and min(offsets) >= info["master_repl_offset"]
+
+
+def free_cluster_port() -> int:
+    """A free port of the suite's range whose cluster bus port (the port + 10000) is free too."""
+    for _ in range(_LAST - _FIRST + 1):
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port + 10000))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no port left in {_FIRST}-{_LAST} whose bus port (+10000) is free")
+
+
+#: How long a cluster node may be silent before the others hold it failed (ms): a
+#: failover within a few seconds, as a managed service does it.
+CLUSTER_NODE_TIMEOUT = 1000
+
+
+@dataclass
+class RedisClusterGroup:
+    """A Redis Cluster on loopback: three primaries, a replica each (``redis-cli --cluster create``)."""
+
+    servers: dict[int, Server]
+    directory: Path
+
+    @property
+    def startup(self) -> list[list[Any]]:
+        """``[[host, port], ...]`` of every node, for a ``RedisCluster``'s startup nodes."""
+        return [[HOST, port] for port in self.servers]
+
+    def _ask(self, *command: str) -> str | None:
+        """``command``'s answer (text) from any node that answers, ``None`` if none does."""
+        import redis
+
+        for port, server in self.servers.items():
+            if server.process is None or server.process.poll() is not None:
+                continue
+            try:
+                with contextlib.closing(redis.Redis(host=HOST, port=port, socket_timeout=0.5)) as client:
+                    answer = client.execute_command(*command)
+            except (redis.RedisError, OSError):
+                continue
+            return answer.decode() if isinstance(answer, bytes) else str(answer)
+        return None
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """CLUSTER NODES as one node sees it: ``port``, ``id``, ``primary`` (bool),
+        ``primary_id`` (of a replica), ``failed`` (bool), ``slots`` (count), ``first_slot``."""
+        text = self._ask("CLUSTER", "NODES") or ""
+        found = []
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) < 8:
+                continue
+            slots, first = 0, 16384
+            for part in fields[8:]:
+                if part.startswith("["):
+                    continue  # a slot being migrated
+                low, _, high = part.partition("-")
+                slots += int(high or low) - int(low) + 1
+                first = min(first, int(low))
+            found.append(
+                {
+                    "port": int(fields[1].split("@")[0].rsplit(":", 1)[1]),
+                    "id": fields[0],
+                    "primary": "master" in fields[2],
+                    "primary_id": fields[3],
+                    "failed": "fail" in fields[2] or fields[7] != "connected",
+                    "slots": slots,
+                    "first_slot": first,
+                }
+            )
+        return found
+
+    def primary_ports(self) -> list[int]:
+        return [n["port"] for n in self.nodes() if n["primary"] and not n["failed"] and n["slots"]]
+
+    def replica_of(self, primary: int) -> int:
+        nodes = self.nodes()
+        primary_id = next(n["id"] for n in nodes if n["port"] == primary)
+        return next(n["port"] for n in nodes if n["primary_id"] == primary_id)
+
+    def healthy(self) -> bool:
+        """Every node answers ``cluster_state:ok``, three primaries serve every slot,
+        and each has a replica whose link is up."""
+        import redis
+
+        for port, server in self.servers.items():
+            if server.process is None or server.process.poll() is not None:
+                return False
+            try:
+                with contextlib.closing(redis.Redis(host=HOST, port=port, socket_timeout=0.5)) as client:
+                    if "cluster_state:ok" not in client.execute_command("CLUSTER", "INFO").decode():
+                        return False
+                    info = client.info("replication")
+            except (redis.RedisError, OSError):
+                return False
+            if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                return False
+        nodes = self.nodes()
+        primaries = [n for n in nodes if n["primary"] and not n["failed"]]
+        if len(primaries) != 3 or sum(n["slots"] for n in primaries) != 16384:
+            return False
+        return all(any(r["primary_id"] == p["id"] and not r["failed"] for r in nodes) for p in primaries)
+
+    def wait_replicated(self) -> None:
+        wait_until(lambda: all(caught_up(p) for p in self.primary_ports()), 15, "every replica to catch up")
+
+    def redirections(self) -> dict[str, int]:
+        """How many MOVED and ASK answers the nodes gave so far (INFO errorstats)."""
+        import redis
+
+        counted = {"MOVED": 0, "ASK": 0}
+        for port, server in self.servers.items():
+            if server.process is None:
+                continue
+            with contextlib.closing(redis.Redis(host=HOST, port=port, socket_timeout=0.5)) as client:
+                stats = client.info("errorstats")
+            for kind in counted:
+                counted[kind] += int(stats.get(f"errorstat_{kind}", {}).get("count", 0))
+        return counted
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        wait_until(self.healthy, timeout, "the Redis Cluster to be whole (every slot served, every primary replicated)")
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port``: no goodbye to anyone."""
+        process = self.servers[port].process
+        assert process is not None
+        process.kill()
+        process.wait(5)
+        self.servers[port].process = None
+
+    def restart(self, port: int) -> None:
+        """Start the node on ``port`` again: its nodes file brings it back into the
+        cluster, as a replica of whoever took its slots."""
+        self.servers[port].start()
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+
+def cluster_node(port: int, directory: Path) -> Server:
+    return redis_server(
+        port,
+        "--dir",
+        str(directory),
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        f"nodes-{port}.conf",
+        "--cluster-node-timeout",
+        str(CLUSTER_NODE_TIMEOUT),
+        # A replica may take over however long it was cut off: the tests kill primaries.
+        "--cluster-replica-validity-factor",
+        "0",
+        name=f"cluster node {port}",
+    )
+
+
+def start_redis_cluster(directory: Path) -> RedisClusterGroup:
+    """Six ``redis-server --cluster-enabled yes`` on free ports, made one cluster of three
+    primaries with a replica each by ``redis-cli --cluster create``."""
+    cli = _binary("redis-cli")
+    if cli is None:
+        unavailable("Redis Cluster", "redis-cli is not installed (apt-get install redis-tools)")
+    assert cli is not None
+    directory.mkdir(parents=True, exist_ok=True)
+    group = RedisClusterGroup({}, directory)
+    try:
+        for _ in range(6):
+            port = free_cluster_port()
+            group.servers[port] = cluster_node(port, directory).start()
+        created = subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"{HOST}:{p}" for p in group.servers),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]} {created.stderr[-2000:]}")
+        group.wait_healthy()
+    except BaseException:
+        group.stop()
+        raise
+    return group
+
+
+def reshard(group: RedisClusterGroup, source: int, target: int, slots: int) -> subprocess.CompletedProcess[str]:
+    """Move ``slots`` slots from the primary on ``source`` to the one on ``target``
+    (``redis-cli --cluster reshard``, keys migrated with MIGRATE, ASK while they move)."""
+    cli = _binary("redis-cli")
+    assert cli is not None
+    ids = {n["port"]: n["id"] for n in group.nodes()}
+    return subprocess.run(
+        [
+            cli,
+            "--cluster",
+            "reshard",
+            f"{HOST}:{source}",
+            "--cluster-from",
+            ids[source],
+            "--cluster-to",
+            ids[target],
+            "--cluster-slots",
+            str(slots),
+            "--cluster-yes",
+            "--cluster-pipeline",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 class Proxy:
     """A TCP forwarder in front of a server: ``cut()`` drops every connection and
     refuses new ones (the server is gone, as far as the app can tell); ``restore()``."""
@@ -387,6 +626,17 @@ def socket_redis(backend_dir: Path) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def sentinel_group(backend_dir: Path) -> Iterator[SentinelGroup]:
     group = start_sentinel_group("a", backend_dir / "sentinel-a")
+    yield group
+    group.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(backend_dir: Path) -> Iterator[RedisClusterGroup]:
+    """One Redis Cluster for the whole run (started in a few seconds, torn down at the end);
+    tests that kill or move parts of it leave it whole again."""
+    started = time.monotonic()
+    group = start_redis_cluster(backend_dir / "cluster")
+    print(f"\nRedis Cluster up in {time.monotonic() - started:.1f} s")
     yield group
     group.stop()
 
@@ -577,6 +827,23 @@ def backend(request: pytest.FixtureRequest, fake: FakePlurality, tmp_path: Path)
                     time.sleep(1)
 
         backend.outage = paused_group
+    elif family == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        spec["startup"] = cluster.startup
+
+        @contextlib.contextmanager
+        def paused_cluster() -> Iterator[None]:
+            """Every node stops answering; afterwards the cluster is given time to be whole."""
+            for server in cluster.servers.values():
+                server.pause()
+            try:
+                yield
+            finally:
+                for server in cluster.servers.values():
+                    server.resume()
+                cluster.wait_healthy()
+
+        backend.outage = paused_cluster
     elif family in ("cachelib-memcached", "memcached"):
         spec["server"] = request.getfixturevalue("memcached")
         _proxy_outage(backend, (HOST, int(spec["server"].rsplit(":", 1)[1])), "server", lambda p: f"{HOST}:{p}")
@@ -761,7 +1028,7 @@ def live_entries(backend: Backend, app: Flask) -> dict[str, float]:
             expires = struct.unpack("I", path.read_bytes()[:4])[0]
             if expires == 0 or expires >= now:
                 found[path.name] = math.inf if expires == 0 else expires - now
-    elif family in ("cachelib-redis", "redis", "redis-password", "redis-socket", "redis-sentinel"):
+    elif family in ("cachelib-redis", "redis", "redis-password", "redis-socket", "redis-sentinel", "redis-cluster"):
         client = inner.cache._write_client if family == "cachelib-redis" else inner.client
         for name in client.scan_iter(match=f"{prefix}*", count=1000):
             ttl = client.ttl(name)

@@ -433,3 +433,131 @@ def run_benchmark(*args: str, timeout: float) -> subprocess.CompletedProcess[str
         env={**os.environ, "PYTHONPATH": str(root)},
         check=False,
     )
+
+
+@dataclass
+class Traffic:
+    """What steady traffic saw: ``(when, status, wrong user)`` per request (status -1:
+    no answer at all)."""
+
+    seen: list[tuple[float, int, bool]]
+
+    def counts(self) -> dict[int, int]:
+        """{status: count}, in status order."""
+        counted: dict[int, int] = {}
+        for _, status, _ in list(self.seen):
+            counted[status] = counted.get(status, 0) + 1
+        return dict(sorted(counted.items()))
+
+    def wrong_users(self) -> int:
+        return sum(1 for _, _, wrong in list(self.seen) if wrong)
+
+    def failing_after(self, start: float) -> float:
+        """Seconds from ``start`` to the last answer that was not a 200 (0: none)."""
+        failing = [at for at, status, _ in list(self.seen) if status != 200 and at >= start]
+        return max(failing) - start if failing else 0.0
+
+    def wait_clean(self, seconds: float = 3, timeout: float = 45) -> None:
+        """Until ``seconds`` of nothing but 200s (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            recent = [status for at, status, _ in list(self.seen) if at > time.monotonic() - seconds]
+            if recent and all(status == 200 for status in recent):
+                return
+
+
+@contextmanager
+def steady_traffic(
+    http: requests.Session, servers: list[str], cookies: list[str], users: list[str], threads: int = 4
+) -> Iterator[Traffic]:
+    """``threads`` threads asking ``/protected`` of every server with every session
+    (``cookies[n]`` is ``users[n]``'s) until the block ends; a 200 naming another user
+    is counted as a wrong user."""
+    traffic = Traffic([])
+    stop = threading.Event()
+
+    def run(n: int) -> None:
+        i = n
+        while not stop.is_set():
+            base, which = servers[i % len(servers)], i % len(cookies)
+            wrong = False
+            try:
+                response = http.get(f"{base}/protected", cookies={"session": cookies[which]}, timeout=10)
+                status = response.status_code
+                wrong = status == 200 and response.json().get("id") != users[which]
+            except requests.RequestException:
+                status = -1  # counted: must not happen
+            traffic.seen.append((time.monotonic(), status, wrong))
+            i += 1
+            time.sleep(0.02)
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield traffic
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+
+
+def _settled_status(client: FlaskClient, cookie: str, timeout: float = 30) -> int:
+    """``/protected``'s status for the session ``cookie`` once the store answers again
+    (not a 503): the cookie as it was, whatever the logout's answer did to it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client.set_cookie("session", cookie)
+        status = client.get("/protected").status_code
+        if status != 503 or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
+
+
+@contextmanager
+def replication_cut(replica_port: int) -> Iterator[None]:
+    """For the block, the replica on ``replica_port`` has no link to its primary: dropped,
+    and every attempt to connect again refused (a wrong ``masterauth``). What the primary
+    acknowledges meanwhile reaches no replica, as when it dies a moment after answering."""
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=replica_port, socket_timeout=2) as replica:
+        replica.config_set("masterauth", "not-the-password")
+        replica.client_kill_filter(_type="master")
+    try:
+        yield
+    finally:
+        with redis.Redis(host="127.0.0.1", port=replica_port, socket_timeout=2) as replica:
+            replica.config_set("masterauth", "")
+
+
+def check_logouts_survive_a_failover(
+    held: FlaskClient,
+    unconfirmed: FlaskClient,
+    *,
+    replica_port: int,
+    kill_primary: Callable[[], None],
+    promoted: Callable[[], bool],
+) -> None:
+    """Two sessions stored on one primary. ``held`` logs out while its replica is up; then
+    the replica is cut off (:func:`replication_cut`), ``unconfirmed`` logs out, the
+    primary is killed right after and the replica promoted. A logout answered 200 must
+    stay a logout; one no replica acknowledged must be a 503 (without waiting for a
+    replica it would be a 200, and its session would come back)."""
+    from backends import wait_until
+
+    held_cookie, unconfirmed_cookie = (client.get_cookie("session") for client in (held, unconfirmed))
+    assert held_cookie is not None and unconfirmed_cookie is not None
+    assert held.post("/plurality/logout", json={}, headers=SAME_ORIGIN).status_code == 200
+    with replication_cut(replica_port):
+        answer = unconfirmed.post("/plurality/logout", json={}, headers=SAME_ORIGIN)
+        kill_primary()
+        wait_until(promoted, 30, "the replica's promotion")
+    unconfirmed_after = _settled_status(unconfirmed, unconfirmed_cookie.value)
+    held_after = _settled_status(held, held_cookie.value)
+    assert held_after == 401  # acknowledged by the replica before the answer: held
+    if answer.status_code == 200:
+        assert unconfirmed_after == 401, "a logout answered 200 came back after the failover"
+    error_of(answer, 503, "session_store_unavailable")
+    assert unconfirmed_after == 200  # the replica never saw that delete: the 503 was true

@@ -119,6 +119,12 @@ def test_get_extension_before_init_app_is_a_clear_error(tmp_path: Path) -> None:
         ("PLURALITY_REVALIDATE", "often"),
         ("PLURALITY_TRUSTED_ORIGINS", ["shop.example"]),
         ("PLURALITY_TRUSTED_ORIGINS", 42),
+        ("PLURALITY_REPLICA_ACKS", -1),
+        ("PLURALITY_REPLICA_ACKS", "one"),
+        ("PLURALITY_REPLICA_ACKS", True),
+        ("PLURALITY_REPLICA_ACKS", 1.5),
+        ("PLURALITY_REPLICA_TIMEOUT", 0),
+        ("PLURALITY_REPLICA_TIMEOUT", "briefly"),
     ],
 )
 def test_impossible_values_fail_at_init_app(tmp_path: Path, fake: FakePlurality, key: str, value: Any) -> None:

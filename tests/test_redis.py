@@ -260,3 +260,28 @@ def test_describe_store_for_cachelib(make_app: AppFactory, kind: str) -> None:
         name, warnings = describe_store(app)
         assert name == "cachelib SimpleCache (per process)"
         assert len(warnings) == 1 and "gunicorn -w N" in warnings[0]
+
+
+@pytest.mark.redis
+def test_a_logout_waits_for_replicas_only_where_there_are_some(
+    make_app: AppFactory, redis_client: Any, fake: FakePlurality
+) -> None:
+    """A single Redis (``"auto"``) has no replica to wait for; asked to wait for one it
+    has not got, a logout and a revocation are refused (503) rather than claimed, while
+    a login (which ends nobody's login) never waits."""
+    from helpers import SAME_ORIGIN, error_of
+
+    from flask_plurality import SessionStoreUnavailable
+
+    plain = make_app(session_redis=redis_client).test_client()
+    assert login(plain, fake.issue_token()).status_code == 200
+    assert plain.post("/plurality/logout", json={}, headers=SAME_ORIGIN).status_code == 200
+    app = make_app(session_redis=redis_client, PLURALITY_REPLICA_ACKS=1, PLURALITY_REPLICA_TIMEOUT=0.05)
+    strict = app.test_client()
+    token = fake.issue_token(user_id="waits")
+    assert login(strict, token).status_code == 200
+    assert strict.get("/protected").status_code == 200
+    error_of(strict.post("/plurality/logout", json={}, headers=SAME_ORIGIN), 503, "session_store_unavailable", token)
+    with app.app_context(), pytest.raises(SessionStoreUnavailable):
+        app.extensions["plurality"].revoke_user("waits")
+    assert app.test_cli_runner().invoke(args=["plurality", "revoke-user", "waits"]).exit_code == 7

@@ -109,3 +109,37 @@ def test_a_failover_keeps_replicated_sessions_with_seconds_of_503_and_no_500(
     assert window <= 15  # a few seconds of 503s: down-after 1 s, then the election
     assert [r.status_code for r in after] == [200] * len(cookies)  # replicated sessions survived
     assert again == 200  # and the promoted primary takes new logins
+
+
+def test_a_logout_holds_when_the_primary_is_killed_right_after(
+    fake: FakePlurality, backend_dir: Path, tmp_path: Path
+) -> None:
+    """Redis replicates asynchronously: a logout waits for the replica (WAIT), or is a 503."""
+    from backend_app import build, dispose
+    from backends import caught_up, start_sentinel_group, wait_until
+    from helpers import check_logouts_survive_a_failover, login
+
+    group = start_sentinel_group("c", backend_dir / "sentinel-c")
+    primary_port, replica_port = group.ports
+    spec = {"family": "redis-sentinel", "prefix": "held:", "sentinels": group.addresses, "service": group.service}
+    app = build(spec, config_for(fake), str(tmp_path))
+    try:
+        held, unconfirmed = app.test_client(), app.test_client()
+        for n, browser in enumerate((held, unconfirmed)):
+            assert login(browser, fake.issue_token(user_id=f"user-{n}")).status_code == 200
+        wait_until(lambda: caught_up(primary_port), 15, "the replica to catch up")
+
+        def kill_primary() -> None:
+            assert group.primary.process is not None
+            group.primary.process.kill()
+
+        check_logouts_survive_a_failover(
+            held,
+            unconfirmed,
+            replica_port=replica_port,
+            kill_primary=kill_primary,
+            promoted=lambda: group.master_port() == replica_port,
+        )
+    finally:
+        dispose(app)
+        group.stop()

@@ -80,6 +80,7 @@ def test_the_protocol_lists_every_capability() -> None:
         "retrieve_session",
         "save_session",
         "set",
+        "set_lasting",
         "set_rarely_written",
         "shared",
         "still_current",
@@ -155,3 +156,16 @@ def test_a_backend_without_a_store_does_not_resurrect_a_deleted_session(fake: Fa
         store.save_session(store_id, data, 60, only_if_present=True)
     assert sessions.data == {}
     assert browser.get("/protected").status_code == 401
+
+
+@pytest.mark.parametrize("owner", ["user-1", "}x", "{", "", "a}b{c", "ünï", "x" * 300])
+def test_keys_of_one_owner_share_a_cluster_slot(owner: str) -> None:
+    """What several keys touched by one command must carry on Redis Cluster."""
+    from redis.crc import key_slot
+
+    from flask_plurality.stores import slot_tag
+
+    tag = slot_tag(owner)
+    keys = [f"plurality:sessions:{tag}", f"plurality:session-info:{tag}:abc", f"shop:auth:index:{tag}"]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert slot_tag(owner) == tag and slot_tag(owner + "-other") != tag

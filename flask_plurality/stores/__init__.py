@@ -11,7 +11,8 @@ behind the app's sessions:
 Flask-Session backend                      store
 ========================================  ===========================================
 ``cachelib`` ``FileSystemCache``           :class:`~.files.FileStore` (flock per key)
-``cachelib`` ``RedisCache``, ``redis``     :class:`~.redis.RedisStore`
+``cachelib`` ``RedisCache``, ``redis``     :class:`~.redis.RedisStore` (one Redis,
+(also Sentinel and ``RedisCluster``)        Sentinel, Redis Cluster)
 ``cachelib`` ``MemcachedCache``,           :class:`~.memcached.MemcachedStore`
 ``memcached`` (pymemcache clients)
 ``sqlalchemy``                             :class:`~.sql.SQLStore`
@@ -24,8 +25,9 @@ anything else                              :class:`~.local.ForeignStore`: the se
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from cachelib import BaseCache, SimpleCache
@@ -33,19 +35,20 @@ from cachelib.file import FileSystemCache
 from flask import Flask, current_app
 from flask.sessions import SessionInterface
 
-from ..config import config
+from ..config import DEFAULTS, config
 from ..exceptions import ConfigurationError
 from ..flask_session_shim import shim
 from ..state import get_state
-from .base import MAX_TTL, log_store_failure, store_errors_as_unavailable, store_use, unavailable_error
+from .base import MAX_TTL, lasting_deletes, log_store_failure, store_errors_as_unavailable, store_use, unavailable_error
 from .files import FileStore
 from .local import CacheLibStore, ForeignStore, per_process_warning
 from .memcached import MemcachedStore, is_pymemcache
 from .protocol import UNREAD, Store
-from .redis import RedisStore, refuse_cluster
+from .redis import RedisStore, refuse_client, replica_acks
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.cluster import RedisCluster
 
 log = logging.getLogger("flask_plurality")
 
@@ -62,9 +65,11 @@ __all__ = [
     "check_session_client",
     "get_store",
     "key",
+    "lasting_deletes",
     "log_store_failure",
     "per_process_warning",
     "redis_client",
+    "slot_tag",
     "store_errors_as_unavailable",
     "store_for",
     "store_use",
@@ -88,6 +93,14 @@ def key(kind: str, name: str) -> str:
     return f"{config.key_prefix}{kind}:{name}"
 
 
+def slot_tag(owner: str) -> str:
+    """A Redis Cluster hash tag for ``owner`` (a user id, say): keys that contain it live in
+    one hash slot, so one script or transaction may touch them all (without it, a
+    cluster answers ``CROSSSLOT``). A digest, not the id itself: a ``}`` in an id would
+    end the tag early, and an empty tag is no tag at all."""
+    return "{" + hashlib.blake2b(owner.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest() + "}"
+
+
 def unwrap(interface: SessionInterface) -> SessionInterface:
     """Flask-Session's own interface, inside the guard :mod:`..sessions` puts around it."""
     return cast(SessionInterface, getattr(interface, "inner", interface))
@@ -105,22 +118,24 @@ def store_for(interface: SessionInterface, app: Flask | None = None) -> Store:
 
 def check_session_client(app: Flask) -> None:
     """Refuse, at ``init_app``, a session client Flask-Session would silently replace
-    with a default one on localhost (``redis.cluster.RedisCluster``, say)."""
+    with a default one on localhost (a ``StrictRedis`` of another library, say)."""
     problem = unusable_client(app.config)
     if problem is not None:
         raise ConfigurationError(problem)
 
 
-def redis_client(inner: SessionInterface) -> Redis | None:
-    """The ``redis.Redis`` (or subclass: any server speaking its protocol) behind ``inner``."""
+def redis_client(inner: SessionInterface) -> Redis | RedisCluster | None:
+    """The ``redis.Redis`` (or subclass: any server speaking its protocol) or
+    ``redis.cluster.RedisCluster`` behind ``inner``."""
     client = getattr(inner, "client", None)
     if client is None:
         return None
     try:
         from redis import Redis
+        from redis.cluster import RedisCluster
     except ImportError:  # pragma: no cover - Flask-Session's redis backend needs it anyway
         return None
-    return client if isinstance(client, Redis) else None
+    return client if isinstance(client, Redis | RedisCluster) else None
 
 
 Encode = Callable[[Any], bytes]
@@ -133,12 +148,12 @@ def build_store(inner: SessionInterface, app: Flask, encode: Encode, decode: Dec
     :mod:`flask_plurality.flask_session_shim`)."""
     client = redis_client(inner)
     if client is not None:
-        return RedisStore(client, encode=encode, decode=decode)
+        return RedisStore(client, encode=encode, decode=decode, **_replicas(app, client))
     cache = getattr(inner, "cache", None)
     if isinstance(cache, FileSystemCache):
         return FileStore(cache)
     if isinstance(cache, BaseCache):
-        found = _cachelib_store(cache)
+        found = _cachelib_store(cache, app)
         if found is not None:
             return found
     if type(inner).__name__ == "SqlAlchemySessionInterface":
@@ -155,7 +170,20 @@ def build_store(inner: SessionInterface, app: Flask, encode: Encode, decode: Dec
     return ForeignStore(inner)
 
 
-def _cachelib_store(cache: BaseCache) -> Store | None:
+def _replicas(app: Flask, client: Any) -> dict[str, Any]:
+    """How a Redis store waits for replicas: ``PLURALITY_REPLICA_ACKS``, ``..._TIMEOUT``."""
+    settings: Mapping[str, Any]
+    try:
+        settings = app.config
+    except RuntimeError:  # built outside an app context (store_for without an app)
+        settings = DEFAULTS
+    acks, timeout = (
+        settings.get(name, DEFAULTS[name]) for name in ("PLURALITY_REPLICA_ACKS", "PLURALITY_REPLICA_TIMEOUT")
+    )
+    return {"acks": replica_acks(acks, client), "acks_timeout": float(timeout)}
+
+
+def _cachelib_store(cache: BaseCache, app: Flask) -> Store | None:
     """The shared store for cachelib's Redis and memcached caches, ``None`` for others."""
     from cachelib.memcached import MemcachedCache
     from cachelib.redis import RedisCache
@@ -164,6 +192,7 @@ def _cachelib_store(cache: BaseCache) -> Store | None:
         serializer = cache.serializer
         return RedisStore(
             cache._write_client,
+            **_replicas(app, cache._write_client),
             key_prefix=cache.key_prefix,
             encode=lambda s: serializer.dumps(dict(s)),
             decode=serializer.loads,
@@ -178,7 +207,7 @@ def unusable_client(config: Any) -> str | None:
     would silently replace it with a default client on localhost), or ``None``."""
     kind = config.get("SESSION_TYPE")
     if kind == "redis":
-        return refuse_cluster(config.get("SESSION_REDIS"))
+        return refuse_client(config.get("SESSION_REDIS"))
     if kind == "memcached":
         client = config.get("SESSION_MEMCACHED")
         if client is not None and not all(hasattr(client, name) for name in ("get", "set", "delete")):

@@ -52,6 +52,9 @@ class PlainRarelyWritten(abc.ABC):
     def set_rarely_written(self, key: str, value: Any, ttl: float) -> None:
         self.set(key, value, ttl)
 
+    def set_lasting(self, key: str, value: Any, ttl: float) -> None:
+        self.set(key, value, ttl)  # no replica to wait for: a write that returned is kept
+
 
 class LockedKeys(abc.ABC):
     """The extension's keys in a cachelib cache, each read-modify-write (``add``, counters
@@ -78,6 +81,9 @@ class LockedKeys(abc.ABC):
 
     def set(self, key: str, value: Any, ttl: float) -> None:
         self._put(key, value, bounded(ttl))
+
+    def set_lasting(self, key: str, value: Any, ttl: float) -> None:
+        self._put(key, value, bounded(ttl))  # files and per-process caches have no replicas
 
     def delete(self, key: str) -> None:
         with self._locked(key):
@@ -134,6 +140,13 @@ def _seconds_left(until: float, now: float) -> int:
 #: What the store is being used for, for ``store_failed``'s ``where``: the session
 #: interface sets ``session_load`` / ``session_save`` while it loads or saves.
 store_use: ContextVar[str] = ContextVar("plurality_store_use", default="extension")
+
+
+#: Whether a session delete must survive a failover (:meth:`.protocol.Store.delete_session`
+#: on Redis with replicas: ``WAIT``). ``False`` only while a login replaces the id of a
+#: session that held no login: a failover bringing that entry back brings back nobody,
+#: so a login never waits for a replica (nor fails, after a failover, until one is back).
+lasting_deletes: ContextVar[bool] = ContextVar("plurality_lasting_deletes", default=True)
 
 
 def log_store_failure(exc: BaseException | str) -> None:

@@ -52,6 +52,12 @@ class Store(Protocol):
         """Delete ``key``; nothing to delete is no error."""
         ...
 
+    def set_lasting(self, key: str, value: Any, ttl: float) -> None:
+        """:meth:`set` for a write that a failover must not undo (a revocation's stamp):
+        where the backend replicates asynchronously (Redis with replicas), it returns once
+        a replica has it, and raises when none acknowledges in time."""
+        ...
+
     def add(self, key: str, value: Any, ttl: float) -> bool:
         """Set ``key`` only if it is absent (or expired), atomically across every process
         sharing the store; ``True`` if this call set it (the cross-process ask lock)."""
@@ -84,7 +90,8 @@ class Store(Protocol):
         ...
 
     def set_rarely_written(self, key: str, value: Any, ttl: float) -> None:
-        """:meth:`set` for such a key."""
+        """:meth:`set` for such a key (a :meth:`set_lasting` where the backend has one:
+        the revocation epoch must survive a failover)."""
         ...
 
     # -- Flask-Session's entries ----------------------------------------------------------
@@ -101,7 +108,8 @@ class Store(Protocol):
         ...
 
     def delete_session(self, store_id: str) -> None:
-        """Delete the session (a logout); a delete the backend reports failed raises."""
+        """Delete the session (a logout, an ended session); a delete the backend reports
+        failed raises, and so does one that a failover could undo (as :meth:`set_lasting`)."""
         ...
 
     def sweep(self) -> None:
