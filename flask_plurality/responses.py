@@ -36,6 +36,7 @@ _MESSAGES = {
     "method_not_allowed": "Use POST.",
     "login_refused": "This account may not sign in here.",
     "forbidden": "This account may not open this page.",
+    "too_many_sessions": "This account is signed in on too many devices. Sign out on one of them first.",
 }
 
 

@@ -14,7 +14,7 @@ from . import signals, throttle
 from .config import config, missing_credentials, not_configured
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .flask_context import request_context
-from .logins import check_login, login_refusal, start_login
+from .logins import check_login, end_login, login_refusal, start_login, stored_login
 from .profile import Profile
 from .responses import (
     CHALLENGE,
@@ -27,7 +27,9 @@ from .responses import (
 )
 from .security import origin_allowed, safe_next
 from .state import get_extension, get_state
+from .stores import get_store
 from .tokens import read_claims
+from .user_sessions import TooManySessions, end, end_all, list_sessions
 
 log = logging.getLogger("flask_plurality")
 
@@ -159,6 +161,10 @@ def login() -> BaseResponse:
             log.info("Plurality login of user %s refused by the app", profile.id)
             return refusal
         start_login(profile, token, int(claims["exp"]))
+    except TooManySessions:
+        log.info("Plurality login of user %s refused: PLURALITY_MAX_SESSIONS_PER_USER reached", profile.id)
+        _failed("too_many_sessions")
+        return json_error(403, "too_many_sessions")
     except SessionStoreUnavailable:
         return store_unavailable()
     log.info("Plurality login for user %s", profile.id)
@@ -191,6 +197,74 @@ def current_session() -> Response:
     return json_response({"authenticated": True, "profile": profile.to_json()})
 
 
+# -- the current user's sessions (docs/sessions.rst) ----------------------------------------
+
+
+def _own_login() -> tuple[Any, Any, str | None] | Response:
+    """(app, profile, this session's handle) of the request's login, or the answer: 401
+    without one, 503 when the store cannot tell."""
+    app, req, sess = request_context()
+    try:
+        profile = check_login(get_extension(app), app, sess, req.__dict__)
+    except SessionStoreUnavailable:
+        return store_unavailable()
+    if profile is None:
+        return json_error(401, "login_required", headers=CHALLENGE)
+    login = stored_login(sess)
+    return app, profile, login.handle if login is not None else None
+
+
+@blueprint.get("/sessions")
+def list_own_sessions() -> Response:
+    found = _own_login()
+    if isinstance(found, Response):
+        return found
+    app, profile, handle = found
+    try:
+        listed = list_sessions(app, get_store(app), profile.id, handle)
+    except SessionStoreUnavailable:
+        return store_unavailable()
+    return json_response({"sessions": [info.to_json() for info in listed]})
+
+
+def _ending() -> tuple[Any, Any, str | None] | Response:
+    """The origin rule of a logout (docs/endpoints.rst), then the request's login."""
+    try:
+        _read_post(logout=True)
+    except _Refused as refused:
+        return refused.response
+    return _own_login()
+
+
+@blueprint.delete("/sessions/<handle>")
+def end_own_session(handle: str) -> Response:
+    found = _ending()
+    if isinstance(found, Response):
+        return found
+    app, profile, current = found
+    try:
+        if handle == current:  # this device: a logout, deleted as this answer is saved
+            end_login(reason="ended")
+        elif not end(app, get_store(app), profile.id, handle):
+            return json_error(404, "not_found", message="You have no session with that handle.")
+    except SessionStoreUnavailable:
+        return store_unavailable()
+    return json_response({"ended": 1, "authenticated": handle != current})
+
+
+@blueprint.post("/sessions/end-others")
+def end_own_other_sessions() -> Response:
+    found = _ending()
+    if isinstance(found, Response):
+        return found
+    app, profile, current = found
+    try:
+        ended = end_all(app, get_store(app), profile.id, keep=current)
+    except SessionStoreUnavailable:
+        return store_unavailable()
+    return json_response({"ended": ended})
+
+
 @blueprint.post("/fake/token")
 def fake_token() -> Response:
     """Demo mode only: a token minted by the stand-in, shaped like the widget's answer."""
@@ -220,6 +294,15 @@ def fake_token() -> Response:
 def wrong_method() -> BaseResponse:
     """Every answer here is JSON (docs/endpoints.rst), even Flask's 405."""
     return json_error(405, "method_not_allowed", headers={"Allow": "POST, OPTIONS"})
+
+
+@blueprint.route("/sessions", methods=["POST", "PUT", "PATCH", "DELETE"])
+@blueprint.route("/sessions/end-others", methods=["GET", "PUT", "PATCH"])
+@blueprint.route("/sessions/<handle>", methods=["GET", "POST", "PUT", "PATCH"])
+def sessions_wrong_method(handle: str | None = None) -> BaseResponse:
+    rule = request.url_rule.rule if request.url_rule is not None else ""
+    allowed = "GET" if rule.endswith("/sessions") else "POST" if rule.endswith("/end-others") else "DELETE"
+    return json_error(405, "method_not_allowed", message=f"Use {allowed}.", headers={"Allow": f"{allowed}, OPTIONS"})
 
 
 @blueprint.get("/openapi.json")
