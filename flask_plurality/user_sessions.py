@@ -51,7 +51,7 @@ log = logging.getLogger("flask_plurality")
 
 #: Most sessions one user's index holds, whatever ``PLURALITY_MAX_SESSIONS_PER_USER``
 #: says: beyond it, the least recently seen session ends (reason ``limit``).
-INDEX_MAX: Final = 256
+INDEX_MAX: Final = 100
 #: ``user_agent`` is cut to this many characters.
 USER_AGENT_MAX: Final = 200
 #: Seconds a user's lock is held at most (a worker that died holding it).
