@@ -312,3 +312,26 @@ def test_a_sealed_id_opens_only_with_the_apps_key(make_app: Any) -> None:
     assert unseal(app, "handle-2", sealed) is None  # bound to its handle
     assert unseal(other, "handle-1", sealed) is None  # and to the key
     assert unseal(app, "handle-1", "!!not base64") is None
+
+
+def test_a_new_session_id_keeps_its_place_in_the_index(make_app: Any, fake: FakePlurality) -> None:
+    """regenerate_session() (what another login system calls, and Flask-Login's login_user
+    triggers) gives the session a new id: ending it by its handle still ends it."""
+    app = make_app()
+    plurality = app.extensions["plurality"]
+
+    @app.post("/password-login")
+    def password_login() -> dict[str, bool]:
+        plurality.regenerate_session()
+        return {"ok": True}
+
+    browser = _browser(app, fake)
+    before = browser.get_cookie("session")
+    assert browser.post("/password-login").status_code == 200
+    after = browser.get_cookie("session")
+    assert before is not None and after is not None and before.value != after.value
+    (info,) = _listed(browser)
+    assert info["current"]
+    with app.app_context():
+        assert plurality.end_session("u-1", info["handle"]) is True
+    assert browser.get("/protected").status_code == 401
