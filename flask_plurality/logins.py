@@ -39,7 +39,7 @@ from .responses import login_refused
 from .revocation import current_epoch, is_revoked, stamp_of
 from .state import EXTENSION_KEY
 from .stores import get_store, store_errors_as_unavailable, store_use
-from .user_sessions import TooManySessions, new_handle, register, unregister
+from .user_sessions import TooManySessions, new_handle, on_store_id_ended, register, unregister
 
 if TYPE_CHECKING:
     from .extension import Plurality
@@ -175,6 +175,16 @@ def stored_login(sess: SessionMixin) -> Login | None:
 def forget_parsed(sess: SessionMixin) -> None:
     """This session's login ended: its parsed copy (and token) leaves this process's memory."""
     _parsed.pop(getattr(sess, "sid", None), None)  # type: ignore[arg-type]
+
+
+def _forget_store_id(app: Any, store_id: str) -> None:
+    """A session ended by handle (another request's, or none): its parsed copy goes too."""
+    prefix = getattr(app.session_interface, "key_prefix", "")
+    if isinstance(prefix, str) and store_id.startswith(prefix):
+        _parsed.pop(store_id[len(prefix) :], None)
+
+
+on_store_id_ended.append(_forget_store_id)
 
 
 def session_lifetime_cap(lifetime: timedelta) -> timedelta:

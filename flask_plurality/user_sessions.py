@@ -36,7 +36,7 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -58,6 +58,11 @@ USER_AGENT_MAX: Final = 200
 LOCK_TTL: Final = 10
 #: Seconds a change waits for the lock before answering 503.
 LOCK_WAIT: Final = 10.0
+
+
+#: Called with the store id of each session ended here (:mod:`.logins` registers the one
+#: that drops this process's parsed copy of its login, token included).
+on_store_id_ended: list[Callable[[Flask, str], None]] = []
 
 
 class TooManySessions(Exception):
@@ -230,6 +235,8 @@ def _end(app: Flask, store: Store, user_id: str, handle: str, entry: dict[str, A
         )
     else:
         store.delete_session(store_id)
+        for forget in on_store_id_ended:
+            forget(app, store_id)
     _ended(app, user_id, handle, reason)
 
 
