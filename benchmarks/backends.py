@@ -2,6 +2,7 @@
 
     python -m benchmarks.backends                 # every family (starts its own servers)
     python -m benchmarks.backends redis memcached # some of them
+    python -m benchmarks.backends --package ../main cachelib-file  # another checkout's package
 
 For each session backend family of ``tests/backend_app.FAMILIES`` one app (as the
 conformance suite builds it) serves four routes over one logged-in session, in pairs
@@ -13,6 +14,8 @@ with the same body:
 - ``/bare-user``: the hand-written check reading the user's id from the session, and
   ``/protected``: ``@plurality_required`` reading ``current_profile.id``; both answer
   ``{"id": ...}``.
+- ``/plurality/login``: a login, each with a token of a new user (a new session and its
+  index), the stand-in's answer (in the same process) included.
 
 Both routes of a pair go through the same session interface (Flask-Session, guarded by
 the extension), so what differs is only what the decorator does.
@@ -49,7 +52,9 @@ N = 100
 WARMUP = 50
 #: (hand-written, decorated) pairs of routes with the same body.
 PAIRS = (("/bare", "/guarded"), ("/bare-user", "/protected"))
-ROUTES = tuple(route for pair in PAIRS for route in pair)
+#: A login (a new session each time, a token of a user of its own): what it costs to start one.
+LOGIN = "/plurality/login"
+ROUTES = (*(route for pair in PAIRS for route in pair), LOGIN)
 
 _HELPER_C = r"""
 #include <valgrind/callgrind.h>
@@ -70,7 +75,8 @@ def _app_and_environs(spec: dict[str, Any], count: int) -> tuple[Any, dict[str, 
 
     fake = FakePlurality().start()
     instance = tempfile.mkdtemp(prefix="plurality-bench-")
-    app = build(spec, config_for(fake), instance)
+    # A login asks the stand-in (a thread of this process): under valgrind, give it time.
+    app = build(spec, config_for(fake), instance, PLURALITY_TIMEOUT=120.0)
     client = app.test_client()
     response = client.post(
         "/plurality/login", json={"token": fake.issue_token()}, headers={"Origin": "http://localhost"}
@@ -84,7 +90,14 @@ def _app_and_environs(spec: dict[str, Any], count: int) -> tuple[Any, dict[str, 
             for _ in range(count)
         ]
         for route in ROUTES
+        if route != LOGIN
     }
+    environs[LOGIN] = [
+        EnvironBuilder(
+            path=LOGIN, method="POST", json={"token": fake.issue_token()}, headers={"Origin": "http://localhost"}
+        ).get_environ()
+        for _ in range(count)
+    ]
     return app, environs, fake
 
 
@@ -259,11 +272,30 @@ def _helper(work: Path) -> str:
     return str(library)
 
 
+#: ``--package DIR``: the checkout whose ``flask_plurality`` the children import (before/after).
+PACKAGE = ROOT
+
+
+def _path() -> str:
+    return os.pathsep.join(dict.fromkeys([str(PACKAGE), str(ROOT), str(TESTS)]))
+
+
+def _import_package() -> None:
+    """In a child: ``flask_plurality`` from ``--package``'s checkout, before the working
+    directory (this checkout, first on ``sys.path`` under ``python -m``) can give it."""
+    package = os.environ.get("PLURALITY_BENCH_PACKAGE")
+    if package:
+        sys.path.insert(0, package)
+    import flask_plurality
+
+    print(f"flask_plurality from {Path(flask_plurality.__file__).parent}", file=sys.stderr)
+
+
 def _instructions(spec: dict[str, Any], helper: str, work: Path) -> dict[str, float]:
     out = work / f"cg-{spec['family']}"
     out.mkdir()
     # One hash seed: dict and set layouts, hence the counts, repeat run after run.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "PYTHONPATH": _path(), "PYTHONHASHSEED": "0", "PLURALITY_BENCH_PACKAGE": str(PACKAGE)}
     subprocess.run(
         [
             "valgrind",
@@ -296,7 +328,7 @@ def _instructions(spec: dict[str, Any], helper: str, work: Path) -> dict[str, fl
 
 
 def _round_trips(spec: dict[str, Any]) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
+    env = {**os.environ, "PYTHONPATH": _path(), "PLURALITY_BENCH_PACKAGE": str(PACKAGE)}
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.backends", "--child-round-trips", json.dumps(spec)],
         check=True,
@@ -310,9 +342,11 @@ def _round_trips(spec: dict[str, Any]) -> dict[str, float]:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--child-instructions"]:
+        _import_package()
         child_instructions(json.loads(argv[1]), argv[2])
         return 0
     if argv[:1] == ["--child-round-trips"]:
+        _import_package()
         child_round_trips(json.loads(argv[1]))
         return 0
     # A `timeout` or Ctrl-C must still stop the servers and drop the databases started here.
@@ -320,6 +354,11 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, str(TESTS))
     from backend_app import FAMILIES
 
+    global PACKAGE
+    if "--package" in argv:  # another checkout's flask_plurality: "before" beside "after"
+        at = argv.index("--package")
+        PACKAGE = Path(argv[at + 1]).resolve()
+        argv = argv[:at] + argv[at + 2 :]
     trips_only, as_json = "--round-trips" in argv, "--json" in argv
     argv = [a for a in argv if a not in ("--round-trips", "--json")]
     families = argv or list(FAMILIES)
@@ -355,6 +394,11 @@ def main(argv: list[str]) -> int:
             cost = ins[guarded] - ins[bare]
             cells += [f"{ins[bare]:,.0f}", f"{ins[guarded]:,.0f}", f"{cost:+,.0f} ({100 * cost / ins[bare]:+.1f} %)"]
         print(f"| {family} | {' | '.join(cells)} | {trips['/bare']:g} / {trips['/guarded']:g} |")
+    print("\nA login (a new session; the stand-in's answer, in this process, included):\n")
+    print("| backend | instructions | store round trips |")
+    print("| --- | ---: | ---: |")
+    for family, ins, trips in rows:
+        print(f"| {family} | {ins[LOGIN]:,.0f} | {trips[LOGIN]:g} |")
     return 0
 
 

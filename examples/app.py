@@ -40,6 +40,7 @@ from flask_plurality import (
     SETTINGS,
     ConfigurationError,
     Plurality,
+    SessionInfo,
     current_profile,
     fake_mode,
     plurality_required,
@@ -206,6 +207,13 @@ def _register_routes(app: Flask) -> None:
             expires=_format_expiry(expires_at) if expires_at is not None else "unknown",
         )
 
+    @app.get("/devices")
+    @plurality_required
+    def devices() -> str:
+        """ "Where am I signed in?": this user's sessions, this one marked."""
+        listed = plurality.sessions_of(current_profile.id)
+        return render_template("devices.html", devices=[_device(info) for info in listed])
+
     @app.get("/api/me")
     @plurality_required(bearer=True)
     def api_me() -> Response:
@@ -223,6 +231,41 @@ def _register_routes(app: Flask) -> None:
             message="Plurality confirmed the login just now; the transfer would run here.",
             id=current_profile.id,
         )
+
+
+def _device(info: SessionInfo) -> dict[str, Any]:
+    """A session as the devices page shows it."""
+    return {
+        "handle": info.handle,
+        "current": info.current,
+        "browser": _browser_name(info.user_agent),
+        "ip": info.ip,
+        "created": datetime.fromtimestamp(info.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "last_seen": datetime.fromtimestamp(info.last_seen, UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _browser_name(agent: str | None) -> str:
+    """A short name for a User-Agent ("Chrome on Linux"): enough to tell devices apart."""
+    if not agent:
+        return "Unknown browser"
+    browser = next((name for name in ("Edg", "Firefox", "Chrome", "Safari") if name in agent), "A browser")
+    system = next(
+        (
+            name
+            for key, name in (
+                ("Android", "Android"),
+                ("iPhone", "iPhone"),
+                ("Windows", "Windows"),
+                ("Mac OS", "macOS"),
+                ("Linux", "Linux"),
+            )
+            if key in agent
+        ),
+        None,
+    )
+    browser = {"Edg": "Edge"}.get(browser, browser)
+    return f"{browser} on {system}" if system else browser
 
 
 def _format_expiry(expires_at: int) -> str:

@@ -17,6 +17,7 @@ from .logins import current_profile, current_user
 from .profile import AnonymousProfile, Profile
 from .security import safe_next
 from .state import get_extension
+from .user_sessions import SessionInfo
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "Plurality",
     "PluralityError",
     "Profile",
+    "SessionInfo",
     "SessionStoreUnavailable",
     "UpstreamUnavailable",
     "current_profile",

@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 
     from .extension import Plurality
 
-plurality_cli = AppGroup("plurality", help="Plurality login tools: check, validate, fake-server, revoke-user.")
+plurality_cli = AppGroup(
+    "plurality", help="Plurality login tools: check, validate, fake-server, revoke-user, sessions, end-session."
+)
 
 
 class ExitCode(IntEnum):
@@ -69,6 +71,8 @@ class ExitCode(IntEnum):
     #: Plurality was not asked), or a ``PLURALITY_*`` key is not a setting (a misspelling,
     #: whose default is used instead).
     NOT_CONFIGURED = 9
+    #: ``end-session``: the user has no session with that handle (nothing was ended).
+    NOT_FOUND = 10
 
 
 _REASONS = {
@@ -420,9 +424,7 @@ def revoke_user_command(user_id: str) -> None:
     Exit codes: 0 revoked, 7 session store unavailable, 8 it would have no effect (the
     store is per process, or PLURALITY_REVOCATION_CHECK is off).
     """
-    user_id = user_id.strip()
-    if not user_id:
-        raise click.BadParameter("the user id is empty", param_hint="USER_ID")
+    user_id = _user_id_argument(user_id)
     extension = get_extension()
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     if not config.revocation_check:
@@ -436,26 +438,83 @@ def revoke_user_command(user_id: str) -> None:
                 err=True,
             )
             _exit(ExitCode.NO_EFFECT)
-        extension.revoke_user(user_id)
+        ended = extension.revoke_user(user_id)
     except SessionStoreUnavailable:
         click.echo(f"not revoked: the session store is unavailable ({describe_store(app)[0]})", err=True)
         _exit(ExitCode.STORE_UNAVAILABLE)
-    if not _looks_like_a_user_id(user_id):
-        # Any string can be revoked (nothing lists a user's sessions), so a typo would pass unnoticed.
+    if not ended:
+        # A typo revokes a user nobody is: say so, instead of a "revoked" that reads as done.
         click.echo(
-            f"warning: {user_id!r} is not a Plurality user id, which is a UUID (current_profile.id, the "
-            "token's 'id' claim): if no user has this id, nobody was logged out",
-            err=True,
+            f"revoked: user {user_id} had no live session; their tokens issued until now are refused "
+            "(a Plurality user id is a UUID: current_profile.id, the token's 'id' claim)"
         )
-    click.echo(f"revoked: every session of user {user_id} that exists now is refused from its next request")
+        return
+    click.echo(
+        f"revoked: {ended} live session{'s' if ended != 1 else ''} of user {user_id} ended, and their tokens "
+        "issued until now are refused"
+    )
 
 
-def _looks_like_a_user_id(user_id: str) -> bool:
+def _user_id_argument(user_id: str) -> str:
+    user_id = user_id.strip()
+    if not user_id:
+        raise click.BadParameter("the user id is empty", param_hint="USER_ID")
+    return user_id
+
+
+def _when(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@plurality_cli.command("sessions")
+@click.argument("user_id")
+def sessions_command(user_id: str) -> None:
+    """List USER_ID's live sessions (a table, the most recently seen first).
+
+    Exit codes: 0 listed (also none), 7 session store unavailable.
+    """
+    user_id = _user_id_argument(user_id)
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
-        uuid.UUID(user_id)
-    except ValueError:
-        return False
-    return True
+        found = get_extension().sessions_of(user_id)
+    except SessionStoreUnavailable:
+        click.echo(f"not listed: the session store is unavailable ({describe_store(app)[0]})", err=True)
+        _exit(ExitCode.STORE_UNAVAILABLE)
+    if not found:
+        click.echo(f"user {user_id} has no live session")
+        return
+    rows = [("HANDLE", "CREATED (UTC)", "LAST SEEN (UTC)", "IP", "USER AGENT")]
+    rows += [
+        (info.handle, _when(info.created_at), _when(info.last_seen), info.ip or "-", (info.user_agent or "-")[:60])
+        for info in found
+    ]
+    widths = [max(len(row[n]) for row in rows) for n in range(4)]
+    for row in rows:
+        click.echo("  ".join([*(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)), row[4]]))
+
+
+@plurality_cli.command("end-session")
+@click.argument("user_id")
+@click.argument("handle")
+def end_session_command(user_id: str, handle: str) -> None:
+    """End USER_ID's session HANDLE (from `flask plurality sessions`), as final as a logout.
+
+    Exit codes: 0 ended, 7 session store unavailable, 10 no such session of that user.
+    """
+    user_id = _user_id_argument(user_id)
+    handle = handle.strip()
+    if not handle:
+        raise click.BadParameter("the handle is empty", param_hint="HANDLE")
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        ended = get_extension().end_session(user_id, handle)
+    except SessionStoreUnavailable:
+        click.echo(f"not ended: the session store is unavailable ({describe_store(app)[0]})", err=True)
+        _exit(ExitCode.STORE_UNAVAILABLE)
+    if not ended:
+        click.echo(f"not ended: user {user_id} has no live session {handle}", err=True)
+        _exit(ExitCode.NOT_FOUND)
+    click.echo(f"ended: session {handle} of user {user_id} is logged out")
 
 
 @plurality_cli.command("fake-server", with_appcontext=False)

@@ -51,10 +51,16 @@ DEFAULTS: Final[dict[str, Any]] = {
     "PLURALITY_METRICS_PATH": None,
     "PLURALITY_REPLICA_ACKS": "auto",
     "PLURALITY_REPLICA_TIMEOUT": 0.5,
+    "PLURALITY_MAX_SESSIONS_PER_USER": None,
+    "PLURALITY_SESSION_LIMIT": "end_oldest",
+    "PLURALITY_LAST_SEEN_INTERVAL": 300,
+    "PLURALITY_SESSION_IP": "prefix",
 }
 
 _METHODS: Final = ("AUTO", "POST", "GET")
 _POLICIES: Final = ("deny", "allow")
+_SESSION_LIMITS: Final = ("end_oldest", "refuse")
+_SESSION_IPS: Final = ("full", "prefix", "none")
 
 
 def parse_interval(value: Any, key: str) -> int | None:
@@ -258,6 +264,7 @@ def check_values(app_config: dict[str, Any]) -> None:
         "PLURALITY_BREAKER_THRESHOLD",
     ):
         _number(app_config, key, integer=True, minimum=1)
+    _sessions_settings(app_config)
     for key in (
         "PLURALITY_REVOCATION_CHECK",
         "PLURALITY_VERIFY_TLS",
@@ -272,6 +279,25 @@ def check_values(app_config: dict[str, Any]) -> None:
             raise ConfigurationError(f"PLURALITY_CLIENT_ID {problem}")
         if problem is not None:
             log.warning("PLURALITY_CLIENT_ID %s", problem)
+
+
+def _sessions_settings(app_config: dict[str, Any]) -> None:
+    """A user's sessions (docs/sessions.rst): checked, and normalised where the hot path
+    reads them straight from the config (``PLURALITY_LAST_SEEN_INTERVAL``)."""
+    limit = app_config["PLURALITY_MAX_SESSIONS_PER_USER"]
+    if limit is not None:
+        _number(app_config, "PLURALITY_MAX_SESSIONS_PER_USER", integer=True, minimum=1)
+        app_config["PLURALITY_MAX_SESSIONS_PER_USER"] = int(limit)
+    policy = str(app_config["PLURALITY_SESSION_LIMIT"]).lower()
+    if policy not in _SESSION_LIMITS:
+        raise ConfigurationError(f"PLURALITY_SESSION_LIMIT must be 'end_oldest' or 'refuse'; not {policy!r}")
+    app_config["PLURALITY_SESSION_LIMIT"] = policy
+    _number(app_config, "PLURALITY_LAST_SEEN_INTERVAL", integer=True)
+    app_config["PLURALITY_LAST_SEEN_INTERVAL"] = int(app_config["PLURALITY_LAST_SEEN_INTERVAL"])
+    address = str(app_config["PLURALITY_SESSION_IP"]).lower()
+    if address not in _SESSION_IPS:
+        raise ConfigurationError(f"PLURALITY_SESSION_IP must be 'full', 'prefix' or 'none'; not {address!r}")
+    app_config["PLURALITY_SESSION_IP"] = address
 
 
 def client_id_problem(value: Any) -> str | None:

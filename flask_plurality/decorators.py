@@ -145,7 +145,7 @@ def _admit(
     """After the login check: the app's own user must exist, and ``allow`` must say yes."""
     if extension.user_callback is not None and load_user() is None:
         log.info("The user loader found no user for %s; logged out", profile.id)
-        end_login(sess)
+        end_login(sess, "ended")
         if is_detached(sess):  # a bearer request: no login page helps a client that sends a token
             return bearer_refused("login_required")
         return login_required(extension, challenge)

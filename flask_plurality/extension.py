@@ -26,7 +26,7 @@ from .cli import plurality_cli
 from .client import PluralityClient
 from .config import DEFAULTS, check_values, config, fake_mode, flag, missing_credentials, not_configured, unknown_keys
 from .exceptions import ConfigurationError, InvalidToken, NotConfigured, SessionStoreUnavailable
-from .logins import end_login
+from .logins import current_handle, end_login, request_profile
 from .metrics import PluralityMetrics, init_metrics
 from .profile import Profile
 from .responses import json_error
@@ -34,8 +34,9 @@ from .revocation import revoke
 from .security import warn_insecure_transport
 from .sessions import setup_sessions
 from .state import EXTENSION_KEY, STATE_KEY, AppState, get_state
-from .stores import check_session_client
+from .stores import check_session_client, get_store
 from .tokens import read_claims
+from .user_sessions import SessionInfo, end, end_all, list_sessions
 from .views import blueprint
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ class Plurality:
             raise SessionStoreUnavailable("The session store is unavailable.")
         other_logins.regenerate(session._get_current_object())  # type: ignore[attr-defined]
 
-    def revoke_user(self, user_id: str) -> None:
+    def revoke_user(self, user_id: str) -> int:
         """Make every existing session of ``user_id`` fail on its next request, in every
         worker and machine sharing the session store, and refuse every token of the user
         issued before this call (by its ``iat``), at ``/login`` and as a bearer token,
@@ -200,10 +201,56 @@ class Plurality:
         Plurality issues later (the user signs in again) work.
 
         Plurality cannot do this itself: its logout revokes nothing. Needs an app context.
+        Returns how many live sessions of the user it ended (0: the user had none).
         """
-        if not isinstance(user_id, str) or not user_id:
-            raise ValueError("revoke_user() needs a Plurality user id (a non-empty string).")
+        _user_id_argument(user_id, "revoke_user")
         revoke(user_id)
+        if not config.revocation_check:  # off: revoke_user has no effect (docs/revalidation.rst)
+            return 0
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        return end_all(app, get_store(app), user_id, reason="revoked")  # the listed ones end now
+
+    # -- a user's sessions (docs/sessions.rst) -------------------------------------------
+
+    def sessions_of(self, user_id: str) -> list[SessionInfo]:
+        """``user_id``'s live sessions, the most recently seen first; in a request, the
+        request's own is marked ``current``. Needs an app context; raises
+        :class:`SessionStoreUnavailable` when the store fails."""
+        _user_id_argument(user_id, "sessions_of")
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        return list_sessions(app, get_store(app), user_id, current_handle() if has_request_context() else None)
+
+    def end_session(self, user_id: str, handle: str) -> bool:
+        """End ``user_id``'s session ``handle`` (a :class:`SessionInfo`'s), as final as a
+        logout, on every worker sharing the store; ``False`` when ``user_id`` has no such
+        session. Needs an app context."""
+        _user_id_argument(user_id, "end_session")
+        if not isinstance(handle, str) or not handle:
+            raise ValueError("end_session() needs a session handle (a non-empty string).")
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        mine = has_request_context() and current_handle() == handle
+        if not end(app, get_store(app), user_id, handle):
+            return False
+        if mine:  # this request's own session: nobody's for the rest of it, and not saved again
+            end_login(reason=None)
+        return True
+
+    def end_other_sessions(self) -> int:
+        """In a request: end every session of the current user but this one; how many
+        ended (0 when nobody is logged in)."""
+        if not has_request_context():
+            raise RuntimeError("end_other_sessions() needs a request (it keeps that request's session).")
+        handle = current_handle()
+        profile = request_profile()
+        if profile is None or handle is None:
+            return 0
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        return end_all(app, get_store(app), profile.id, keep=handle)
+
+
+def _user_id_argument(user_id: Any, method: str) -> None:
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError(f"{method}() needs a Plurality user id (a non-empty string).")
 
 
 def _not_configured(exc: NotConfigured) -> Response:

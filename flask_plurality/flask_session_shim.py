@@ -31,7 +31,13 @@ class _FlaskSessionShim:
     """
 
     #: Attributes of a ``ServerSideSessionInterface`` that are not its public API.
-    INTERNALS: Final = ("_upsert_session", "_delete_session", "_retrieve_session_data", "serializer")
+    INTERNALS: Final = (
+        "_upsert_session",
+        "_delete_session",
+        "_retrieve_session_data",
+        "_get_store_id",
+        "serializer",
+    )
 
     @staticmethod
     def missing(inner: SessionInterface) -> list[str]:
@@ -44,6 +50,11 @@ class _FlaskSessionShim:
             if not any(hasattr(serializer, name) for name in ("decode", "loads")):
                 gone.append("serializer.decode")
         return gone
+
+    @staticmethod
+    def store_id(inner: SessionInterface, sid: str) -> str:
+        """Where Flask-Session stores the session ``sid`` (its key prefix first)."""
+        return cast(str, inner._get_store_id(sid))  # type: ignore[attr-defined]
 
     @staticmethod
     def encode(inner: SessionInterface, session: ServerSideSession) -> bytes:

@@ -33,12 +33,14 @@ from . import signals
 from .callbacks import BEFORE_LOGIN_ANSWERS, is_response, wrong_answer
 from .config import ConfigView, parse_interval
 from .exceptions import ConfigurationError, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
-from .flask_context import PROFILE, SESSION_KEY, USER, request_scope
+from .flask_context import PROFILE, SESSION_KEY, USER, current_request, request_scope
+from .flask_session_shim import shim
 from .profile import ANONYMOUS, AnonymousProfile, Profile
 from .responses import login_refused
 from .revocation import current_epoch, is_revoked, stamp_of
 from .state import EXTENSION_KEY
-from .stores import lasting_deletes, store_errors_as_unavailable
+from .stores import get_store, lasting_deletes, store_errors_as_unavailable, store_use
+from .user_sessions import TooManySessions, new_handle, on_store_id_ended, register, unregister
 
 if TYPE_CHECKING:
     from .extension import Plurality
@@ -60,7 +62,7 @@ class Login:
     hands one object to every request of a session until what is stored changes.
     """
 
-    __slots__ = ("checked_epoch", "exp", "login_at", "profile", "stamp", "token", "validated_at")
+    __slots__ = ("checked_epoch", "exp", "handle", "login_at", "profile", "seen", "stamp", "token", "validated_at")
 
     def __init__(
         self,
@@ -71,6 +73,8 @@ class Login:
         validated_at: float,
         stamp: str | None = None,
         checked_epoch: str | None = None,
+        handle: str | None = None,
+        seen: int = 0,
     ) -> None:
         self.profile = profile
         self.token = token
@@ -83,6 +87,12 @@ class Login:
         #: The revocation epoch under which this login was last found not revoked;
         #: while it has not changed, a protected request reads no stamp.
         self.checked_epoch = checked_epoch
+        #: This session's name in its user's index (:mod:`.user_sessions`); ``None`` for
+        #: a login stored before there was one.
+        self.handle = handle
+        #: When a request of this session was last written down as seen (epoch seconds):
+        #: ``last_seen``, rewritten at most once per ``PLURALITY_LAST_SEEN_INTERVAL``.
+        self.seen = seen
 
     @classmethod
     def load(cls, data: Any) -> Login | None:
@@ -102,7 +112,7 @@ class Login:
         stamp = data.get("revocation")
         if stamp is not None and not isinstance(stamp, str):
             return None
-        epoch = data.get("epoch")
+        epoch, handle, seen = data.get("epoch"), data.get("handle"), data.get("seen")
         return cls(
             profile,
             token,
@@ -111,6 +121,8 @@ class Login:
             float(validated_at),
             stamp,
             epoch if isinstance(epoch, str) else None,
+            handle if isinstance(handle, str) else None,
+            seen if isinstance(seen, int) and not isinstance(seen, bool) else 0,
         )
 
     def replace(self, **changes: Any) -> Login:
@@ -128,6 +140,8 @@ class Login:
             # Short names: this dict is stored in every logged-in session.
             "revocation": self.stamp,
             "epoch": self.checked_epoch,
+            "handle": self.handle,
+            "seen": self.seen,
         }
 
 
@@ -164,6 +178,16 @@ def forget_parsed(sess: SessionMixin) -> None:
     _parsed.pop(getattr(sess, "sid", None), None)  # type: ignore[arg-type]
 
 
+def _forget_store_id(app: Any, store_id: str) -> None:
+    """A session ended by handle (another request's, or none): its parsed copy goes too."""
+    prefix = getattr(app.session_interface, "key_prefix", "")
+    if isinstance(prefix, str) and store_id.startswith(prefix):
+        _parsed.pop(store_id[len(prefix) :], None)
+
+
+on_store_id_ended.append(_forget_store_id)
+
+
 def session_lifetime_cap(lifetime: timedelta) -> timedelta:
     """No session outlives its token: cap a lifetime at the login's ``exp``."""
     if not has_request_context():
@@ -194,9 +218,11 @@ def start_login(profile: Profile, token: str, exp: int) -> None:
     someone_else = previous.profile.id != profile.id if previous is not None else "_user_id" in sess
     if someone_else:
         sess.clear()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     now = time.time()
     epoch = current_epoch()  # before the stamp: see revocation.is_revoked
-    login = Login(profile, token, exp, now, now, stamp_of(profile.id), epoch)
+    handle = new_handle()
+    login = Login(profile, token, exp, now, now, stamp_of(profile.id), epoch, handle, int(now))
     forget_parsed(sess)  # the old id's, if any: regenerate() below drops that id
     sess[SESSION_KEY] = login.dump()
     sess.permanent = True
@@ -207,6 +233,32 @@ def start_login(profile: Profile, token: str, exp: int) -> None:
             inner.regenerate(sess)  # deletes the old id's entry
     finally:
         lasting_deletes.reset(lasting)
+    if previous is not None and previous.handle is not None and someone_else:
+        _unindex(app, previous, "logout")  # the other user's login in this browser ends here
+    # Indexed under the user's lock, with the session written there too: a limit or an
+    # ending in another process can only come after the write, and this request's own
+    # save at the end writes only over an entry still stored (loaded_sid), as a request
+    # of any stored session does. TooManySessions: nothing was written.
+    use = store_use.set("session_save")  # the session is written there, under the index's lock
+    try:
+        register(
+            app,
+            get_store(app),
+            profile.id,
+            handle=handle,
+            store_id=shim.store_id(inner, sess.sid),
+            session=sess,
+            exp=exp,
+            request=current_request(),
+            previous=None if previous is None or someone_else else previous.handle,
+        )
+    except (TooManySessions, SessionStoreUnavailable):
+        forget_parsed(sess)
+        dict.clear(sess)  # nothing of this login is saved (and the new id was never stored)
+        raise
+    finally:
+        store_use.reset(use)
+    sess.loaded_sid = sess.sid
     scope = request_scope()
     if scope is not None:
         scope[PROFILE] = profile
@@ -238,14 +290,20 @@ def check_login(
         scope[PROFILE] = None
         return None
     now = time.time()
-    if login.exp <= now or is_revoked(login, sess, app):
-        end_login(sess)
+    if login.exp <= now:
+        end_login(sess, "expired")
+        return None
+    if is_revoked(login, sess, app):
+        end_login(sess, "revoked")
         return None
     if revalidate is APP_DEFAULT:
         setting = app.config["PLURALITY_REVALIDATE"]
         revalidate = None if setting is None else parse_interval(setting, "PLURALITY_REVALIDATE")
     if revalidate is None or now - login.validated_at < revalidate:
         scope[PROFILE] = profile = login.profile
+        if now - login.seen >= app.config["PLURALITY_LAST_SEEN_INTERVAL"] and login.handle is not None:
+            # last_seen: the one write of a steady session, once per interval.
+            sess[SESSION_KEY] = login.replace(seen=int(now)).dump()
         return profile
     return _revalidate(extension, app, sess, scope, login, revalidate, now)
 
@@ -259,7 +317,7 @@ def _revalidate(
     except InvalidToken as exc:
         log.info("Revalidation refused user %s (%s); session cleared", login.profile.id, exc.reason)
         signals.revalidation_failed.send(app, profile=login.profile, reason=exc.reason, allowed=False)
-        end_login(sess)
+        end_login(sess, "revoked")
         return None
     except UpstreamUnavailable as exc:
         # Grace counts from the last *good* answer, which a failure never moves.
@@ -274,17 +332,22 @@ def _revalidate(
         return login.profile
     claims = {"exp": login.exp, "uniqueSessionId": login.profile.unique_session_id}
     profile = Profile.from_upstream(answer.user, claims)
-    sess[SESSION_KEY] = login.replace(profile=profile, validated_at=max(login.validated_at, answer.at)).dump()
+    seen = int(now) if login.handle is not None else login.seen
+    sess[SESSION_KEY] = login.replace(
+        profile=profile, validated_at=max(login.validated_at, answer.at), seen=seen
+    ).dump()
     signals.revalidated.send(app, profile=profile, cached=answer.cached)
     scope[PROFILE] = profile
     return profile
 
 
-def end_login(sess: SessionMixin | None = None) -> Login | None:
+def end_login(sess: SessionMixin | None = None, reason: str | None = "logout") -> Login | None:
     """End the request's login, whatever ends it: its parsed copy (and token) leaves
     this process's memory, the session is cleared (its stored entry is deleted when the
-    response is saved), and ``current_profile`` and ``current_user`` are nobody's for
-    the rest of the request. Returns the login that was stored, if any."""
+    response is saved), it leaves its user's index, ``session_ended`` is sent with
+    ``reason`` (``None``: the caller ended it in the index and said so already), and
+    ``current_profile`` and ``current_user`` are nobody's for the rest of the request.
+    Returns the login that was stored, if any."""
     if sess is None:
         sess = session._get_current_object()  # type: ignore[attr-defined]
     login = stored_login(sess)
@@ -294,7 +357,33 @@ def end_login(sess: SessionMixin | None = None) -> Login | None:
     if scope is not None:
         scope[PROFILE] = None
         scope[USER] = None
+    if login is not None and reason is not None:
+        _unindex(current_app._get_current_object(), login, reason)  # type: ignore[attr-defined]
     return login
+
+
+def _unindex(app: Any, login: Login, reason: str) -> None:
+    """``login`` ended by itself: out of its user's index, and ``session_ended``. An index
+    the store cannot update now keeps a stale entry, which the next listing drops (its
+    session is gone): the logout itself must not fail for it."""
+    if login.handle is not None:
+        try:
+            unregister(app, get_store(app), login.profile.id, login.handle)
+        except SessionStoreUnavailable:
+            log.warning(
+                "The session index of user %s could not be updated; the entry goes at its next listing",
+                login.profile.id,
+            )
+    signals.session_ended.send(app, user_id=login.profile.id, handle=login.handle, reason=reason)
+
+
+def current_handle() -> str | None:
+    """The handle of the current request's session, if someone is logged in through it."""
+    if request_profile() is None:
+        return None
+    sess = session._get_current_object()  # type: ignore[attr-defined]
+    login = stored_login(sess) if not getattr(sess, "detached", False) else None
+    return login.handle if login is not None else None
 
 
 def login_refusal(extension: Plurality, profile: Profile) -> BaseResponse | None:

@@ -58,6 +58,7 @@ REASONS: Final = frozenset(
         "refused",
         "callback_error",
         "session_store_unavailable",
+        "too_many_sessions",
     }
 )
 _HTTP_STATUS: Final = re.compile(r"http_[1-5][0-9][0-9]\Z")  # "http_503": 500 values at most
@@ -65,6 +66,8 @@ _HTTP_STATUS: Final = re.compile(r"http_[1-5][0-9][0-9]\Z")  # "http_503": 500 v
 UPSTREAM_OUTCOMES: Final = ("valid", "invalid", "unavailable", "credentials_rejected", "error")
 #: ``where`` of ``plurality_store_failures_total``.
 STORE_PLACES: Final = ("session_load", "session_save", "extension")
+#: ``reason`` of ``plurality_sessions_ended_total`` (see :data:`signals.session_ended`).
+SESSION_END_REASONS: Final = ("logout", "ended", "limit", "revoked", "expired")
 #: ``scope`` of ``plurality_throttled_total``.
 THROTTLE_SCOPES: Final = ("client", "token")
 #: Histogram buckets (seconds) around ``PLURALITY_TIMEOUT``'s default of 5.
@@ -166,6 +169,12 @@ class PluralityMetrics:
             registry=registry,
         )
         self.revocations = counter("plurality_revocations", "Calls of revoke_user.", registry=registry)
+        self.sessions_ended = counter(
+            "plurality_sessions_ended",
+            "Sessions that ended, by reason (logout, ended, limit, revoked, expired).",
+            ["reason"],
+            registry=registry,
+        )
         for outcome in ("success", "failure"):  # a ratio needs both series from the start
             self.logins.labels(outcome, "none" if outcome == "success" else "other")
         for result in ("hit", "miss"):
@@ -194,6 +203,7 @@ class PluralityMetrics:
             (signals.throttled, self._throttled),
             (signals.store_failed, self._store_failed),
             (signals.user_revoked, self._user_revoked),
+            (signals.session_ended, self._session_ended),
         ]
         for signal, receiver in wiring:
             signal.connect(receiver, sender=app, weak=False)
@@ -240,6 +250,9 @@ class PluralityMetrics:
 
     def _user_revoked(self, sender: Flask, **_: Any) -> None:
         self.revocations.inc()
+
+    def _session_ended(self, sender: Flask, reason: Any = None, **_: Any) -> None:
+        self.sessions_ended.labels(reason if reason in SESSION_END_REASONS else "ended").inc()
 
 
 _lock = threading.Lock()

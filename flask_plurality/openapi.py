@@ -74,6 +74,45 @@ _SCHEMAS: Final[dict[str, Any]] = {
         },
         "required": ["token"],
     },
+    "SessionInfo": {
+        "type": "object",
+        "description": "One of the user's sessions (a browser or device signed in).",
+        "properties": {
+            "handle": {"type": "string", "description": "Names this session to DELETE; never its id."},
+            "created_at": {"type": "integer", "description": "When the login began, epoch seconds."},
+            "last_seen": {
+                "type": "integer",
+                "description": "Its last request, epoch seconds (to PLURALITY_LAST_SEEN_INTERVAL).",
+            },
+            "user_agent": {**_NULLABLE_STRING, "description": "The browser's User-Agent at login, cut to 200."},
+            "ip": {**_NULLABLE_STRING, "description": "The address at login, as PLURALITY_SESSION_IP keeps it."},
+            "current": {"type": "boolean", "description": "This request's own session."},
+            "expires_at": {"type": "integer", "description": "When it expires (the token's exp), epoch seconds."},
+        },
+        "required": ["handle", "created_at", "last_seen", "user_agent", "ip", "current", "expires_at"],
+        "additionalProperties": False,
+    },
+    "Sessions": {
+        "type": "object",
+        "properties": {"sessions": {"type": "array", "items": {"$ref": "#/components/schemas/SessionInfo"}}},
+        "required": ["sessions"],
+        "additionalProperties": False,
+    },
+    "SessionEnded": {
+        "type": "object",
+        "properties": {
+            "ended": {"const": 1},
+            "authenticated": {"type": "boolean", "description": "False when it was this request's own session."},
+        },
+        "required": ["ended", "authenticated"],
+        "additionalProperties": False,
+    },
+    "OthersEnded": {
+        "type": "object",
+        "properties": {"ended": {"type": "integer", "minimum": 0, "description": "How many sessions ended."}},
+        "required": ["ended"],
+        "additionalProperties": False,
+    },
     "FakeTokenRequest": {
         "type": "object",
         "properties": {"email": {"type": "string", "description": "Empty or left out: demo@example.com."}},
@@ -150,6 +189,69 @@ _NEXT: Final = {
 }
 
 
+def _sessions_paths() -> dict[str, Any]:
+    """The current user's sessions (docs/sessions.rst)."""
+    ending_body = {
+        "required": False,
+        "description": "Nothing, or an empty JSON object: the origin rule of /logout applies.",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    login_required = _error("Nobody is logged in", "login_required", headers=("WWW-Authenticate",))
+    store_down = _error(f"Unknown: {_STORE_DOWN}", "session_store_unavailable", headers=("Retry-After",))
+    return {
+        "/sessions": {
+            "get": {
+                "operationId": "sessions",
+                "summary": "Where the current user is signed in",
+                "description": "Every live session of the logged-in user, the most recently seen first.",
+                "responses": {"200": _ok("The user's sessions.", "Sessions"), "401": login_required, "503": store_down},
+            },
+        },
+        "/sessions/{handle}": {
+            "parameters": [
+                {
+                    "name": "handle",
+                    "in": "path",
+                    "required": True,
+                    "description": "A `handle` from GET /sessions.",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "delete": {
+                "operationId": "end_session",
+                "summary": "Sign out one of the user's sessions (this one too: a logout)",
+                "description": "As final as a logout, on every worker: the session's requests are refused.",
+                "requestBody": ending_body,
+                "responses": {
+                    "200": _ok("That session ended.", "SessionEnded"),
+                    "400": _error("A body that is neither JSON nor a form", "invalid_request"),
+                    "401": login_required,
+                    "403": _FORBIDDEN_ORIGIN,
+                    "404": _error("The user has no session with this handle", "not_found"),
+                    "413": _TOO_LARGE,
+                    "503": store_down,
+                },
+            },
+        },
+        "/sessions/end-others": {
+            "post": {
+                "operationId": "end_other_sessions",
+                "summary": "Sign out everywhere else",
+                "description": "Ends every session of the user but this request's own.",
+                "requestBody": ending_body,
+                "responses": {
+                    "200": _ok("How many ended.", "OthersEnded"),
+                    "400": _error("A body that is neither JSON nor a form", "invalid_request"),
+                    "401": login_required,
+                    "403": _FORBIDDEN_ORIGIN,
+                    "413": _TOO_LARGE,
+                    "503": store_down,
+                },
+            },
+        },
+    }
+
+
 def _paths() -> dict[str, Any]:
     login_body = {
         "required": True,
@@ -192,9 +294,11 @@ def _paths() -> dict[str, Any]:
                         "token_revoked",
                     ),
                     "403": _error(
-                        "A cross-origin post, or the app refused this user",
+                        "A cross-origin post, the app refused this user, or the user is signed in on "
+                        "PLURALITY_MAX_SESSIONS_PER_USER devices already (PLURALITY_SESSION_LIMIT = 'refuse')",
                         "forbidden_origin",
                         "login_refused",
+                        "too_many_sessions",
                     ),
                     "413": _TOO_LARGE,
                     "429": _error(
@@ -250,6 +354,7 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        **_sessions_paths(),
         "/fake/token": {
             "post": {
                 "operationId": "fake_token",

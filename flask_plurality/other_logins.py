@@ -35,12 +35,14 @@ from flask.sessions import SessionMixin
 from . import signals
 from .exceptions import SessionStoreUnavailable
 from .flask_context import SESSION_KEY
-from .logins import forget_parsed, load_user
+from .flask_session_shim import shim
+from .logins import forget_parsed, load_user, stored_login
 from .profile import Profile
 from .responses import store_unavailable_into
 from .sessions import detach_session, is_detached
 from .state import get_extension
-from .stores import store_errors_as_unavailable
+from .stores import get_store, store_errors_as_unavailable
+from .user_sessions import moved
 
 log = logging.getLogger("flask_plurality")
 
@@ -81,9 +83,14 @@ def regenerate(sess: SessionMixin) -> None:
     regenerate_id = getattr(current_app.session_interface, "regenerate", None)
     if regenerate_id is None or not sess or is_detached(sess):
         return  # a cookie session (replaced after init_app) has no id; a bearer request's is never saved
+    login = stored_login(sess)
     forget_parsed(sess)  # parsed logins are kept by id: the old one's goes
     with store_errors_as_unavailable():
         regenerate_id(sess)
+    if login is not None and login.handle is not None:  # its user's index follows it to the new id
+        inner = getattr(current_app.session_interface, "inner", current_app.session_interface)
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        moved(app, get_store(app), login.profile.id, login.handle, shim.store_id(inner, sess.sid))  # type: ignore[attr-defined]
 
 
 def remember_cookie_sent() -> bool:

@@ -43,6 +43,7 @@ _MESSAGES = {
     "login_refused": "This account may not sign in here.",
     "forbidden": "This account may not open this page.",
     "callback_error": "This site's sign-in check failed. This is not your fault; try again later.",
+    "too_many_sessions": "This account is signed in on too many devices. Sign out on one of them first.",
 }
 
 

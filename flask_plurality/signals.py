@@ -51,6 +51,12 @@ throttled = _signals.signal("plurality.throttled")
 store_failed = _signals.signal("plurality.store-failed")
 #: ``revoke_user`` took effect: ``user_id``.
 user_revoked = _signals.signal("plurality.user-revoked")
+#: A session of a user ended: ``user_id``, ``handle`` (its name in the user's index,
+#: ``None`` for a login from before there was one) and ``reason``: ``"logout"``,
+#: ``"ended"`` (``end_session``, the sessions endpoints, the user loader's ``None``),
+#: ``"limit"`` (``PLURALITY_MAX_SESSIONS_PER_USER``), ``"revoked"`` (``revoke_user``,
+#: Plurality's "no" at a revalidation) or ``"expired"``.
+session_ended = _signals.signal("plurality.session-ended")
 
 __all__ = [
     "answer_served",
@@ -62,6 +68,7 @@ __all__ = [
     "login_failed",
     "revalidated",
     "revalidation_failed",
+    "session_ended",
     "store_failed",
     "throttled",
     "upstream_called",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from flask import Blueprint, Request, Response, current_app, redirect, request, session
@@ -14,7 +15,7 @@ from . import signals, throttle
 from .config import config, missing_credentials, not_configured
 from .exceptions import CredentialsRejected, InvalidToken, SessionStoreUnavailable, TokenRevoked, UpstreamUnavailable
 from .flask_context import request_context
-from .logins import check_login, login_refusal, start_login
+from .logins import check_login, end_login, login_refusal, start_login, stored_login
 from .profile import Profile
 from .responses import (
     CHALLENGE,
@@ -28,7 +29,9 @@ from .responses import (
 from .revocation import refuse_revoked_token
 from .security import origin_allowed, safe_next
 from .state import get_extension, get_state
+from .stores import get_store
 from .tokens import read_claims
+from .user_sessions import TooManySessions, end, end_all, list_sessions
 
 log = logging.getLogger("flask_plurality")
 
@@ -166,6 +169,10 @@ def login() -> BaseResponse:
             log.info("Plurality login of user %s refused by the app", profile.id)
             return refusal
         start_login(profile, token, int(claims["exp"]))
+    except TooManySessions:
+        log.info("Plurality login of user %s refused: PLURALITY_MAX_SESSIONS_PER_USER reached", profile.id)
+        _failed("too_many_sessions")
+        return json_error(403, "too_many_sessions")
     except SessionStoreUnavailable:
         return store_unavailable()
     log.info("Plurality login for user %s", profile.id)
@@ -196,6 +203,74 @@ def current_session() -> Response:
     if profile is None:
         return json_error(401, "login_required", headers=CHALLENGE)
     return json_response({"authenticated": True, "profile": profile.to_json()})
+
+
+# -- the current user's sessions (docs/sessions.rst) ----------------------------------------
+
+
+def _own_login() -> tuple[Any, Any, str | None] | Response:
+    """(app, profile, this session's handle) of the request's login, or the answer: 401
+    without one, 503 when the store cannot tell."""
+    app, req, sess = request_context()
+    try:
+        profile = check_login(get_extension(app), app, sess, req.__dict__)
+    except SessionStoreUnavailable:
+        return store_unavailable()
+    if profile is None:
+        return json_error(401, "login_required", headers=CHALLENGE)
+    login = stored_login(sess)
+    return app, profile, login.handle if login is not None else None
+
+
+@blueprint.get("/sessions")
+def list_own_sessions() -> Response:
+    found = _own_login()
+    if isinstance(found, Response):
+        return found
+    app, profile, handle = found
+    try:
+        listed = list_sessions(app, get_store(app), profile.id, handle)
+    except SessionStoreUnavailable:
+        return store_unavailable()
+    return json_response({"sessions": [info.to_json() for info in listed]})
+
+
+def _ending() -> tuple[Any, Any, str | None] | Response:
+    """The origin rule of a logout (docs/endpoints.rst), then the request's login."""
+    try:
+        _read_post(logout=True)
+    except _Refused as refused:
+        return refused.response
+    return _own_login()
+
+
+@blueprint.delete("/sessions/<handle>")
+def end_own_session(handle: str) -> Response:
+    found = _ending()
+    if isinstance(found, Response):
+        return found
+    app, profile, current = found
+    try:
+        if handle == current:  # this device: a logout, deleted as this answer is saved
+            end_login(reason="ended")
+        elif not end(app, get_store(app), profile.id, handle):
+            return json_error(404, "not_found", message="You have no session with that handle.")
+    except SessionStoreUnavailable:
+        return store_unavailable()
+    return json_response({"ended": 1, "authenticated": handle != current})
+
+
+@blueprint.post("/sessions/end-others")
+def end_own_other_sessions() -> Response:
+    found = _ending()
+    if isinstance(found, Response):
+        return found
+    app, profile, current = found
+    try:
+        ended = end_all(app, get_store(app), profile.id, keep=current)
+    except SessionStoreUnavailable:
+        return store_unavailable()
+    return json_response({"ended": ended})
 
 
 @blueprint.post("/fake/token")
@@ -232,6 +307,9 @@ METHODS: dict[str, tuple[str, ...]] = {
     "/session": ("GET",),
     "/fake/token": ("POST",),
     "/openapi.json": ("GET",),
+    "/sessions": ("GET",),
+    "/sessions/end-others": ("POST",),
+    "/sessions/<handle>": ("DELETE",),
 }
 _ANY_METHOD = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -243,7 +321,7 @@ def allow(path: str) -> str:
     return ", ".join([*taken, *(["HEAD"] if "GET" in taken else []), "OPTIONS"])
 
 
-def wrong_method(path: str) -> BaseResponse:
+def wrong_method(path: str, **_variables: str) -> BaseResponse:
     """A method ``path`` does not take: every answer here is JSON (docs/endpoints.rst),
     Flask's 405 too, with the ``Allow`` it would send."""
     return json_error(405, "method_not_allowed", message=f"Use {METHODS[path][0]}.", headers={"Allow": allow(path)})
@@ -253,7 +331,7 @@ for _path, _taken in METHODS.items():
     blueprint.add_url_rule(
         _path,
         # One endpoint per path: werkzeug redirects between rules of one endpoint that differ in defaults.
-        "wrong_method_" + _path.strip("/").replace("/", "_").replace(".", "_"),
+        "wrong_method_" + re.sub(r"\W", "_", _path.strip("/")),
         wrong_method,
         methods=[m for m in _ANY_METHOD if m not in _taken],
         defaults={"path": _path},

@@ -78,12 +78,29 @@ def _in_threads(jobs: list[Callable[[], Any]]) -> list[Any]:
     return results
 
 
+#: How a race ends a session: (the http session, server A, the race's number, its cookie) -> status.
+Ending = Callable[[requests.Session, str, int, str], int]
+
+
+def _logout(http: requests.Session, a: str, n: int, cookie: str) -> int:
+    url, origin = f"{a}/plurality/logout", {"Origin": a}
+    return http.post(url, json={}, headers=origin, cookies={"session": cookie}, timeout=30).status_code
+
+
 def _race_round(
-    http: requests.Session, a: str, b: str, fake: FakePlurality, where: Path, round_: int
+    http: requests.Session,
+    a: str,
+    b: str,
+    fake: FakePlurality,
+    where: Path,
+    round_: int,
+    end: Ending = _logout,
+    users: list[str | None] | None = None,
 ) -> tuple[list[str], list[int]]:
     """One round of BATCH races: (the sessions' cookies, the held requests' statuses)."""
     racing = round_ % 2 == 1
-    cookies = _in_threads([partial(login_over_http, http, a, fake.issue_token()) for _ in range(BATCH)])
+    users = users or [None] * BATCH
+    cookies = _in_threads([partial(login_over_http, http, a, fake.issue_token(user_id=u)) for u in users])
     release = where / f"release-{round_}"
     entered = [where / f"entered-{round_}-{n}" for n in range(BATCH)]
 
@@ -92,10 +109,9 @@ def _race_round(
         return http.get(url, cookies={"session": cookies[n]}, timeout=30).status_code
 
     def logout(n: int) -> int:
-        if racing:  # release the held requests as the logouts go out: save and delete race
+        if racing:  # release the held requests as the endings go out: save and delete race
             release.touch()
-        url, origin = f"{a}/plurality/logout", {"Origin": a}
-        return http.post(url, json={}, headers=origin, cookies={"session": cookies[n]}, timeout=30).status_code
+        return end(http, a, n, cookies[n])
 
     held_statuses: list[int] = []
     slow = threading.Thread(target=lambda: held_statuses.extend(_in_threads([partial(held, n) for n in range(BATCH)])))
@@ -118,6 +134,48 @@ def test_logout_is_final_against_requests_in_flight_on_another_process(
     it read). Half the rounds release the held requests only once the logouts answered,
     half at the same moment the logouts are sent, so the save and the delete really race.
     Afterwards the old cookie must be refused (asked of either server): zero resurrections."""
+    statuses, resurrected = _finality_races(backend, fake, tmp_path, RACES)
+    print(f"\n{backend.name}: {RACES} races, resurrections {dict(resurrected)}, held requests {dict(statuses)}")
+    assert statuses == {200: RACES}  # every held request had been let in
+    assert resurrected == {}
+
+
+#: Races per backend for ``end_session`` (the same race as a logout's, fewer rounds).
+END_RACES = 2 * BATCH
+
+
+def test_end_session_is_final_against_requests_in_flight_on_another_process(
+    backend: Backend, fake: FakePlurality, tmp_path: Path
+) -> None:
+    """The race above, each session ended by ``plurality.end_session`` in a third process
+    (where an admin's tool or the "Your devices" page of another worker runs) instead of
+    its own logout: zero resurrections."""
+    plurality_app = backend.make_app()
+    plurality = plurality_app.extensions["plurality"]
+
+    def end_session(http: requests.Session, a: str, n: int, cookie: str) -> int:
+        with plurality_app.app_context():
+            (info,) = plurality.sessions_of(users[n])
+            return 200 if plurality.end_session(users[n], info.handle) else 404
+
+    users: list[str | None] = []
+    statuses, resurrected = _finality_races(backend, fake, tmp_path, END_RACES, end_session, users)
+    print(f"\n{backend.name}: {END_RACES} end_session races, resurrections {dict(resurrected)}")
+    assert statuses == {200: END_RACES}
+    assert resurrected == {}
+
+
+def _finality_races(
+    backend: Backend,
+    fake: FakePlurality,
+    where: Path,
+    races: int,
+    end: Ending = _logout,
+    users: list[str | None] | None = None,
+) -> tuple[Counter[int], Counter[int]]:
+    """``races`` sessions ended while a request of theirs is held on the other server:
+    (the held requests' statuses, the statuses of the old cookies asked afterwards
+    that were not 401). ``users``, when given, is filled with one new user per session."""
     from backends import app_servers
 
     statuses: Counter[int] = Counter()
@@ -128,8 +186,10 @@ def test_logout_is_final_against_requests_in_flight_on_another_process(
         http = requests.Session()
         http.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # each request names its cookie
         http.mount("http://", requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=2 * BATCH))
-        for round_ in range(RACES // BATCH):
-            cookies, held = _race_round(http, a, b, fake, tmp_path, round_)
+        for round_ in range(races // BATCH):
+            if users is not None:
+                users[:] = [f"racer-{round_}-{n}" for n in range(BATCH)]
+            cookies, held = _race_round(http, a, b, fake, where, round_, end, users)
             statuses.update(held)
             for n, cookie in enumerate(cookies):  # one shared store: either server can tell
                 base = (a, b)[n % 2]
@@ -137,9 +197,7 @@ def test_logout_is_final_against_requests_in_flight_on_another_process(
                 if answer.status_code != 401:
                     resurrected[answer.status_code] += 1
         http.close()
-    print(f"\n{backend.name}: {RACES} races, resurrections {dict(resurrected)}, held requests {dict(statuses)}")
-    assert statuses == {200: RACES}  # every held request had been let in
-    assert resurrected == {}
+    return statuses, resurrected
 
 
 # -- 2. no silent loss: a failing store answers 503 -------------------------------------
@@ -298,15 +356,22 @@ def test_every_entry_has_a_bounded_ttl_and_expired_ones_are_removed(backend: Bac
     from backends import live_entries, stored_anything
 
     from flask_plurality.stores import get_store
+    from flask_plurality.user_sessions import index_key
 
     app = backend.make_app()
     browser = app.test_client()
-    assert login(browser, fake.issue_token(ttl=3)).status_code == 200
+    answer = login(browser, fake.issue_token(ttl=3))
+    assert answer.status_code == 200
     assert browser.post("/note?value=x").status_code == 200
+    with app.app_context():
+        index = index_key(answer.get_json()["profile"]["id"])
+    if backend.name == "cachelib-file":  # a file named after the key
+        index = Path(app.session_interface.inner.cache._get_filename(index)).name  # type: ignore[attr-defined]
     with app.app_context():
         app.extensions["plurality"].revoke_user("someone")
     entries = live_entries(backend, app)
-    assert len(entries) >= 3  # the session, the user's revocation stamp, the epoch
+    assert [name for name in entries if name.endswith(index)]  # the user's index, which expires with the session
+    assert len(entries) >= 4  # the session, its index, the user's revocation stamp, the epoch
     assert max(entries.values()) <= 2 * 86400 + 5  # revocations: the longest-lived, 2 days
     assert min(entries.values()) > 0
     time.sleep(4.2)  # the session (capped at its token's 3 s) has expired
@@ -321,13 +386,102 @@ def test_every_entry_has_a_bounded_ttl_and_expired_ones_are_removed(backend: Bac
         assert zeros and max(zeros.values()) <= 300
         left = {k: v for k, v in left.items() if k not in zeros}
         entries = {k: v for k, v in entries.items() if ":fail-" not in k}
-    assert len(left) == len(entries) - 1  # only the two revocation entries are left
+    assert len(left) == len(entries) - 2  # only the two revocation entries are left: no index either
     assert all(ttl > 2 * 86400 - 60 for ttl in left.values()), left
     if "memcached" not in backend.name:
         assert stored_anything(backend, app) == len(left)  # nothing expired lies around
 
 
-# -- 6. never the wrong server ----------------------------------------------------------------
+# -- 6. a user's sessions: listed, ended, capped on every worker ------------------------------
+
+
+def test_a_users_sessions_are_listed_and_ended_from_any_worker(backend: Backend, fake: FakePlurality) -> None:
+    worker_a, worker_b = backend.make_app(), backend.make_app()
+    user = "devices-user"
+    laptop, phone, tablet = (worker_a.test_client() for _ in range(3))
+    for browser in (laptop, phone, tablet):
+        assert login(browser, fake.issue_token(user_id=user)).status_code == 200
+    assert login(worker_b.test_client(), fake.issue_token(user_id="someone-else")).status_code == 200
+    laptop_on_b = worker_b.test_client()
+    laptop_on_b.set_cookie("session", laptop.get_cookie("session").value)  # type: ignore[union-attr]
+    listed = laptop_on_b.get("/plurality/sessions").get_json()["sessions"]
+    assert len(listed) == 3 and [s["current"] for s in listed].count(True) == 1
+    phone_handle = next(s["handle"] for s in phone.get("/plurality/sessions").get_json()["sessions"] if s["current"])
+    ended = laptop_on_b.delete(f"/plurality/sessions/{phone_handle}", headers=SAME_ORIGIN)
+    assert ended.status_code == 200, ended.get_data(as_text=True)
+    assert phone.get("/protected").status_code == 401  # on the other worker
+    assert tablet.get("/protected").status_code == 200
+    assert laptop_on_b.post("/plurality/sessions/end-others", json={}, headers=SAME_ORIGIN).get_json() == {"ended": 1}
+    assert tablet.get("/protected").status_code == 401 and laptop.get("/protected").status_code == 200
+    with worker_b.app_context():  # a third view: where an admin's command runs
+        (only,) = worker_b.extensions["plurality"].sessions_of(user)
+        assert only.handle != phone_handle and not only.current
+        assert len(worker_b.extensions["plurality"].sessions_of("someone-else")) == 1
+
+
+#: Logins at once, and the limit they meet.
+CONCURRENT_LOGINS, LIMIT = 20, 3
+
+
+def _alive_after_concurrent_logins(
+    http: Any, bases: list[str], user: str, fake: FakePlurality
+) -> tuple[Counter[int], int, int]:
+    """CONCURRENT_LOGINS logins of ``user`` at once, alternating between ``bases`` (server
+    URLs, or test clients' ""): (their statuses, how many sessions are alive, how many listed)."""
+    tokens = [fake.issue_token(user_id=user) for _ in range(CONCURRENT_LOGINS)]
+    start = threading.Barrier(CONCURRENT_LOGINS)
+    clients = http if isinstance(http, list) else None
+
+    def attempt(k: int) -> tuple[int, Any]:
+        base = bases[k % len(bases)]
+        start.wait()
+        if clients is not None:  # Flask test clients, one browser each
+            return login(clients[k], tokens[k]).status_code, clients[k]
+        answer = http.post(f"{base}/plurality/login", json={"token": tokens[k]}, headers={"Origin": base}, timeout=30)
+        return answer.status_code, answer.cookies.get("session")
+
+    answers = _in_threads([partial(attempt, k) for k in range(CONCURRENT_LOGINS)])
+
+    def get(k: int, who: Any, path: str) -> Any:
+        if clients is not None:
+            return who.get(path)
+        return http.get(f"{bases[k % len(bases)]}{path}", cookies={"session": str(who)}, timeout=10)
+
+    alive = [(k, who) for k, (status, who) in enumerate(answers) if status == 200]
+    alive = [(k, who) for k, who in alive if get(k, who, "/plurality/session").status_code == 200]
+    listed = get(*alive[0], "/plurality/sessions")
+    sessions = listed.get_json() if clients is not None else listed.json()
+    return Counter(status for status, _ in answers), len(alive), len(sessions["sessions"])
+
+
+def test_the_session_limit_is_exact_under_20_concurrent_logins(backend: Backend, fake: FakePlurality) -> None:
+    """20 logins of one user at once through two server processes, a limit of 3: exactly
+    3 sessions are alive afterwards, and listed; the 17 oldest ended."""
+    from backends import app_servers
+
+    options = backend.server_options(PLURALITY_MAX_SESSIONS_PER_USER=LIMIT, PLURALITY_LOGIN_MAX_FAILURES=100)
+    http = requests.Session()
+    http.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=CONCURRENT_LOGINS))
+    with app_servers([options, {**options, "instance_path": backend.server_options()["instance_path"]}]) as pair:
+        outcome = _alive_after_concurrent_logins(http, pair, "limited", fake)
+    http.close()
+    print(f"\n{backend.name}: {CONCURRENT_LOGINS} logins at once, limit {LIMIT}, end_oldest: {outcome}")
+    assert outcome == (Counter({200: CONCURRENT_LOGINS}), LIMIT, LIMIT)
+
+
+def test_the_refusing_session_limit_is_exact_under_20_concurrent_logins(backend: Backend, fake: FakePlurality) -> None:
+    """The same with ``PLURALITY_SESSION_LIMIT = "refuse"``, through two apps (two store
+    clients) in threads: exactly 3 logins succeed, 17 are refused with 403."""
+    config = {"PLURALITY_MAX_SESSIONS_PER_USER": LIMIT, "PLURALITY_SESSION_LIMIT": "refuse"}
+    workers = [backend.make_app(PLURALITY_LOGIN_MAX_FAILURES=100, **config) for _ in range(2)]
+    browsers = [workers[k % 2].test_client() for k in range(CONCURRENT_LOGINS)]
+    outcome = _alive_after_concurrent_logins(browsers, ["", ""], "refused", fake)
+    print(f"\n{backend.name}: {CONCURRENT_LOGINS} logins at once, limit {LIMIT}, refuse: {outcome}")
+    assert outcome == (Counter({200: LIMIT, 403: CONCURRENT_LOGINS - LIMIT}), LIMIT, LIMIT)
+
+
+# -- 7. never the wrong server ----------------------------------------------------------------
 
 
 def test_the_shim_fits_every_backend(backend: Backend) -> None:

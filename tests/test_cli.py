@@ -397,20 +397,29 @@ def test_revoke_user_logs_out_existing_sessions(app: Flask, fake: FakePlurality)
     assert login(other, fake.issue_token(user_id="someone-else")).status_code == 200
     result = run(app, "revoke-user", "user-9")
     assert result.exit_code == 0
-    assert result.stdout == "revoked: every session of user user-9 that exists now is refused from its next request\n"
-    assert result.stderr.startswith("warning: 'user-9' is not a Plurality user id, which is a UUID")
+    assert result.stdout == (
+        "revoked: 1 live session of user user-9 ended, and their tokens issued until now are refused\n"
+    )
+    assert result.stderr == ""
     assert client.get("/protected").status_code == 401
     assert other.get("/protected").status_code == 200
     assert login(client, fake.issue_token(user_id="user-9", iat=int(time.time()) + 1)).status_code == 200  # a new login
     assert client.get("/protected").status_code == 200
 
 
-def test_revoke_user_of_a_plurality_id_has_no_warning(app: Flask, fake: FakePlurality) -> None:
+def test_revoke_user_says_when_the_user_had_no_session(app: Flask, fake: FakePlurality) -> None:
+    """A typo revokes a user nobody is: the answer says nothing was logged out."""
     client = app.test_client()
     user_id = str(uuid.uuid4())
+    for _ in range(2):
+        assert login(app.test_client(), fake.issue_token(user_id=user_id)).status_code == 200
     assert login(client, fake.issue_token(user_id=user_id)).status_code == 200
-    result = run(app, "revoke-user", user_id)
+    result = run(app, "revoke-user", user_id[:-1])
     assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout.startswith(f"revoked: user {user_id[:-1]} had no live session;")
+    assert client.get("/protected").status_code == 200
+    result = run(app, "revoke-user", user_id)
+    assert result.stdout.startswith(f"revoked: 3 live sessions of user {user_id} ended")
     assert client.get("/protected").status_code == 401
 
 

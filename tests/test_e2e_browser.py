@@ -572,3 +572,83 @@ def test_readmes_snippet_signs_out_of_the_widget_when_its_token_was_revoked(
         page.wait_for_url(base + "/dashboard")
         expect(page.get_by_role("heading")).to_have_text(f"Dashboard of {email}")
         assert console == []
+
+
+@pytest.mark.browser
+def test_your_devices_page_in_two_browsers(live_app: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two browsers (Playwright contexts: separate cookies) signed in as the same user: the
+    "Your devices" page lists both, marks this one, signs the other out, and signs out
+    everywhere else; the other browser is refused on its next request."""
+    executable = chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    base = live_app
+    agents = {
+        "laptop": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+        "phone": "Mozilla/5.0 (Android 14; Mobile; rv:121.0) Gecko/121.0 Firefox/121.0",
+    }
+    page_errors: list[str] = []
+    shots = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            contexts = {
+                name: browser.new_context(viewport={"width": 1000, "height": 700}, user_agent=agent)
+                for name, agent in agents.items()
+            }
+            pages = {}
+            for name, context in contexts.items():
+                context.on("weberror", lambda error: page_errors.append(str(error.error)))
+                page = pages[name] = context.new_page()
+                page.goto(base + "/")
+                page.fill("#demo-email", "alice@example.com")  # one user, two devices
+                page.get_by_role("button", name="Sign in (demo)").click()
+                page.wait_for_url(base + "/profile")
+            laptop, phone = pages["laptop"], pages["phone"]
+
+            laptop.get_by_role("link", name="Your devices").click()
+            laptop.wait_for_url(base + "/devices")
+            rows = laptop.locator("#devices tbody tr")
+            expect(rows).to_have_count(2)
+            expect(laptop.locator("tr.current")).to_have_count(1)
+            expect(laptop.locator("tr.current")).to_contain_text("Chrome on Linux")
+            expect(laptop.locator("tr.current")).to_contain_text("This device")
+            expect(laptop.locator("tbody tr:not(.current)")).to_contain_text("Firefox on Android")
+            expect(laptop.locator("tr.current")).to_contain_text("127.0.0.0/24")  # a prefix, not the address
+            ARTIFACTS.mkdir(exist_ok=True)
+            shots.append(ARTIFACTS / "devices-two-browsers.png")
+            laptop.screenshot(path=str(shots[-1]), full_page=True)
+
+            # "Sign out" on the phone's row: the phone is refused on its next request.
+            laptop.locator("tbody tr:not(.current)").get_by_role("button", name="Sign out").click()
+            expect(rows).to_have_count(1)
+            expect(laptop.locator("tr.current")).to_have_count(1)
+            assert contexts["phone"].request.get(base + "/api/me").status == 401
+            phone.goto(base + "/profile")
+            assert urlsplit(phone.url).path == "/"  # sent to sign in again
+            shots.append(ARTIFACTS / "devices-phone-signed-out.png")
+            laptop.screenshot(path=str(shots[-1]), full_page=True)
+
+            # The phone signs in again; "Sign out everywhere else" ends it, and keeps the laptop.
+            phone.fill("#demo-email", "alice@example.com")
+            phone.get_by_role("button", name="Sign in (demo)").click()
+            phone.wait_for_url(base + "/profile")
+            laptop.reload()
+            expect(rows).to_have_count(2)
+            laptop.get_by_role("button", name="Sign out everywhere else").click()
+            expect(rows).to_have_count(1)
+            expect(laptop.get_by_role("button", name="Sign out everywhere else")).to_be_disabled()
+            assert contexts["phone"].request.get(base + "/api/me").status == 401
+            assert contexts["laptop"].request.get(base + "/api/me").status == 200
+
+            # Signing out this very device from its row is a logout.
+            laptop.locator("tr.current").get_by_role("button", name="Sign out").click()
+            laptop.wait_for_url(base + "/")
+            assert contexts["laptop"].request.get(base + "/api/me").status == 401
+            for context in contexts.values():
+                context.close()
+        finally:
+            browser.close()
+    assert page_errors == []
+    with capsys.disabled():
+        print(f"\n[e2e] screenshots of the devices page: {', '.join(map(str, shots))}")

@@ -14,7 +14,13 @@ from flask_plurality.testing import FakePlurality
 
 
 def test_the_shim_names_what_it_needs() -> None:
-    assert shim.INTERNALS == ("_upsert_session", "_delete_session", "_retrieve_session_data", "serializer")
+    assert shim.INTERNALS == (
+        "_upsert_session",
+        "_delete_session",
+        "_retrieve_session_data",
+        "_get_store_id",
+        "serializer",
+    )
 
 
 def test_the_default_backend_has_every_internal(make_app: AppFactory, fake: FakePlurality) -> None:
@@ -55,6 +61,8 @@ def test_a_missing_internal_is_named() -> None:
         def _upsert_session(self) -> None: ...
 
         def _delete_session(self) -> None: ...
+
+        def _get_store_id(self) -> None: ...
 
     assert shim.missing(Renamed()) == ["_retrieve_session_data"]  # type: ignore[arg-type]
     del Serializer.loads

@@ -164,6 +164,32 @@
   });
   onClick("[data-action=logout]", logOut);
 
+  // -- "Your devices": sign one session out, or every other -----------------------------------
+  document.querySelectorAll("[data-action=end-session]").forEach(function (button) {
+    button.addEventListener("click", async function () {
+      button.disabled = true;
+      clearMessage();
+      const url = body.dataset.sessionsUrl + "/" + encodeURIComponent(button.dataset.handle);
+      const result = await call("DELETE", url);
+      if (!result.ok) {
+        button.disabled = false;
+        showMessage("Could not sign that device out: " + result.text);
+        return;
+      }
+      // This very device: signed out like a logout; any other: the list without it.
+      window.location.assign(result.data && result.data.authenticated === false ? "/" : "/devices");
+    });
+  });
+  onClick("#end-others", async function () {
+    clearMessage();
+    const result = await call("POST", body.dataset.sessionsUrl + "/end-others", {});
+    if (!result.ok) {
+      showMessage("Could not sign the other devices out: " + result.text);
+      return;
+    }
+    window.location.assign("/devices");
+  });
+
   // -- real mode: Plurality's widget --------------------------------------------------------
   let signingIn = false;
 
