@@ -250,13 +250,13 @@ def exchange(
             prepared,
             stream=True,
             # The watchdog ends the whole exchange at the deadline; these bound each socket wait.
-            timeout=Timeout(connect=left / 2 if room_for_retry else left, read=left),  # type: ignore[arg-type]
+            timeout=Timeout(connect=left / 2 if room_for_retry else left, read=left),
             verify=settings["verify"],
             cert=settings["cert"],
             proxies=settings["proxies"],
         )
         if session.hooks["response"]:  # tracing's hook (what session.send would run)
-            response = dispatch_hook("response", session.hooks, response)
+            response = dispatch_hook("response", session.hooks, response)  # type: ignore[no-untyped-call]
         try:
             return _read(response, deadline), None
         finally:
@@ -313,7 +313,8 @@ def _prepared(
         settings = session.merge_environment_settings(url, {}, True, verify, None)
         if len(per_session) >= 16:  # a handful of URLs and methods per process
             per_session.clear()
-        found = per_session[key] = (template, session.get_adapter(url), settings)
+        found = (template, session.get_adapter(url), dict(settings))
+        per_session[key] = found
     return found
 
 
