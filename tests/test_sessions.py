@@ -214,7 +214,9 @@ def test_expired_session_files_are_swept_off_the_request_path(make_app: AppFacto
 # -- what a protected request writes ------------------------------------------------------
 
 
-def test_a_login_whose_lifetime_is_shorter_than_its_token_still_slides(make_app: AppFactory, fake: FakePlurality) -> None:
+def test_a_login_whose_lifetime_is_shorter_than_its_token_still_slides(
+    make_app: AppFactory, fake: FakePlurality
+) -> None:
     """With PERMANENT_SESSION_LIFETIME shorter than the token, the session slides: every
     request writes it and refreshes the cookie, as Flask-Session does. (With the default
     31 days, the token's exp pins both, and a steady request writes nothing: the
