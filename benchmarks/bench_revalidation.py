@@ -134,7 +134,7 @@ def _login(app: Flask, fake: FakePlurality) -> FlaskClient:
 def _age(client: FlaskClient, seconds: float) -> None:
     with client.session_transaction() as sess:
         data = dict(sess["_plurality"])
-        data["validated_at"] -= seconds
+        data["v"] -= seconds  # when Plurality last said yes (see flask_plurality.logins.Login)
         sess["_plurality"] = data
 
 

@@ -172,6 +172,17 @@ def _child(mode: str, spec_path: Path, *, valgrind: list[str] | None = None) -> 
         raise RuntimeError(f"{mode} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
+def callgrind_command(workdir: Path) -> list[str]:
+    """valgrind's callgrind, one dump per marked batch, the dumps in ``workdir``."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        f"--zero-before={ZERO}",
+        f"--dump-before={DUMP}",
+        f"--callgrind-out-file={workdir}/callgrind.out.%p",
+    ]
+
+
 def _dumps(workdir: Path) -> list[int]:
     """Instructions of each batch, in order: callgrind's numbered dumps (``out.<pid>.<k>``)."""
     found = []
@@ -191,14 +202,7 @@ def count(spec: Spec, workdir: Path) -> dict[str, float]:
     spec_path = workdir / "spec.json"
     spec_path.write_text(json.dumps(asdict(spec)))
     _child("--setup", spec_path)
-    valgrind = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--zero-before={ZERO}",
-        f"--dump-before={DUMP}",
-        f"--callgrind-out-file={workdir}/callgrind.out.%p",
-    ]
-    _child("--measure", workdir / "spec.json.ready", valgrind=valgrind)
+    _child("--measure", workdir / "spec.json.ready", valgrind=callgrind_command(workdir))
     counts = _dumps(workdir)
     if len(counts) != 2 * len(ROWS):
         raise RuntimeError(f"expected {2 * len(ROWS)} callgrind dumps, found {len(counts)}")

@@ -125,7 +125,7 @@ def _copies(app: Flask, cookie: str, count: int, *, stale: bool) -> list[str]:
     inner = app.session_interface.inner  # type: ignore[attr-defined]
     data = copy.deepcopy(inner._retrieve_session_data(inner._get_store_id(cookie.split("=", 1)[1])))
     if stale:
-        data["_plurality"]["validated_at"] -= 2 * INTERVAL
+        data["_plurality"]["v"] -= 2 * INTERVAL
     cookies = []
     for _ in range(count):
         sid = inner._generate_sid(inner.sid_length)

@@ -40,6 +40,7 @@ from .responses import login_refused
 from .revocation import current_epoch, is_revoked, stamp_of
 from .state import EXTENSION_KEY
 from .stores import get_store, lasting_deletes, store_errors_as_unavailable, store_use
+from .tokens import unverified_claims, with_header, without_standard_header
 from .user_sessions import TooManySessions, new_handle, on_store_id_ended, register, unregister
 
 if TYPE_CHECKING:
@@ -60,9 +61,32 @@ class Login:
 
     Never changed once built (:meth:`replace` makes a changed copy): :func:`stored_login`
     hands one object to every request of a session until what is stored changes.
+
+    Stored small, as every logged-in session holds it (:meth:`dump`; Redis keeps a
+    session in under 600 bytes): one-letter names, and no field twice. ``t`` is the
+    token, without its standard header (:func:`.tokens.without_standard_header`);
+    ``exp`` its expiry; ``l`` and ``v`` when the login began and when Plurality last
+    said yes; ``u`` Plurality's ``user`` object as received, without its ``id`` when
+    that is the token's own ``id`` claim; ``r`` and ``e`` the revocation stamp and
+    epoch, left out while ``None``; ``h`` the session's handle in its user's index and
+    ``s`` when it was last written down as seen. The profile is rebuilt from ``u`` and the token's
+    claims, as at login. A profile that its ``user`` object would not rebuild (one made
+    by hand) is stored whole (``p``); so are logins of earlier releases (long names),
+    which still load.
     """
 
-    __slots__ = ("checked_epoch", "exp", "handle", "login_at", "profile", "seen", "stamp", "token", "validated_at")
+    __slots__ = (
+        "checked_epoch",
+        "exp",
+        "handle",
+        "login_at",
+        "profile",
+        "seen",
+        "stamp",
+        "token",
+        "user",
+        "validated_at",
+    )
 
     def __init__(
         self,
@@ -75,6 +99,7 @@ class Login:
         checked_epoch: str | None = None,
         handle: str | None = None,
         seen: int = 0,
+        user: dict[str, Any] | None = None,
     ) -> None:
         self.profile = profile
         self.token = token
@@ -93,11 +118,50 @@ class Login:
         #: When a request of this session was last written down as seen (epoch seconds):
         #: ``last_seen``, rewritten at most once per ``PLURALITY_LAST_SEEN_INTERVAL``.
         self.seen = seen
+        #: What is stored for the profile (``u``): Plurality's ``user`` object, short of
+        #: the id the token holds, when that rebuilds ``profile`` exactly; else ``{}``.
+        self.user = user if user is not None else _stored_user(profile, token, exp)
 
     @classmethod
     def load(cls, data: Any) -> Login | None:
         if not isinstance(data, dict):
             return None
+        if "t" not in data:
+            return cls._load_long(data)
+        stored, exp, login_at, validated_at = data.get("t"), data.get("exp"), data.get("l"), data.get("v")
+        if (
+            not isinstance(stored, str)
+            or not isinstance(exp, int)
+            or not isinstance(login_at, int | float)
+            or not isinstance(validated_at, int | float)
+        ):
+            return None
+        token = with_header(stored)
+        user = data.get("u")
+        if isinstance(user, dict):
+            profile = _profile_from(user, token, exp)
+        else:
+            profile = Profile.from_session(data.get("p"))
+            user = {}
+        stamp, epoch, handle, seen = data.get("r"), data.get("e"), data.get("h"), data.get("s")
+        if profile is None or (stamp is not None and not isinstance(stamp, str)):
+            return None
+        return cls(
+            profile,
+            token,
+            exp,
+            float(login_at),
+            float(validated_at),
+            stamp,
+            epoch if isinstance(epoch, str) else None,
+            handle if isinstance(handle, str) else None,
+            seen if isinstance(seen, int) and not isinstance(seen, bool) else 0,
+            dict(user),
+        )
+
+    @classmethod
+    def _load_long(cls, data: dict[str, Any]) -> Login | None:
+        """A login stored by an earlier release (long names, the profile whole)."""
         profile = Profile.from_session(data.get("profile"))
         token, exp = data.get("token"), data.get("exp")
         login_at, validated_at = data.get("login_at"), data.get("validated_at")
@@ -109,40 +173,63 @@ class Login:
             or not isinstance(validated_at, int | float)
         ):
             return None
-        stamp = data.get("revocation")
+        stamp, epoch = data.get("revocation"), data.get("epoch")
         if stamp is not None and not isinstance(stamp, str):
             return None
-        epoch, handle, seen = data.get("epoch"), data.get("handle"), data.get("seen")
         return cls(
-            profile,
-            token,
-            exp,
-            float(login_at),
-            float(validated_at),
-            stamp,
-            epoch if isinstance(epoch, str) else None,
-            handle if isinstance(handle, str) else None,
-            seen if isinstance(seen, int) and not isinstance(seen, bool) else 0,
+            profile, token, exp, float(login_at), float(validated_at), stamp, epoch if isinstance(epoch, str) else None
         )
 
     def replace(self, **changes: Any) -> Login:
         """A copy with ``changes`` (attribute names) applied."""
         fields = {name: getattr(self, name) for name in self.__slots__}
+        if "profile" in changes:
+            fields["user"] = None  # found again for the new profile
         return Login(**{**fields, **changes})
 
     def dump(self) -> dict[str, Any]:
-        return {
-            "profile": self.profile.to_session(),
-            "token": self.token,
+        data: dict[str, Any] = {
+            "t": without_standard_header(self.token),
             "exp": self.exp,
-            "login_at": self.login_at,
-            "validated_at": self.validated_at,
-            # Short names: this dict is stored in every logged-in session.
-            "revocation": self.stamp,
-            "epoch": self.checked_epoch,
-            "handle": self.handle,
-            "seen": self.seen,
+            "l": int(self.login_at),  # whole seconds: it only tells whether the expiry slides
+            "v": round(self.validated_at, 3),
         }
+        if self.user:
+            data["u"] = self.user
+        else:
+            data["p"] = self.profile.to_session()
+        if self.stamp is not None:
+            data["r"] = self.stamp
+        if self.checked_epoch is not None:
+            data["e"] = self.checked_epoch
+        if self.handle is not None:
+            data["h"] = self.handle
+        if self.seen:
+            data["s"] = self.seen
+        return data
+
+
+def _profile_from(user: dict[str, Any], token: str, exp: int) -> Profile | None:
+    """The profile of a login with Plurality's ``user`` object (as stored: maybe without
+    the token's own ``id``) and this token, as :func:`.views.login` builds it."""
+    claims = unverified_claims(token)
+    if "id" not in user:
+        user = {"id": claims.get("id"), **user}
+    if not isinstance(user["id"], str | int):
+        return None
+    return Profile.from_upstream(user, {"exp": exp, "uniqueSessionId": claims.get("uniqueSessionId")})
+
+
+def _stored_user(profile: Profile, token: str, exp: int) -> dict[str, Any]:
+    """What :meth:`Login.dump` stores of ``profile`` (``u``): ``profile.raw`` (without
+    the ``id`` when the token holds it) when that rebuilds ``profile`` exactly, as
+    Plurality's answers always do; else ``{}`` (the profile is stored whole)."""
+    raw = dict(profile.raw)
+    if raw.get("id") is not None and raw.get("id") == unverified_claims(token).get("id"):
+        del raw["id"]
+    if not raw or _profile_from(raw, token, exp) != profile:
+        return {}
+    return raw
 
 
 # -- what is stored, parsed once per change ------------------------------------------------
@@ -197,6 +284,21 @@ def session_lifetime_cap(lifetime: timedelta) -> timedelta:
     if not isinstance(exp, int) or isinstance(exp, bool):
         return lifetime
     return min(lifetime, timedelta(seconds=max(1, exp - int(time.time()))))
+
+
+def expiry_pinned_to_token(sess: SessionMixin, lifetime: timedelta) -> bool:
+    """Has this session's entry (and cookie) expired at its login's token ``exp`` ever
+    since the login? Every write caps the lifetime at ``exp`` (:func:`session_lifetime_cap`),
+    so it has when the login's own write already reached ``exp``: ``login_at + lifetime
+    >= exp``. Then rewriting an unchanged session changes nothing (see the session guard);
+    with a shorter ``PERMANENT_SESSION_LIFETIME`` the session slides, written as usual."""
+    data = dict.get(sess, SESSION_KEY)  # type: ignore[call-overload]
+    if not isinstance(data, dict):
+        return False
+    exp, login_at = data.get("exp"), data.get("l", data.get("login_at"))
+    if not isinstance(exp, int) or not isinstance(login_at, int | float):
+        return False
+    return bool(login_at + lifetime.total_seconds() >= exp)
 
 
 # -- start, check, end -----------------------------------------------------------------------

@@ -103,8 +103,9 @@ def redacted_session_class(cls: _S) -> _S:
     def __repr__(self: Any) -> str:
         shown = dict(dict.items(self))  # dict.items: reading must not mark the session accessed
         login = shown.get(SESSION_KEY)
-        if isinstance(login, dict) and "token" in login:
-            shown[SESSION_KEY] = {**login, "token": "<redacted>"}
+        if isinstance(login, dict):
+            # "t": the token as a login is stored now; "token": as earlier releases stored it.
+            shown[SESSION_KEY] = {**login, **{name: "<redacted>" for name in ("t", "token") if name in login}}
         return f"<{cls.__name__} {shown!r}>"
 
     return type(cls.__name__, (cls,), {"__repr__": __repr__, "__module__": cls.__module__})  # type: ignore[return-value]

@@ -28,7 +28,7 @@ from flask_session.base import ServerSideSession, ServerSideSessionInterface
 
 from .exceptions import ConfigurationError, SessionStoreUnavailable
 from .flask_session_shim import shim
-from .logins import session_lifetime_cap
+from .logins import expiry_pinned_to_token, session_lifetime_cap
 from .revocation import REVOCATION_EPOCH
 from .security import redacted_session_class
 from .stores import UNREAD, Store, log, log_store_failure, store_for, store_use
@@ -249,6 +249,15 @@ class GuardedSessionInterface(SessionInterface):
             threading.Thread(target=self._sweep, name="plurality-session-sweep", daemon=True).start()
         if getattr(session, "unencodable", False):
             return  # the 500 for it is being answered: nothing to save (see below)
+        if unchanged_pinned_login(app, session):
+            # The steady protected request: nothing to write. Flask-Session would rewrite
+            # the entry and resend the cookie (SESSION_REFRESH_EACH_REQUEST) with the same
+            # content and the same expiry, the token's exp: one store write per request
+            # (under a flock on files) that changes nothing. Logout finality is untouched:
+            # writing less can never bring a deleted entry back.
+            if session.accessed:
+                response.vary.add("Cookie")
+            return
         use = store_use.set("session_save")
         try:
             self.inner.save_session(app, session, response)
@@ -266,6 +275,22 @@ class GuardedSessionInterface(SessionInterface):
             store_unavailable_into(response)
         finally:
             store_use.reset(use)
+
+
+def unchanged_pinned_login(app: Flask, session: SessionMixin) -> bool:
+    """Would saving ``session`` rewrite exactly what is stored? True for a session read
+    from the store under this id, not changed by this request (``session.modified``:
+    top-level changes; a nested change needs ``session.modified = True``, as in Flask),
+    holding a permanent Plurality login whose entry and cookie have expired at the token's
+    ``exp`` since the login (:func:`.logins.expiry_pinned_to_token`). Anything else
+    (a session without a Plurality login, a sliding lifetime shorter than the token's)
+    is saved as Flask-Session saves it."""
+    return (
+        not session.modified
+        and session.permanent
+        and getattr(session, "loaded_sid", None) == getattr(session, "sid", False)
+        and expiry_pinned_to_token(session, app.permanent_session_lifetime)
+    )
 
 
 def sweep_expired(sweep: Callable[[], None]) -> None:

@@ -30,6 +30,8 @@ from typing import Any, Final
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.hooks import dispatch_hook
+from requests.models import PreparedRequest
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
@@ -241,18 +243,20 @@ def exchange(
     _current.deadline = watch
     _watchdog.watch(watch)
     try:
-        response = session.request(
-            method,
-            url,
-            data=body,
-            headers={**headers, "Accept-Encoding": "identity"},  # a compressed answer is refused, never inflated
-            auth=auth,
-            # The watchdog ends the whole exchange at the deadline; these bound each socket wait.
-            timeout=Timeout(connect=left / 2 if room_for_retry else left, read=left),  # type: ignore[arg-type]
-            allow_redirects=False,
-            verify=verify,
+        template, adapter, settings = _prepared(session, method, url, headers, auth, verify)
+        prepared = template.copy()
+        prepared.prepare_body(body, None)
+        response = adapter.send(
+            prepared,
             stream=True,
+            # The watchdog ends the whole exchange at the deadline; these bound each socket wait.
+            timeout=Timeout(connect=left / 2 if room_for_retry else left, read=left),
+            verify=settings["verify"],
+            cert=settings["cert"],
+            proxies=settings["proxies"],
         )
+        if session.hooks["response"]:  # tracing's hook (what session.send would run)
+            response = dispatch_hook("response", session.hooks, response)  # type: ignore[no-untyped-call]
         try:
             return _read(response, deadline), None
         finally:
@@ -267,6 +271,51 @@ def exchange(
     finally:
         _finish(watch)
         _current.deadline = None
+
+
+#: Per session: (method, url, headers, auth, verify) -> (the request, prepared but for
+#: its body; the adapter; the environment's proxy and CA settings for the URL).
+_templates: weakref.WeakKeyDictionary[requests.Session, dict[Any, tuple[PreparedRequest, Any, dict[str, Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _prepared(
+    session: requests.Session,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    auth: tuple[str, str],
+    verify: bool,
+) -> tuple[PreparedRequest, Any, dict[str, Any]]:
+    """What ``session.request`` works out anew on every call, worked out once: the
+    request prepared but for its body (URL parsed, headers merged with the session's,
+    Basic auth encoded), its adapter, and the proxy and CA settings the environment
+    gives the URL (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``: read at the
+    first call to a URL, as a pool of connections to it outlives a change of them).
+    Those steps were a third of a login's instructions outside the socket calls. The
+    session's cookies are never sent or kept: Plurality sets none, and an answer of one
+    client's call must never travel with another's."""
+    per_session = _templates.get(session)
+    if per_session is None:
+        per_session = _templates.setdefault(session, {})
+    key = (method, url, tuple(headers.items()), auth, verify)
+    found = per_session.get(key)
+    if found is None:
+        template = PreparedRequest()
+        template.prepare(
+            method=method,
+            url=url,
+            # A compressed answer is refused, never inflated.
+            headers={**session.headers, **headers, "Accept-Encoding": "identity"},
+            auth=auth,
+        )
+        settings = session.merge_environment_settings(url, {}, True, verify, None)
+        if len(per_session) >= 16:  # a handful of URLs and methods per process
+            per_session.clear()
+        found = (template, session.get_adapter(url), dict(settings))
+        per_session[key] = found
+    return found
 
 
 class _TooMuch(Exception):

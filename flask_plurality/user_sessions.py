@@ -248,10 +248,10 @@ def _last_seen(store: Store, app: Flask, handle: str, entry: dict[str, Any]) -> 
     data, _ = store.retrieve_session(store_id, None)
     if not isinstance(data, dict):
         return None
-    login = data.get(SESSION_KEY)
-    if not isinstance(login, dict) or login.get("handle") != handle:
+    login = data.get(SESSION_KEY)  # as logins.Login.dump stores it: "h" the handle, "s" last seen
+    if not isinstance(login, dict) or login.get("h") != handle:
         return None  # another login took the id over (or none is left): not this session
-    seen = login.get("seen")
+    seen = login.get("s")
     return int(seen) if isinstance(seen, int | float) else int(entry.get("c", 0))
 
 

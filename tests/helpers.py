@@ -309,8 +309,47 @@ def age_session(client: FlaskClient, seconds: float) -> None:
     """Pretend the last good answer is ``seconds`` older (as if that much time had passed)."""
     with client.session_transaction() as sess:
         data = dict(sess["_plurality"])
-        data["validated_at"] -= seconds
+        data["v"] -= seconds  # when Plurality last said yes (see flask_plurality.logins.Login)
         sess["_plurality"] = data
+
+
+#: Every method of the store protocol (flask_plurality.stores.protocol.Store) that writes.
+STORE_WRITES = (
+    "set",
+    "delete",
+    "add",
+    "incr",
+    "decr",
+    "set_rarely_written",
+    "save_session",
+    "delete_session",
+)
+
+
+@contextmanager
+def store_writes(app: Flask) -> Iterator[list[str]]:
+    """The writes the app makes to its store while the block runs, by method name, in
+    order. Every write the extension or Flask-Session makes goes through the store
+    (the session guard routes Flask-Session's own through it); each is still made."""
+    store: Any = app.session_interface.store  # type: ignore[attr-defined]
+    writes: list[str] = []
+
+    def counted(name: str) -> Callable[..., Any]:
+        real = getattr(store, name)
+
+        def write(*args: Any, **kwargs: Any) -> Any:
+            writes.append(name)
+            return real(*args, **kwargs)
+
+        return write
+
+    for name in STORE_WRITES:
+        setattr(store, name, counted(name))
+    try:
+        yield writes
+    finally:
+        for name in STORE_WRITES:
+            delattr(store, name)
 
 
 @contextmanager

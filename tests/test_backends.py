@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 import requests.adapters
-from helpers import SAME_ORIGIN, error_of, logged_in_on_two, login, login_over_http
+from helpers import SAME_ORIGIN, error_of, logged_in_on_two, login, login_over_http, store_writes
 
 from flask_plurality.testing import FakePlurality
 
@@ -47,6 +47,50 @@ def test_the_apps_own_session_data_is_kept(backend: Backend, fake: FakePlurality
     other: Any = backend.make_app().test_client()
     other.set_cookie("session", browser.get_cookie("session").value)
     assert other.get("/note").get_json() == {"note": "hello"}
+
+
+def test_a_steady_protected_request_writes_nothing_to_the_store(backend: Backend, fake: FakePlurality) -> None:
+    """Flask-Session rewrites a session on every request (SESSION_REFRESH_EACH_REQUEST),
+    but a Plurality login's entry and cookie expire at its token's exp: rewriting an
+    unchanged one changes nothing. So a protected request writes nothing and sends no
+    cookie; the app's own change to the session is still written, and a logout still
+    ends the session everywhere."""
+    app = backend.make_app()
+    browser = app.test_client()
+    with store_writes(app) as writes:
+        assert login(browser, fake.issue_token()).status_code == 200
+        assert "save_session" in writes  # the login itself is stored
+        writes.clear()
+        for _ in range(5):
+            response = browser.get("/protected")
+            assert response.status_code == 200
+            assert "Set-Cookie" not in response.headers
+            assert "Cookie" in response.headers.get("Vary", "")  # the answer depends on it
+        assert writes == []
+
+        assert browser.post("/note?value=kept").status_code == 200  # the app's own change
+        assert writes == ["save_session"]
+        other: Any = backend.make_app().test_client()
+        other.set_cookie("session", browser.get_cookie("session").value)
+        assert other.get("/note").get_json() == {"note": "kept"}  # written, shared
+        writes.clear()
+        assert [browser.get("/protected").status_code for _ in range(3)] == [200] * 3
+        assert writes == []
+
+    assert browser.post("/plurality/logout", json={}, headers=SAME_ORIGIN).status_code == 200
+    assert other.get("/protected").status_code == 401  # the entry is gone
+
+
+def test_a_session_without_a_login_keeps_flask_sessions_refresh(backend: Backend) -> None:
+    """Only a Plurality login's session is pinned to its token; any other session is
+    saved as Flask-Session saves it (refreshed on every request, so it slides)."""
+    app = backend.make_app()
+    browser = app.test_client()
+    with store_writes(app) as writes:
+        assert browser.post("/note?value=anonymous").status_code == 200
+        writes.clear()
+        assert browser.get("/note").get_json() == {"note": "anonymous"}
+        assert writes == ["save_session"]
 
 
 # -- 1. logout is final, even against requests already running -----------------------
@@ -218,7 +262,12 @@ def test_a_failing_store_answers_503_and_loses_nothing_silently(backend: Backend
     assert browser.post("/note?value=before").status_code == 200
     with backend.outage():
         error_of(login(app.test_client(), fake.issue_token()), 503, "session_store_unavailable")
-        error_of(browser.get("/protected"), 503, "session_store_unavailable")
+        if backend.name == "cachelib-file":
+            # A read-only directory still reads, and a steady protected request writes
+            # nothing: it is served. Any write fails (below).
+            assert browser.get("/protected").status_code == 200
+        else:
+            error_of(browser.get("/protected"), 503, "session_store_unavailable")
         error_of(browser.post("/note?value=lost"), 503, "session_store_unavailable")
         error_of(browser.post("/plurality/logout", json={}, headers=SAME_ORIGIN), 503, "session_store_unavailable")
         with app.app_context(), pytest.raises(SessionStoreUnavailable):

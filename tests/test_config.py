@@ -16,6 +16,7 @@ from helpers import SAME_ORIGIN, AppFactory, build_app, free_port, login, stand_
 
 from flask_plurality import ConfigurationError, Plurality, get_extension
 from flask_plurality.config import DEFAULTS
+from flask_plurality.logins import Login
 from flask_plurality.testing import FakePlurality
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,7 +247,8 @@ def test_users_own_flask_session_is_used_as_is(tmp_path: Path, fake: FakePlurali
     assert login(client, fake.issue_token(user_id="mine")).status_code == 200
     cookie = client.get_cookie("session")
     assert cookie is not None
-    assert cache.get("session:" + cookie.value)["_plurality"]["profile"]["id"] == "mine"
+    held = Login.load(cache.get("session:" + cookie.value)["_plurality"])
+    assert held is not None and held.profile.id == "mine"
     assert not (Path(app.instance_path) / "plurality_sessions").exists()
 
 

@@ -25,6 +25,7 @@ from helpers import AppFactory, age_session, login, run_benchmark
 
 from flask_plurality import SessionStoreUnavailable, current_profile, logins
 from flask_plurality.flask_context import current_request, request_context, request_scope
+from flask_plurality.logins import Login
 from flask_plurality.profile import Profile
 from flask_plurality.revocation import REVOCATION_EPOCH
 from flask_plurality.stores.files import FileStore
@@ -64,13 +65,14 @@ def test_a_session_is_parsed_once_until_what_is_stored_changes(
     app: Flask, fake: FakePlurality, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[Any] = []
-    original = Profile.from_session.__func__  # type: ignore[attr-defined]
+    original = Login.load.__func__  # type: ignore[attr-defined]
 
-    def counting(cls: type[Profile], data: Any) -> Profile | None:
-        built.append(data.get("id") if isinstance(data, dict) else None)
+    def counting(cls: type[Login], data: Any) -> Login | None:
+        if isinstance(data, dict):  # a stored login to parse (None: there is none)
+            built.append(data.get("exp"))
         return original(cls, data)  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(Profile, "from_session", classmethod(counting))
+    monkeypatch.setattr(Login, "load", classmethod(counting))
     client = app.test_client()
     assert login(client, fake.issue_token(email="old@example.com")).status_code == 200
     for _ in range(5):
@@ -105,7 +107,7 @@ def test_a_changed_stored_value_is_parsed_again(app: Flask, fake: FakePlurality)
     assert login(client, fake.issue_token()).status_code == 200
     with client.session_transaction() as sess:
         data = dict(sess["_plurality"])
-        data["profile"] = "junk"
+        data["u"] = "junk"  # Plurality's user object, as stored
         sess["_plurality"] = data
     assert client.get("/protected").status_code == 401
 

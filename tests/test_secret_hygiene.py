@@ -179,7 +179,7 @@ def test_a_full_cycle_with_failures_leaks_nothing(hfake: FakePlurality, secret: 
             assert value not in answer.text, f"{what} appears in an answer to {answer.request.path_url}"
             headers = {k: v for k, v in answer.headers.items() if k.lower() != "set-cookie"}
             assert value not in str(headers), f"{what} appears in a header"
-    assert "'token': '<redacted>'" in logs.text
+    assert "'t': '<redacted>'" in logs.text
 
 
 def test_exceptions_never_carry_the_token_or_secret(hfake: FakePlurality, secret: str, tmp_path: Any) -> None:
@@ -260,7 +260,7 @@ def test_no_repr_shows_the_token_or_secret(hfake: FakePlurality, secret: str, tm
             continue
         assert value not in everything, f"{what} in a repr"
         assert value not in logs.text, f"{what} in the logs"
-    assert "'token': '<redacted>'" in everything  # the session shows that it holds a token
+    assert "'t': '<redacted>'" in everything  # the session shows that it holds a token
     assert CLIENT_ID in repr(direct)  # the id is not secret and helps debugging
     with app.app_context():
         assert CLIENT_ID in repr(upstream_settings())

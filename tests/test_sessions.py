@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import SAME_ORIGIN, AppFactory, login
+from helpers import SAME_ORIGIN, AppFactory, login, store_writes
 from werkzeug.http import parse_date
 
 from flask_plurality.testing import FakePlurality
@@ -209,3 +209,38 @@ def test_expired_session_files_are_swept_off_the_request_path(make_app: AppFacto
     while entries() and time.time() < deadline:
         time.sleep(0.05)
     assert entries() == []
+
+
+# -- what a protected request writes ------------------------------------------------------
+
+
+def test_a_login_whose_lifetime_is_shorter_than_its_token_still_slides(
+    make_app: AppFactory, fake: FakePlurality
+) -> None:
+    """With PERMANENT_SESSION_LIFETIME shorter than the token, the session slides: every
+    request writes it and refreshes the cookie, as Flask-Session does. (With the default
+    31 days, the token's exp pins both, and a steady request writes nothing: the
+    conformance suite counts that on every backend.)"""
+    app = make_app(PERMANENT_SESSION_LIFETIME=600)
+    client = app.test_client()
+    with store_writes(app) as writes:
+        assert login(client, fake.issue_token(ttl=86400)).status_code == 200
+        writes.clear()
+        response = client.get("/protected")
+        assert response.status_code == 200
+        assert writes == ["save_session"]
+    expires = set_cookie(response)["session"]["expires"]
+    left = parse_date(expires).timestamp() - time.time()  # type: ignore[union-attr]
+    assert 590 < left <= 601
+
+
+def test_a_steady_login_sends_no_cookie_and_keeps_its_expiry(client: FlaskClient, fake: FakePlurality) -> None:
+    token = fake.issue_token(ttl=3600)
+    cookie = set_cookie(login(client, token))["session"]
+    assert abs(parse_date(cookie["expires"]).timestamp() - exp_of(token)) <= 1  # type: ignore[union-attr]
+    sid = sid_of(client)
+    for _ in range(3):
+        response = client.get("/protected")
+        assert response.status_code == 200
+        assert response.headers.getlist("Set-Cookie") == []
+    assert sid_of(client) == sid and client.get("/plurality/session").status_code == 200

@@ -26,6 +26,7 @@ from helpers import SAME_ORIGIN, AppFactory, free_port, login
 from werkzeug.test import TestResponse
 
 from flask_plurality import plurality_required
+from flask_plurality.logins import Login
 from flask_plurality.testing import FakePlurality
 
 pytestmark = pytest.mark.redis
@@ -246,5 +247,6 @@ def test_store_lost_while_saving_is_a_503_without_a_cookie(
         server.resume()
     # A write that timed out may still land when the store wakes up (it was sent): the
     # 503 means "not confirmed", never "lost". Either way the login is intact.
-    assert stored(store_client, client)["_plurality"]["profile"]["id"] == user_id
+    held = Login.load(stored(store_client, client)["_plurality"])
+    assert held is not None and held.profile.id == user_id
     assert_logged_in(client, user_id)

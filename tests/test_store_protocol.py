@@ -21,6 +21,7 @@ from helpers import SAME_ORIGIN, DictSessions, login
 
 import flask_plurality.stores
 from flask_plurality import Plurality, plurality_required
+from flask_plurality.logins import Login
 from flask_plurality.stores import ForeignStore, Store, get_store
 from flask_plurality.testing import FakePlurality, config_for
 
@@ -135,7 +136,8 @@ def test_a_backend_without_a_store_keeps_its_sessions(fake: FakePlurality, tmp_p
     cookie = browser.get_cookie("session")
     assert cookie is not None
     [(store_id, data)] = sessions.data.items()
-    assert store_id.endswith(cookie.value) and data["_plurality"]["profile"]["id"] == "u1"
+    held = Login.load(data["_plurality"])
+    assert store_id.endswith(cookie.value) and held is not None and held.profile.id == "u1"
     assert browser.get("/protected").status_code == 200
     assert browser.post("/plurality/logout", headers=SAME_ORIGIN).status_code == 200
     assert sessions.data == {}

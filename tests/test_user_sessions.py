@@ -197,6 +197,8 @@ def test_logout_and_expiry_leave_the_index(make_app: Any, fake: FakePlurality) -
 def test_last_seen_is_written_at_most_once_per_interval(make_app: Any, fake: FakePlurality) -> None:
     from helpers import stored_login
 
+    from flask_plurality.logins import Login
+
     app = make_app(PLURALITY_LAST_SEEN_INTERVAL=2)
     browser = _browser(app, fake)
     first = stored_login(app, browser)
@@ -206,9 +208,9 @@ def test_last_seen_is_written_at_most_once_per_interval(make_app: Any, fake: Fak
     assert stored_login(app, browser) == first  # not rewritten inside the interval
     time.sleep(2.1)
     assert browser.get("/protected").status_code == 200
-    later = stored_login(app, browser)
-    assert later is not None and later["seen"] > first["seen"]
-    assert _listed(browser)[0]["last_seen"] == later["seen"]
+    later = Login.load(stored_login(app, browser))
+    assert later is not None and later.seen > Login.load(first).seen  # type: ignore[union-attr]
+    assert _listed(browser)[0]["last_seen"] == later.seen
 
 
 @pytest.mark.parametrize("policy", ["end_oldest", "refuse"])

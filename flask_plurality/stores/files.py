@@ -29,7 +29,7 @@ from cachelib.file import FileSystemCache
 from cachelib.serializers import BaseSerializer, FileSystemSerializer
 
 from ..exceptions import ConfigurationError
-from .base import LockedKeys, bounded, store_errors_as_unavailable, unavailable_error
+from .base import LockedKeys, bounded, unavailable_error
 from .protocol import UNREAD
 
 #: ``fcntl`` where there is one (not on Windows: one process per directory there).
@@ -146,10 +146,10 @@ class FileStore(LockedKeys):
     def _put(self, key: str, value: Any, ttl: int) -> None:
         # FileSystemCache expires at int(now) + ttl: one second more, or an entry written
         # at x.99 with a ttl of 1 would live 0.01 s (readers check ages themselves).
-        with store_errors_as_unavailable():
-            done = self.cache.set(key, value, timeout=ttl + 1)
-        if not done:  # cachelib logs the OSError and returns False
-            raise unavailable_error("a session file could not be written (read-only or full disk?)")
+        # The file cachelib's set would write, without its per-write bookkeeping (an
+        # isfile, a stat, the size threshold's check: 0 here): a counter is written on
+        # every login attempt.
+        self._write_file(key, self._dump(value), ttl + 1)
 
     def _remove(self, key: str) -> None:
         try:
