@@ -95,7 +95,10 @@ def _confirmed(extension: Plurality, token: str, interval: int, app: Flask, cfg:
         refused = exc
     else:
         profile = answer.profile(seen.claims)
-        return None if token_revoked(profile.id, seen, app) else profile
+        if token_revoked(profile.id, seen, app):
+            return None
+        answers.remember(token, seen, app)  # Plurality said yes: only now kept in memory
+        return profile
     (attempt or throttle.attempt(token)).refused()  # outside the except: no chained error
     raise refused
 
