@@ -93,7 +93,7 @@ def test_the_parse_cache_under_threads_raises_nothing_and_never_mixes_logins(mon
     the oldest entry) under threads. 16 threads over 400 sessions through a cache that
     holds about 40, with logouts mixed in: every answer is the session's own login."""
     sessions = [_session(n) for n in range(400)]
-    one = 2 * size_of(sessions[0][logins.SESSION_KEY]) + ENTRY_OVERHEAD
+    one = size_of(sessions[0][logins.SESSION_KEY]) + ENTRY_OVERHEAD
     monkeypatch.setattr(logins, "_parsed", BoundedLRU(max_bytes=40 * one))
     rounds, threads = 4000, 16
     outcomes: Counter[str] = Counter()

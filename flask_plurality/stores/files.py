@@ -30,7 +30,7 @@ from cachelib.file import FileSystemCache
 from cachelib.serializers import BaseSerializer, FileSystemSerializer
 
 from ..exceptions import ConfigurationError
-from .base import LockedKeys, bounded, store_errors_as_unavailable, unavailable_error
+from .base import LockedKeys, bounded, unavailable_error
 from .protocol import UNREAD
 
 #: ``fcntl`` where there is one (not on Windows: one process per directory there).
