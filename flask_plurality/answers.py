@@ -156,6 +156,10 @@ class AnswerCache:
         what is remembered is bounded in bytes (:data:`.state.BEARER_MEMORY_BYTES`)."""
         get_state(app).bearer_tokens.put(token, seen, size_of(token) + size_of(seen))
 
+    def forget(self, token: str, app: Flask) -> None:
+        """Plurality (or the cache) refused ``token`` now: keep nothing of it."""
+        get_state(app).bearer_tokens.pop(token)
+
     def lookup_or_last(
         self,
         token: str,

@@ -93,6 +93,7 @@ def _confirmed(extension: Plurality, token: str, interval: int, app: Flask, cfg:
                 attempt.check()  # looked at now: meanwhile that call's own count is in the counters
     except InvalidToken as exc:
         refused = exc
+        answers.forget(token, app)  # confirmed once, refused now (revoked upstream, expired)
     else:
         profile = answer.profile(seen.claims)
         if token_revoked(profile.id, seen, app):

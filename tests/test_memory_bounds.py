@@ -194,6 +194,18 @@ def test_a_token_plurality_refuses_is_not_kept(make_app: AppFactory, fake: FakeP
     assert len(get_state(app).bearer_tokens) == 0
 
 
+def test_a_kept_token_that_plurality_refuses_later_is_forgotten(make_app: AppFactory, fake: FakePlurality) -> None:
+    app = bearer_app(make_app)
+    app.config["PLURALITY_BEARER_REVALIDATE"] = 0  # ask on every request
+    client = app.test_client()
+    token = fake.issue_token()
+    assert get_me(client, token) == 200
+    assert token in get_state(app).bearer_tokens
+    fake.revoke(token)
+    assert get_me(client, token) == 401
+    assert token not in get_state(app).bearer_tokens
+
+
 def test_confirmed_bearer_tokens_are_bounded_in_bytes_least_recently_used_out(
     make_app: AppFactory, fake: FakePlurality
 ) -> None:
