@@ -4,9 +4,9 @@ What a process keeps in memory about sessions and tokens (the parse cache of sto
 logins, the bearer tokens Plurality confirmed) must stay small whatever clients send:
 a bound in entries alone lets an entry's size (claims, profiles) grow memory without
 limit. Each entry is charged its :func:`size_of`; past the budget the least recently
-used entries leave, one at a time, never the whole map at once. Every operation holds
-one lock, so threads (gthread workers, a threaded dev server) never see the map
-change under an eviction.
+used entries leave, one at a time, never the whole map at once. Every change holds
+one lock and a read takes single steps of the ``OrderedDict``, so threads (gthread
+workers, a threaded dev server) never see the map change under an eviction.
 """
 
 from __future__ import annotations
@@ -53,13 +53,19 @@ class BoundedLRU(Generic[K, V]):
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
-        """The value for ``key`` (now the most recently used), or ``None``."""
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                return None
+        """The value for ``key`` (now the most recently used), or ``None``.
+
+        Without the lock (it is on every protected request): each ``OrderedDict`` call
+        is one step under the interpreter lock for keys hashed in C (strings), and an
+        entry evicted between the two is simply not moved."""
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        try:
             self._data.move_to_end(key)
-            return entry[0]
+        except KeyError:
+            pass  # evicted or popped meanwhile: what was read is still the value
+        return entry[0]
 
     def put(self, key: K, value: V, cost: int) -> None:
         """Keep ``value`` under ``key``, charged ``cost`` bytes (plus :data:`ENTRY_OVERHEAD`),

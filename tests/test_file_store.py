@@ -145,7 +145,8 @@ def test_the_sweep_pauses_after_every_batch(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(FileStore, "_sweep_entry", counted)
     monkeypatch.setattr(files, "time", _Clock(pause))
     store.sweep()
-    assert batches == [SWEEP_BATCH] * 5 and read[0] == 7  # never more than a batch without a pause
+    assert len(batches) >= 5 and max(batches) <= SWEEP_BATCH  # never more than a batch without a pause
+    assert sum(batches) + read[0] == count
     assert len(os.listdir(tmp_path)) == count - count // 2
 
 

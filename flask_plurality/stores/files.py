@@ -39,8 +39,10 @@ fcntl: Any = importlib.import_module("fcntl") if os.name == "posix" else None
 #: Lock files per directory; a key always takes the same one.
 LOCK_STRIPES: Final = 64
 
-#: Files :meth:`FileStore.sweep` reads between two pauses of :data:`SWEEP_PAUSE` seconds.
+#: Files :meth:`FileStore.sweep` reads between two pauses of :data:`SWEEP_PAUSE` seconds,
+#: or fewer when reading them takes longer than :data:`SWEEP_SLICE` seconds.
 SWEEP_BATCH: Final = 100
+SWEEP_SLICE: Final = 0.002
 SWEEP_PAUSE: Final = 0.005
 #: A temporary file this old (seconds) belongs to no write in progress: its process died.
 STALE_TEMPORARY: Final = 600
@@ -300,17 +302,21 @@ class FileStore(LockedKeys):
         """Delete every expired entry (sessions, answers, counters), and temporary files
         a write left behind when its process died (older than :data:`STALE_TEMPORARY`).
 
-        One pass over the directory, :data:`SWEEP_BATCH` files at a time with a pause of
+        One pass over the directory, :data:`SWEEP_BATCH` files at a time (fewer when the
+        disk is slow: at most :data:`SWEEP_SLICE` seconds of work) with a pause of
         :data:`SWEEP_PAUSE` between batches: run in a thread of a worker (see the session
         guard), it never holds the interpreter, or a gevent worker's loop, for longer than
         one batch, whatever the number of sessions on disk.
         """
         now = time.time()
         with os.scandir(self.cache._path) as entries:
-            for number, entry in enumerate(entries, 1):
+            batch, until = 0, time.monotonic() + SWEEP_SLICE
+            for entry in entries:
                 self._sweep_entry(entry, now)
-                if number % SWEEP_BATCH == 0:
+                batch += 1
+                if batch == SWEEP_BATCH or time.monotonic() >= until:  # a slow disk: a shorter batch
                     time.sleep(SWEEP_PAUSE)
+                    batch, until = 0, time.monotonic() + SWEEP_SLICE
 
     def _sweep_entry(self, entry: os.DirEntry[str], now: float) -> None:
         """Remove ``entry`` if it is an expired entry or a stale temporary file."""
