@@ -61,7 +61,7 @@ class BoundedLRU(Generic[K, V]):
         entry = self._data.get(key)
         if entry is None:
             return None
-        try:
+        try:  # noqa: SIM105 - contextlib.suppress costs a context manager per request
             self._data.move_to_end(key)
         except KeyError:
             pass  # evicted or popped meanwhile: what was read is still the value
