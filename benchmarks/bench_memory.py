@@ -71,7 +71,7 @@ def _statuses(statuses: dict[str, int]) -> dict[str, int]:
     return {f"answered {status}": number for status, number in sorted(statuses.items())}
 
 
-def run(quick: bool = False, code: Path = ROOT, count: int = 10_000) -> str:
+def run(quick: bool = False, code: Path = ROOT, count: int = 10_000, where: str = "both") -> str:
     count = 200 if quick else count
     lines = [
         f"{count:,} junk bearer tokens (~4 KiB each), RSS in MiB ({code})",
@@ -80,12 +80,14 @@ def run(quick: bool = False, code: Path = ROOT, count: int = 10_000) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     with FakePlurality() as fake:
-        for where, measure in (("in-process", in_process), ("gunicorn -w 1", through_gunicorn)):
+        for label, measure in (("in-process", in_process), ("gunicorn -w 1", through_gunicorn)):
+            if where != "both" and not label.startswith(where):
+                continue
             row = measure(fake, code, count)
             answers = ", ".join(f"{k.split()[1]}: {v:,}" for k, v in row.items() if k.startswith("answered"))
             growth = (row["after"] - row["before"]) / 1024
             lines.append(
-                f"| {where} | {row['before'] / 1024:.1f} | {row['after'] / 1024:.1f} | {growth:+.1f} | {answers} |"
+                f"| {label} | {row['before'] / 1024:.1f} | {row['after'] / 1024:.1f} | {growth:+.1f} | {answers} |"
             )
             print(lines[-1], file=sys.stderr, flush=True)  # a row as soon as it is measured
     return "\n".join(lines)
@@ -95,9 +97,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose flask_plurality to measure")
     parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--where", choices=["both", "in-process", "gunicorn"], default="both")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    print(run(quick=args.quick, code=args.code.resolve(), count=args.count))
+    print(run(quick=args.quick, code=args.code.resolve(), count=args.count, where=args.where))
 
 
 if __name__ == "__main__":
