@@ -9,7 +9,8 @@ worker's VmRSS after a warm-up request and after the last (in one process after
 ``gc.collect()``).
 
 Run: ``python -m benchmarks.bench_memory [--code DIR] [--count N]``; ``--code``
-measures the ``flask_plurality`` of another checkout, for a before/after table.
+measures the ``flask_plurality`` of another checkout, for a before/after table. Not
+part of ``python -m benchmarks`` (it has no ``run()``): minutes of requests or files.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _statuses(statuses: dict[str, int]) -> dict[str, int]:
     return {f"answered {status}": number for status, number in sorted(statuses.items())}
 
 
-def run(quick: bool = False, code: Path = ROOT, count: int = 10_000, where: str = "both") -> str:
+def table(quick: bool = False, code: Path = ROOT, count: int = 10_000, where: str = "both") -> str:
     count = 200 if quick else count
     lines = [
         f"{count:,} junk bearer tokens (~4 KiB each), RSS in MiB ({code})",
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("--where", choices=["both", "in-process", "gunicorn"], default="both")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    print(run(quick=args.quick, code=args.code.resolve(), count=args.count, where=args.where))
+    print(table(quick=args.quick, code=args.code.resolve(), count=args.count, where=args.where))
 
 
 if __name__ == "__main__":

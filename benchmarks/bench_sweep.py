@@ -9,7 +9,8 @@ without pausing; in a sync or gthread worker it competes for the interpreter loc
 Rows: the longest wait of a tick, the 99th percentile, and the sweep's own duration.
 
 Run: ``python -m benchmarks.bench_sweep [--code DIR] [--files N]``; ``--code`` measures
-the ``flask_plurality`` of another checkout, for a before/after table.
+the ``flask_plurality`` of another checkout, for a before/after table. Not part of
+``python -m benchmarks`` (it has no ``run()``): minutes of requests or files.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def measure(code: Path, files: int, mode: str) -> dict[str, float]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def run(quick: bool = False, code: Path = ROOT, files: int = 100_000) -> str:
+def table(quick: bool = False, code: Path = ROOT, files: int = 100_000) -> str:
     files = 2_000 if quick else files
     lines = [
         f"Sweep of {files:,} session files (half expired) in a thread, a 1 ms ticker beside it ({code})",
@@ -107,7 +108,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    print(run(quick=args.quick, code=args.code.resolve(), files=args.files))
+    print(table(quick=args.quick, code=args.code.resolve(), files=args.files))
 
 
 if __name__ == "__main__":
