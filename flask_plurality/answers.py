@@ -13,8 +13,9 @@ The caller's ``attempt`` is entered only around that one call, by whoever makes 
 bearer requests count it in the failed-login throttle there (a :class:`.throttle.Attempt`),
 once per call, not once per request sharing it.
 
-A token with no session behind it (a bearer token) is also *read* here once per process
-(:meth:`AnswerCache.read`), and under ``PLURALITY_ON_UPSTREAM_ERROR = "allow"`` the
+A token with no session behind it (a bearer token) is also *read* here
+(:meth:`AnswerCache.read`), decoded again until Plurality confirmed it and then kept in
+a bounded memory of this process (:meth:`AnswerCache.remember`), and under ``PLURALITY_ON_UPSTREAM_ERROR = "allow"`` the
 cache's last "yes" is its evidence during an outage (:meth:`AnswerCache.lookup_or_last`).
 
 Freshness is judged when a request *arrives*: it accepts an answer that was at most
@@ -45,6 +46,7 @@ from . import signals
 from .client import PluralityClient, Upstream, observe
 from .config import ConfigView, config
 from .exceptions import InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
+from .lru import size_of
 from .profile import Profile
 from .singleflight import SingleFlight
 from .state import get_state
@@ -60,8 +62,6 @@ _POLL: Final = (0.02, 0.05)
 NO_ANSWER_TTL: Final = 86400
 #: Below this much time left, asking upstream is not worth starting: it is an outage.
 _MIN_ASK_BUDGET: Final = 0.1
-#: Tokens remembered per app and process (see :class:`Seen`); past this, forget all.
-_MAX_REMEMBERED: Final = 10_000
 
 
 class Answer(NamedTuple):
@@ -138,18 +138,27 @@ class AnswerCache:
 
     def read(self, token: str, app: Flask, max_length: int) -> Seen:
         """The token's claims, from this process's memory or decoded (never verified: only
-        Plurality can); raise :class:`InvalidToken` for junk or an expired token."""
+        Plurality can); raise :class:`InvalidToken` for junk or an expired token. A token
+        read for the first time is not remembered here: see :meth:`remember`."""
         remembered = get_state(app).bearer_tokens
         seen = remembered.get(token)
         if seen is None:
-            seen = Seen(read_claims(token, max_length=max_length), token_hash(token))
-            if len(remembered) >= _MAX_REMEMBERED:
-                remembered.clear()
-            remembered[token] = seen
-        elif seen.exp <= time.time():
-            del remembered[token]
+            return Seen(read_claims(token, max_length=max_length), token_hash(token))
+        if seen.exp <= time.time():
+            remembered.pop(token)
             raise InvalidToken("The token has expired.", reason="expired")
         return seen
+
+    def remember(self, token: str, seen: Seen, app: Flask) -> None:
+        """Keep what :meth:`read` found of ``token`` once Plurality said yes to it (asked
+        now or through the cache), so its next request decodes nothing. Only then: a
+        client's junk, which Plurality never confirms, costs this process no memory, and
+        what is remembered is bounded in bytes (:data:`.state.BEARER_MEMORY_BYTES`)."""
+        get_state(app).bearer_tokens.put(token, seen, size_of(token) + size_of(seen))
+
+    def forget(self, token: str, app: Flask) -> None:
+        """Plurality (or the cache) refused ``token`` now: keep nothing of it."""
+        get_state(app).bearer_tokens.pop(token)
 
     def lookup_or_last(
         self,

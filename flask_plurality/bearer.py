@@ -93,9 +93,13 @@ def _confirmed(extension: Plurality, token: str, interval: int, app: Flask, cfg:
                 attempt.check()  # looked at now: meanwhile that call's own count is in the counters
     except InvalidToken as exc:
         refused = exc
+        answers.forget(token, app)  # confirmed once, refused now (revoked upstream, expired)
     else:
         profile = answer.profile(seen.claims)
-        return None if token_revoked(profile.id, seen, app) else profile
+        if token_revoked(profile.id, seen, app):
+            return None
+        answers.remember(token, seen, app)  # Plurality said yes: only now kept in memory
+        return profile
     (attempt or throttle.attempt(token)).refused()  # outside the except: no chained error
     raise refused
 

@@ -35,6 +35,7 @@ from .config import ConfigView, parse_interval
 from .exceptions import ConfigurationError, InvalidToken, SessionStoreUnavailable, UpstreamUnavailable
 from .flask_context import PROFILE, SESSION_KEY, USER, current_request, request_scope
 from .flask_session_shim import shim
+from .lru import BoundedLRU, size_of
 from .profile import ANONYMOUS, AnonymousProfile, Profile
 from .responses import login_refused
 from .revocation import current_epoch, is_revoked, stamp_of
@@ -238,10 +239,11 @@ def _stored_user(profile: Profile, token: str, exp: int) -> dict[str, Any]:
 #: :meth:`Login.dump` writes it, and the :class:`Login`). Building a login's
 #: :class:`~.profile.Profile` (a frozen dataclass) costs more than the rest of a
 #: protected request's check together; comparing the stored value with the one last
-#: parsed (C-level dict equality) costs a fifth of that. At most :data:`PARSED_MAX`
-#: entries, oldest dropped first; a miss only means parsing again.
-_parsed: dict[str, tuple[dict[str, Any], Login]] = {}
-PARSED_MAX: Final = 1024
+#: parsed (C-level dict equality) costs a fifth of that. Least recently used first
+#: out, at most :data:`PARSED_MAX_BYTES` in all (about 5,000 logins of Plurality's
+#: size); a miss only means parsing again.
+PARSED_MAX_BYTES: Final = 16 * 2**20
+_parsed: BoundedLRU[str | None, tuple[dict[str, Any], Login]] = BoundedLRU(PARSED_MAX_BYTES)
 
 
 def stored_login(sess: SessionMixin) -> Login | None:
@@ -249,27 +251,28 @@ def stored_login(sess: SessionMixin) -> Login | None:
     sess.accessed = True  # what sess.get does (the answer depends on the cookie: Vary)
     data = dict.get(sess, SESSION_KEY)  # type: ignore[call-overload]
     sid = getattr(sess, "sid", None)
-    entry = _parsed.get(sid)  # type: ignore[arg-type]
+    entry = _parsed.get(sid)
     if entry is not None and entry[0] == data:
         return entry[1]
     login = Login.load(data)
     if login is not None and isinstance(sid, str):
-        if len(_parsed) >= PARSED_MAX:
-            _parsed.pop(next(iter(_parsed), ""), None)
-        _parsed[sid] = (login.dump(), login)
+        stored = login.dump()
+        # Charged the stored copy's deep size: the login shares its strings, and its
+        # objects take no more than the copy's dicts (about 3 KB in all for a login).
+        _parsed.put(sid, (stored, login), size_of(stored))
     return login
 
 
 def forget_parsed(sess: SessionMixin) -> None:
     """This session's login ended: its parsed copy (and token) leaves this process's memory."""
-    _parsed.pop(getattr(sess, "sid", None), None)  # type: ignore[arg-type]
+    _parsed.pop(getattr(sess, "sid", None))
 
 
 def _forget_store_id(app: Any, store_id: str) -> None:
     """A session ended by handle (another request's, or none): its parsed copy goes too."""
     prefix = getattr(app.session_interface, "key_prefix", "")
     if isinstance(prefix, str) and store_id.startswith(prefix):
-        _parsed.pop(store_id[len(prefix) :], None)
+        _parsed.pop(store_id[len(prefix) :])
 
 
 on_store_id_ended.append(_forget_store_id)

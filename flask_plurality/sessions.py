@@ -10,8 +10,10 @@ Flask-Session internal the package touches goes through ``shim``
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -119,6 +121,36 @@ def is_detached(sess: SessionMixin) -> bool:
     return getattr(sess, "detached", False) is True
 
 
+#: What Flask-Session's session ids are made of (``secrets.token_urlsafe``).
+_SESSION_ID: Final = re.compile(r"[A-Za-z0-9_-]+")
+#: The longest id looked up (or what ``SESSION_ID_LENGTH`` generates, if longer): 86
+#: characters (``SESSION_ID_LENGTH = 64``), with a key prefix of 150 within memcached's
+#: 250 bytes.
+MAX_SESSION_ID: Final = 86
+
+
+def holdable_ids(inner: ServerSideSessionInterface) -> Callable[[str], bool]:
+    """Whether a store id (the key prefix and the cookie's session id) can name a session
+    on any backend: the id only of the characters Flask-Session generates and no longer
+    than it makes them (see :data:`MAX_SESSION_ID`). Anything else (too long for memcached,
+    whitespace, NUL, non-ASCII, which memcached or PostgreSQL refuse) was never issued:
+    it is no session, read as a missing one without asking the store, so a planted
+    cookie is neither a 503 nor a store failure."""
+    prefix = str(getattr(inner, "key_prefix", ""))
+    longest = max(MAX_SESSION_ID, math.ceil(int(getattr(inner, "sid_length", 32)) * 4 / 3))
+    start = len(prefix)
+    fullmatch = _SESSION_ID.fullmatch
+
+    def holdable(store_id: str) -> bool:
+        return (
+            0 < len(store_id) - start <= longest
+            and store_id.startswith(prefix)
+            and fullmatch(store_id, start) is not None
+        )
+
+    return holdable
+
+
 #: While Flask-Session loads a session: (epoch key, the epoch read with it, whether
 #: the session's entry was found).
 _epoch_read: ContextVar[tuple[str, list[Any], list[bool]] | None] = ContextVar("plurality_epoch_read", default=None)
@@ -186,8 +218,14 @@ class GuardedSessionInterface(SessionInterface):
 
         # The revocation epoch in the same round trip as the session, where the store can;
         # and whether the session's entry was found (read from the store: see open_session).
+        holdable = holdable_ids(inner)
+
         def retrieve_session_data(store_id: str) -> dict[str, Any] | None:
             pending = _epoch_read.get()
+            if not holdable(store_id):  # a junk cookie: no session, and not the store's problem
+                if pending is not None:
+                    pending[2].append(False)
+                return None
             data, epoch = store.retrieve_session(store_id, pending[0] if pending else None)
             if pending is not None:
                 if epoch is not UNREAD:

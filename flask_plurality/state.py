@@ -1,17 +1,18 @@
 """Per-app state, and the one way sibling modules reach the extension.
 
 A leaf module, like flask-jwt-extended's ``internal_utils``: it imports nothing of the
-package at run time but the exceptions, so views, decorators and the CLI find the
+package at run time but the exceptions and the bounded map of :mod:`.lru`, so views, decorators and the CLI find the
 extension through ``current_app`` without importing ``extension.py``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from flask import Flask, current_app
 
 from .exceptions import ConfigurationError
+from .lru import BoundedLRU
 
 if TYPE_CHECKING:
     from .answers import Seen
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 #: Where :meth:`Plurality.init_app` registers the extension and its per-app state.
 EXTENSION_KEY = "plurality"
 STATE_KEY = "plurality.state"
+#: Bytes of confirmed bearer tokens remembered per app and process (see
+#: ``answers.AnswerCache.remember``), least recently used out first: a few thousand
+#: tokens of Plurality's size.
+BEARER_MEMORY_BYTES: Final = 4 * 2**20
 
 
 class AppState:
@@ -34,9 +39,10 @@ class AppState:
         self.store: Store | None = None
         #: The stand-in in ``PLURALITY_FAKE`` mode.
         self.fake: FakePlurality | None = None
-        #: Bearer tokens this process accepted before: their decoded claims and the
-        #: revocation epoch they were last found good under (``answers.Seen``).
-        self.bearer_tokens: dict[str, Seen] = {}
+        #: Bearer tokens Plurality confirmed, as this process read them: their decoded
+        #: claims and the revocation epoch they were last found good under
+        #: (``answers.Seen``); bounded in bytes, least recently used out first.
+        self.bearer_tokens: BoundedLRU[str, Seen] = BoundedLRU(BEARER_MEMORY_BYTES)
 
 
 def get_extension(app: Flask | None = None) -> Plurality:

@@ -979,6 +979,31 @@ def app_servers(options: list[dict[str, Any]]) -> Iterator[list[str]]:
         log.close()
 
 
+# -- junk session cookies ------------------------------------------------------------------
+
+#: Session cookies no backend could hold, and that Flask-Session never issues: too long
+#: for memcached's 250-byte keys, whitespace, control bytes, non-ASCII (memcached refuses
+#: them), NUL (PostgreSQL refuses it), quotes, a path, a signed-looking value.
+JUNK_SESSION_IDS = (
+    "x" * 241,
+    "A" * 87,
+    "a" * 4000,
+    "abc def",
+    "tab\tbed",
+    "new\nline",
+    "nul\x00byte",
+    "\x00",
+    "sessi\u00f3n",
+    "\u00fc" * 40,
+    "\U0001f600",
+    '"quoted"',
+    "../../etc/passwd",
+    "abc.def-signature",
+    "semi;colon",
+    "del\x7f",
+)
+
+
 # -- what a backend holds ----------------------------------------------------------------
 
 

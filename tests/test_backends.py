@@ -7,6 +7,7 @@ missing). Two apps built on the same backend stand for two workers or machines.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 import requests.adapters
-from helpers import SAME_ORIGIN, error_of, logged_in_on_two, login, login_over_http, store_writes
+from helpers import SAME_ORIGIN, captured, error_of, logged_in_on_two, login, login_over_http, store_writes
 
 from flask_plurality.testing import FakePlurality
 
@@ -599,3 +600,39 @@ def test_revoke_user_on_a_per_process_store_is_refused_and_leaves_nothing(
     later = app.test_client()
     assert login(later, fake.issue_token(user_id="u1")).status_code == 200  # nor refuses a later login
     assert later.get("/protected").status_code == 200
+
+
+# -- 8. junk cookies are nobody, not an outage ----------------------------------------------
+
+
+def test_a_session_cookie_no_backend_could_hold_is_no_session(
+    backend: Backend, fake: FakePlurality, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On memcached such cookies answered 503 on protected routes and on ``/login``,
+    logged an ERROR and counted a store failure every time (PostgreSQL: one with NUL):
+    a planted cookie blocked its victim's login and flooded alerts. Now each is a
+    missing session on every backend: anonymous, and a login on it gets a fresh id."""
+    from backends import JUNK_SESSION_IDS
+
+    from flask_plurality import signals
+
+    app = backend.make_app(PLURALITY_LOGIN_MAX_FAILURES=1000)
+    token = fake.issue_token()
+    outcomes: Counter[str] = Counter()
+    with captured(signals.store_failed, app) as failures:
+        for junk in JUNK_SESSION_IDS:
+            browser = app.test_client()
+            browser.set_cookie("session", junk)
+            protected = browser.get("/protected")
+            error_of(protected, 401, "login_required")
+            anonymous = browser.get("/plurality/session")
+            error_of(anonymous, 401, "login_required")
+            browser.set_cookie("session", junk)
+            logged_in = login(browser, token)
+            cookie = browser.get_cookie("session")
+            fresh = logged_in.status_code == 200 and cookie is not None and cookie.value != junk
+            outcomes["fresh login" if fresh else f"login {logged_in.status_code}"] += 1
+            assert browser.get("/protected").status_code == 200
+    assert outcomes == {"fresh login": len(JUNK_SESSION_IDS)}
+    assert failures == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -118,16 +118,19 @@ def test_the_cache_of_parsed_logins_is_bounded(app: Flask, fake: FakePlurality) 
     assert client.get("/protected").status_code == 200
     cookie = client.get_cookie("session")
     assert cookie is not None and cookie.value in logins._parsed
-    entry = logins._parsed[cookie.value]
-    for number in range(logins.PARSED_MAX):  # other sessions' logins push it out
-        logins._parsed[f"other-{number}"] = entry
-    while len(logins._parsed) > logins.PARSED_MAX:
-        logins._parsed.pop(next(iter(logins._parsed)))
-    assert cookie.value not in logins._parsed
+    entry = logins._parsed.get(cookie.value)
+    assert entry is not None
+    number = 0
+    while cookie.value in logins._parsed:  # other sessions' logins push it out, oldest first
+        logins._parsed.put(f"other-{number}", entry, 4096)
+        number += 1
+    assert logins._parsed.size <= logins.PARSED_MAX_BYTES
+    assert number == len(logins._parsed)  # one at a time: everything else is still there
     response = client.get("/protected")  # parsed again, still right
     assert response.status_code == 200 and response.get_json()["id"]
     assert cookie.value in logins._parsed
-    assert len(logins._parsed) == logins.PARSED_MAX  # the oldest made room
+    assert "other-0" not in logins._parsed  # the least recently used made room
+    assert logins._parsed.size <= logins.PARSED_MAX_BYTES
 
 
 def test_revalidation_does_not_change_a_login_other_requests_hold(app: Flask, fake: FakePlurality) -> None:
@@ -137,7 +140,7 @@ def test_revalidation_does_not_change_a_login_other_requests_hold(app: Flask, fa
     assert client.get("/protected").status_code == 200
     cookie = client.get_cookie("session")
     assert cookie is not None
-    held = logins._parsed[cookie.value][1]
+    held = logins._parsed.get(cookie.value)[1]  # type: ignore[index]
     before = (held.validated_at, held.checked_epoch, held.profile)
     age_session(client, 3600)
     assert client.post("/sensitive", headers={"Origin": "http://localhost"}).status_code == 200

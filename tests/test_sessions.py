@@ -68,6 +68,16 @@ def test_garbage_session_cookies_are_just_not_logged_in(client: FlaskClient, fak
     assert login(client, fake.issue_token()).status_code == 200
 
 
+@pytest.mark.parametrize("length", [8, 32, 96])
+def test_every_id_flask_session_generates_is_looked_up(make_app: AppFactory, fake: FakePlurality, length: int) -> None:
+    """Junk cookies are told apart by shape (sessions.holdable_ids): what Flask-Session
+    issues for any ``SESSION_ID_LENGTH`` (96: 128 characters) is never taken for junk."""
+    client = make_app(SESSION_ID_LENGTH=length).test_client()
+    assert login(client, fake.issue_token(user_id="u")).status_code == 200
+    assert len(sid_of(client)) >= length
+    assert client.get("/protected").get_json()["id"] == "u"
+
+
 def test_the_cookie_holds_no_token(client: FlaskClient, fake: FakePlurality) -> None:
     token = fake.issue_token()
     response = login(client, token)

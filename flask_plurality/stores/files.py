@@ -6,7 +6,8 @@ steps another process can come between. Here every read-modify-write of one key 
 under an exclusive ``flock`` on one of 64 lock files in the directory (chosen by the
 key), shared by every process on the machine: a logout's delete and a late request's
 "write only if still there" cannot interleave, a counter's increments are never lost,
-and one ``add`` wins. Every failed write or delete (read-only or full disk) raises.
+and one ``add`` wins. Every failed write or delete (read-only or full disk) raises, and
+leaves no temporary file behind.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ fcntl: Any = importlib.import_module("fcntl") if os.name == "posix" else None
 
 #: Lock files per directory; a key always takes the same one.
 LOCK_STRIPES: Final = 64
+
+#: Files :meth:`FileStore.sweep` reads between two pauses of :data:`SWEEP_PAUSE` seconds,
+#: or fewer when reading them takes longer than :data:`SWEEP_SLICE` seconds.
+SWEEP_BATCH: Final = 100
+SWEEP_SLICE: Final = 0.002
+SWEEP_PAUSE: Final = 0.005
+#: A temporary file this old (seconds) belongs to no write in progress: its process died.
+STALE_TEMPORARY: Final = 600
 
 #: cachelib's default ``threshold``, which Flask-Session also uses for "filesystem".
 CACHELIB_DEFAULT_THRESHOLD: Final = 500
@@ -148,7 +157,8 @@ class FileStore(LockedKeys):
         # at x.99 with a ttl of 1 would live 0.01 s (readers check ages themselves).
         # The file cachelib's set would write, without its per-write bookkeeping (an
         # isfile, a stat, the size threshold's check: 0 here): a counter is written on
-        # every login attempt.
+        # every login attempt. And on a full disk cachelib's set leaves its temporary
+        # file behind; this one removes it.
         self._write_file(key, self._dump(value), ttl + 1)
 
     def _remove(self, key: str) -> None:
@@ -292,5 +302,38 @@ class FileStore(LockedKeys):
             self._remove(store_id)
 
     def sweep(self) -> None:
-        """Delete every expired entry (sessions, answers, counters, markers)."""
-        self.cache._remove_expired(time.time())
+        """Delete every expired entry (sessions, answers, counters), and temporary files
+        a write left behind when its process died (older than :data:`STALE_TEMPORARY`).
+
+        One pass over the directory, :data:`SWEEP_BATCH` files at a time (fewer when the
+        disk is slow: at most :data:`SWEEP_SLICE` seconds of work) with a pause of
+        :data:`SWEEP_PAUSE` between batches: run in a thread of a worker (see the session
+        guard), it never holds the interpreter, or a gevent worker's loop, for longer than
+        one batch, whatever the number of sessions on disk.
+        """
+        now = time.time()
+        with os.scandir(self.cache._path) as entries:
+            batch, until = 0, time.monotonic() + SWEEP_SLICE
+            for entry in entries:
+                self._sweep_entry(entry, now)
+                batch += 1
+                if batch == SWEEP_BATCH or time.monotonic() >= until:  # a slow disk: a shorter batch
+                    time.sleep(SWEEP_PAUSE)
+                    batch, until = 0, time.monotonic() + SWEEP_SLICE
+
+    def _sweep_entry(self, entry: os.DirEntry[str], now: float) -> None:
+        """Remove ``entry`` if it is an expired entry or a stale temporary file."""
+        try:
+            if entry.name.endswith(self.cache._fs_transaction_suffix):  # lock files, markers, writes
+                if entry.name.startswith(tempfile.gettempprefix()) and entry.stat().st_mtime < now - STALE_TEMPORARY:
+                    os.remove(entry.path)
+                return
+            with open(entry.path, "rb") as f:
+                head = f.read(4)
+                identity = os.fstat(f.fileno()).st_ino
+            expires = struct.unpack("I", head)[0] if len(head) == 4 else 0
+            # Not the file a write renamed into place since it was read (a new entry).
+            if expires != 0 and expires < now and os.stat(entry.path).st_ino == identity:
+                os.remove(entry.path)
+        except OSError:
+            pass  # gone meanwhile, or unreadable: the next sweep looks again
