@@ -29,6 +29,7 @@ from flask.sessions import SessionInterface, SessionMixin
 from flask_session.base import ServerSideSession, ServerSideSessionInterface
 
 from .exceptions import ConfigurationError, SessionStoreUnavailable
+from .flask_context import SESSION_KEY
 from .flask_session_shim import shim
 from .logins import expiry_pinned_to_token, session_lifetime_cap
 from .revocation import REVOCATION_EPOCH
@@ -328,7 +329,20 @@ def unchanged_pinned_login(app: Flask, session: SessionMixin) -> bool:
         and session.permanent
         and getattr(session, "loaded_sid", None) == getattr(session, "sid", False)
         and expiry_pinned_to_token(session, app.permanent_session_lifetime)
+        and not holds_containers_of_the_app(session)
     )
+
+
+#: Values a view can change in place (``session["cart"].append(x)``) without Flask seeing it.
+_CHANGEABLE_IN_PLACE: Final = (dict, list, set, bytearray)
+
+
+def holds_containers_of_the_app(session: SessionMixin) -> bool:
+    """Does the session hold a value of the app's own (not the login) that a view could
+    change in place, unseen by ``session.modified``? Then it is saved on every request,
+    as Flask-Session saves it, so such a change is never lost. Flask-Login's, Flask-WTF's
+    and most apps' keys are strings, numbers and flags: their steady requests write nothing."""
+    return any(isinstance(value, _CHANGEABLE_IN_PLACE) for key, value in dict.items(session) if key != SESSION_KEY)
 
 
 def sweep_expired(sweep: Callable[[], None]) -> None:

@@ -244,6 +244,40 @@ def test_a_login_whose_lifetime_is_shorter_than_its_token_still_slides(
     assert 590 < left <= 601
 
 
+def test_a_change_inside_a_value_of_the_app_is_never_lost(make_app: AppFactory, fake: FakePlurality) -> None:
+    """Flask sees only top-level changes (``session.modified``). A logged-in session that
+    holds a list or dict of the app's is saved on every request, as Flask-Session saves
+    it, so ``session["cart"].append(x)`` without ``session.modified = True`` is kept; once
+    it holds only flat values, a steady request writes nothing again."""
+    from flask import session
+
+    app = make_app()
+
+    @app.post("/cart/<item>")
+    def add(item: str) -> str:
+        session.setdefault("cart", []).append(item)  # in place: not seen as modified after the first
+        return ",".join(session["cart"])
+
+    @app.post("/cart/clear")
+    def clear() -> str:
+        session["cart"] = "none"
+        return ""
+
+    client = app.test_client()
+    with store_writes(app) as writes:
+        assert login(client, fake.issue_token(ttl=3600)).status_code == 200
+        for item in ("a", "b", "c"):
+            assert client.post(f"/cart/{item}").status_code == 200
+        assert client.post("/cart/d").get_data(as_text=True) == "a,b,c,d"  # every append was kept
+        writes.clear()
+        assert client.get("/protected").status_code == 200
+        assert writes == ["save_session"]  # a list of the app's: saved as Flask-Session would
+        assert client.post("/cart/clear").status_code == 200
+        writes.clear()
+        assert client.get("/protected").status_code == 200
+        assert writes == []  # only flat values again: the steady request writes nothing
+
+
 def test_a_steady_login_sends_no_cookie_and_keeps_its_expiry(client: FlaskClient, fake: FakePlurality) -> None:
     token = fake.issue_token(ttl=3600)
     cookie = set_cookie(login(client, token))["session"]
