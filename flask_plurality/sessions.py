@@ -342,7 +342,8 @@ def holds_containers_of_the_app(session: SessionMixin) -> bool:
     change in place, unseen by ``session.modified``? Then it is saved on every request,
     as Flask-Session saves it, so such a change is never lost. Flask-Login's, Flask-WTF's
     and most apps' keys are strings, numbers and flags: their steady requests write nothing."""
-    return any(isinstance(value, _CHANGEABLE_IN_PLACE) for key, value in dict.items(session) if key != SESSION_KEY)
+    items = dict.items(cast("dict[str, Any]", session))
+    return any(isinstance(value, _CHANGEABLE_IN_PLACE) for key, value in items if key != SESSION_KEY)
 
 
 def sweep_expired(sweep: Callable[[], None]) -> None:
