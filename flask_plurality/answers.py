@@ -154,7 +154,9 @@ class AnswerCache:
         now or through the cache), so its next request decodes nothing. Only then: a
         client's junk, which Plurality never confirms, costs this process no memory, and
         what is remembered is bounded in bytes (:data:`.state.BEARER_MEMORY_BYTES`)."""
-        get_state(app).bearer_tokens.put(token, seen, size_of(token) + size_of(seen))
+        remembered = get_state(app).bearer_tokens
+        if not remembered.holds(token, seen):  # kept already (read found it): not sized again
+            remembered.put(token, seen, size_of(token) + size_of(seen))
 
     def forget(self, token: str, app: Flask) -> None:
         """Plurality (or the cache) refused ``token`` now: keep nothing of it."""

@@ -70,7 +70,7 @@ class Login:
     said yes; ``u`` Plurality's ``user`` object as received, without its ``id`` when
     that is the token's own ``id`` claim; ``r`` and ``e`` the revocation stamp and
     epoch, left out while ``None``; ``h`` the session's handle in its user's index and
-    ``s`` when it was last written down as seen. The profile is rebuilt from ``u`` and the token's
+    ``s`` when it was last written down as seen (left out while that is the login). The profile is rebuilt from ``u`` and the token's
     claims, as at login. A profile that its ``user`` object would not rebuild (one made
     by hand) is stored whole (``p``); so are logins of earlier releases (long names),
     which still load.
@@ -156,7 +156,7 @@ class Login:
             stamp,
             epoch if isinstance(epoch, str) else None,
             handle if isinstance(handle, str) else None,
-            seen if isinstance(seen, int) and not isinstance(seen, bool) else 0,
+            seen if isinstance(seen, int) and not isinstance(seen, bool) else int(login_at),
             dict(user),
         )
 
@@ -205,7 +205,7 @@ class Login:
             data["e"] = self.checked_epoch
         if self.handle is not None:
             data["h"] = self.handle
-        if self.seen:
+        if self.seen > data["l"]:  # not seen since the login: left out, as every byte is per session
             data["s"] = self.seen
         return data
 

@@ -67,6 +67,11 @@ class BoundedLRU(Generic[K, V]):
             pass  # evicted or popped meanwhile: what was read is still the value
         return entry[0]
 
+    def holds(self, key: K, value: V) -> bool:
+        """Is ``value`` itself what is kept under ``key``? (A dict lookup, no size counted.)"""
+        entry = self._data.get(key)
+        return entry is not None and entry[0] is value
+
     def put(self, key: K, value: V, cost: int) -> None:
         """Keep ``value`` under ``key``, charged ``cost`` bytes (plus :data:`ENTRY_OVERHEAD`),
         evicting the least recently used until the map fits; a value that alone is over

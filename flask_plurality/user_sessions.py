@@ -117,7 +117,7 @@ def _lock_key(user_id: str) -> str:
 
 
 def new_handle() -> str:
-    return secrets.token_urlsafe(16)
+    return secrets.token_urlsafe(12)  # 96 random bits: unguessable, and short in every session
 
 
 def _seal_key(app: Flask) -> bytes:
