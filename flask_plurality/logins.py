@@ -70,10 +70,10 @@ class Login:
     said yes; ``u`` Plurality's ``user`` object as received, without its ``id`` when
     that is the token's own ``id`` claim; ``r`` and ``e`` the revocation stamp and
     epoch, left out while ``None``; ``h`` the session's handle in its user's index and
-    ``s`` when it was last written down as seen (left out while that is the login). The profile is rebuilt from ``u`` and the token's
-    claims, as at login. A profile that its ``user`` object would not rebuild (one made
-    by hand) is stored whole (``p``); so are logins of earlier releases (long names),
-    which still load.
+    ``s`` when it was last written down as seen (left out while that is the login). The
+    profile is rebuilt from ``u`` and the token's claims, as at login. A profile that its
+    ``user`` object would not rebuild (one made by hand) is stored whole (``p``); so are
+    logins of earlier releases (long names), which still load.
     """
 
     __slots__ = (
