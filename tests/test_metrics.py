@@ -28,7 +28,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flask_plurality import signals
-from flask_plurality.metrics import REASONS, STORE_PLACES, THROTTLE_SCOPES, UPSTREAM_OUTCOMES, reason_label
+from flask_plurality.metrics import (
+    REASONS,
+    SESSION_END_REASONS,
+    STORE_PLACES,
+    THROTTLE_SCOPES,
+    UPSTREAM_OUTCOMES,
+    reason_label,
+)
 from flask_plurality.testing import FakePlurality
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -61,7 +68,7 @@ def assert_labels_from_fixed_sets(samples: Samples, upstream: str) -> None:
     """Label values from fixed sets only, never from a request."""
     allowed = {
         "outcome": {"success", "failure", "grace", *UPSTREAM_OUTCOMES},
-        "reason": set(REASONS) | {"other"} | {f"http_{n}" for n in range(100, 600)},
+        "reason": set(REASONS) | set(SESSION_END_REASONS) | {"other"} | {f"http_{n}" for n in range(100, 600)},
         "result": {"hit", "miss"},
         "upstream": {upstream},
         "scope": set(THROTTLE_SCOPES),
@@ -179,6 +186,9 @@ def test_gunicorn_workers_share_exact_counts(fake: FakePlurality, redis_client: 
         ("plurality_breaker_open", frozenset({("upstream", upstream)})): 1,
         ("plurality_throttled_total", frozenset({("scope", "client")})): 1,
         ("plurality_revocations_total", frozenset()): 1,
+        # The logout and the revocation each ended one session of a user's index.
+        ("plurality_sessions_ended_total", frozenset({("reason", "logout")})): 1,
+        ("plurality_sessions_ended_total", frozenset({("reason", "revoked")})): 1,
     }
     assert plurality_counts(samples) == expected
     # The latency histogram's buckets are cumulative and end at the count.
