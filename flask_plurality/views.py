@@ -194,15 +194,10 @@ def logout() -> BaseResponse:
 
 @blueprint.get("/session")
 def current_session() -> Response:
-    app, req, sess = request_context()
-    try:
-        # The check of a protected route (expiry, revoke_user), without asking Plurality.
-        profile = check_login(get_extension(app), app, sess, req.__dict__)
-    except SessionStoreUnavailable:
-        return store_unavailable()
-    if profile is None:
-        return json_error(401, "login_required", headers=CHALLENGE)
-    return json_response({"authenticated": True, "profile": profile.to_json()})
+    found = _own_login()
+    if isinstance(found, Response):
+        return found
+    return json_response({"authenticated": True, "profile": found[1].to_json()})
 
 
 # -- the current user's sessions (docs/sessions.rst) ----------------------------------------
@@ -210,7 +205,8 @@ def current_session() -> Response:
 
 def _own_login() -> tuple[Any, Any, str | None] | Response:
     """(app, profile, this session's handle) of the request's login, or the answer: 401
-    without one, 503 when the store cannot tell."""
+    without one, 503 when the store cannot tell. The check of a protected route (expiry,
+    revoke_user), without asking Plurality."""
     app, req, sess = request_context()
     try:
         profile = check_login(get_extension(app), app, sess, req.__dict__)
